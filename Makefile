@@ -1,0 +1,19 @@
+# Two entry points for a fresh machine: `make quickstart` (set up + run the pipeline) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: setup quickstart test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+quickstart: setup
+	$(VENV)/bin/lifecycle run --profile quickstart
+
+test: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest

@@ -1,0 +1,1 @@
+"""Data stages: reading sources, clean-up and de-duplication (ingest), and validation."""

@@ -1,0 +1,115 @@
+"""ingest: read every configured source, clean, split long texts, de-duplicate, split train/validation,
+and save an Arrow `DatasetDict` (columns: id, text, source, path, title, object, split, invalid_bytes).
+
+    stats = ingest_documents(cfg.ingest, Path("out"))   # writes out/documents and out/stats.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from lifecycle.config import IngestConfig
+from lifecycle.data.clean import near_duplicates, normalize_text, split_document, text_id
+from lifecycle.data.sources import read_source
+from lifecycle.errors import InputError
+from lifecycle.progress import progress
+
+log = logging.getLogger("lifecycle.ingest")
+COLUMNS = ["id", "text", "source", "path", "title", "object", "split", "invalid_bytes"]
+
+
+def collect_documents(cfg: IngestConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Read, clean and split every source; count what was dropped."""
+    docs: list[dict[str, Any]] = []
+    stats = {"raw_records": 0, "invalid_bytes": 0, "dropped_short": 0}
+    for source in cfg.sources:
+        before = len(docs)
+        for record in progress(read_source(source, cfg.max_undecodable_share), desc=f"read {source.name}",
+                               logger=log):
+            stats["raw_records"] += 1
+            stats["invalid_bytes"] += record["invalid_bytes"]
+            text = normalize_text(record["text"], cfg.normalization)
+            pieces = split_document(text, cfg.max_doc_chars)
+            for n, piece in enumerate(pieces):
+                if len(piece) < cfg.min_doc_chars:
+                    stats["dropped_short"] += 1
+                    continue
+                title = record["title"] if len(pieces) == 1 else f"{record['title']} ({n + 1}/{len(pieces)})"
+                docs.append({"text": piece, "source": record["source"], "path": record["path"], "title": title,
+                             "object": record["object"], "invalid_bytes": record["invalid_bytes"] if n == 0 else 0})
+        log.info("source %s: %d documents", source.name, len(docs) - before)
+        if len(docs) == before:
+            raise InputError(f"source '{source.name}' produced no documents of at least "
+                             f"{cfg.min_doc_chars} characters (ingest.min_doc_chars)")
+    return docs, stats
+
+
+def deduplicate(docs: list[dict[str, Any]], cfg: IngestConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    seen: set[str] = set()
+    unique = []
+    for doc in docs:
+        doc["id"] = text_id(doc["text"])
+        if doc["id"] not in seen:
+            seen.add(doc["id"])
+            unique.append(doc)
+    stats = {"exact_duplicates": len(docs) - len(unique), "near_duplicates": 0}
+    if cfg.near_dup.enabled and len(unique) > 1:
+        flags = near_duplicates([d["text"] for d in unique], cfg.near_dup.threshold, cfg.near_dup.num_perm,
+                                cfg.near_dup.shingle_words)
+        stats["near_duplicates"] = sum(flags)
+        unique = [d for d, dup in zip(unique, flags) if not dup]
+    return unique, stats
+
+
+def assign_splits(docs: list[dict[str, Any]], val_fraction: float) -> None:
+    """Stable split by content hash; at least one validation document when there are two or more."""
+    for doc in docs:
+        doc["split"] = "validation" if int(doc["id"][:8], 16) / 2**32 < val_fraction else "train"
+    if val_fraction > 0 and len(docs) >= 2 and not any(d["split"] == "validation" for d in docs):
+        min(docs, key=lambda d: d["id"])["split"] = "validation"
+
+
+def ingest_documents(cfg: IngestConfig, out_dir: Path) -> dict[str, float]:
+    docs, stats = collect_documents(cfg)
+    docs_in = len(docs)
+    docs, dedup = deduplicate(docs, cfg)
+    stats.update(dedup)
+    if cfg.max_docs is not None and len(docs) > cfg.max_docs:
+        keep = {d["id"] for d in sorted(docs, key=lambda d: d["id"])[: cfg.max_docs]}
+        docs = [d for d in docs if d["id"] in keep]
+    assign_splits(docs, cfg.val_fraction)
+    splits = {}
+    for split in ("train", "validation"):
+        rows = [d for d in docs if d["split"] == split]
+        splits[split] = datasets.Dataset.from_dict({c: [d[c] for d in rows] for c in COLUMNS},
+                                                   features=_features())
+    datasets.DatasetDict(splits).save_to_disk(str(out_dir / "documents"))
+    result: dict[str, float] = {
+        **stats,
+        "documents_in": docs_in,
+        "documents": len(docs),
+        "train_documents": len(splits["train"]),
+        "validation_documents": len(splits["validation"]),
+        "characters": sum(len(d["text"]) for d in docs),
+        "duplicate_share": (stats["exact_duplicates"] + stats["near_duplicates"]) / docs_in if docs_in else 0.0,
+    }
+    (out_dir / "stats.json").write_text(json.dumps(result, indent=2))
+    log.info("ingest: %d documents in, %d exact + %d near duplicates removed, %d kept (%d train / %d validation)",
+             docs_in, stats["exact_duplicates"], stats["near_duplicates"], len(docs), len(splits["train"]),
+             len(splits["validation"]))
+    return result
+
+
+def _features() -> datasets.Features:
+    string = datasets.Value("string")
+    return datasets.Features({"id": string, "text": string, "source": string, "path": string, "title": string,
+                              "object": string, "split": string, "invalid_bytes": datasets.Value("int64")})
+
+
+def load_documents(path: Path) -> datasets.DatasetDict:
+    return datasets.load_from_disk(str(path / "documents"))

@@ -1,0 +1,48 @@
+"""Process set-up for a run: the state directory and the environment Prefect, MLflow and HF read.
+
+Call `prepare_environment` before importing prefect (it reads PREFECT_HOME when its settings load).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lifecycle.errors import LifecycleError
+
+
+def resolve_state_dir(cli_value: str | None, configured: str) -> Path:
+    """--state-dir, then LIFECYCLE_HOME, then run.state_dir from the config (relative to the cwd)."""
+    return Path(cli_value or os.environ.get("LIFECYCLE_HOME") or configured).expanduser().resolve()
+
+
+def prepare_environment(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LifecycleError(f"state directory '{state_dir}' cannot be created: {err.strerror}") from None
+    if not os.environ.get("PREFECT_API_URL"):  # embedded: ephemeral API on SQLite inside the state dir
+        os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lifecycle")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def configure_logging() -> None:
+    """Our progress at INFO; third-party chatter (GX, MLflow hints, datasets bars off a TTY) kept down."""
+    import warnings
+
+    logging.getLogger("lifecycle").setLevel(logging.INFO)
+    warnings.filterwarnings("ignore", module=r"mlflow\..*", category=UserWarning)
+    for name in ("great_expectations", "mlflow", "alembic", "httpx", "datasets", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not sys.stderr.isatty():
+        import datasets
+
+        datasets.disable_progress_bars()
