@@ -1,13 +1,16 @@
 """What every stage task shares: the pipeline's MLflow parent run, the cache check, the MLflow child
 run with its lineage tags, the atomic artifact commit and the Prefect artifacts.
 
-A stage task is `run_stage(name, ctx, section, inputs, code, work)`: `work(out_dir)` does the stage's
-job into a temporary folder and returns its metrics; everything else happens here.
+A stage task is `run_stage(name, ctx, section, inputs, code, work)`: `work(dirs)` does the stage's job
+into `dirs.out` (a temporary folder renamed into the store on success) and returns its metrics;
+`dirs.checkpoints` survives a killed run (same key, same folder) so long stages can resume, and is
+removed once the stage succeeds. Everything else happens here.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +50,13 @@ class RunContext:
         return ArtifactStore(Path(self.state_dir) / "artifacts")
 
 
+@dataclass(frozen=True)
+class StageDirs:
+    out: Path  # write the stage's outputs here
+    checkpoints: Path  # resumable state; kept across crashes, removed after success
+    key: str
+
+
 @contextmanager
 def pipeline_run(cfg: Config, state_dir: Path, plan: Plan, profile: str | None) -> Iterator[RunContext]:
     """The MLflow parent run of one pipeline flow run."""
@@ -64,7 +74,7 @@ def pipeline_run(cfg: Config, state_dir: Path, plan: Plan, profile: str | None) 
 
 
 def run_stage(stage: str, ctx: RunContext, section: Section, inputs: dict[str, StageOutput], code: str,
-              work: Callable[[Path], dict[str, float]], extra_key: dict[str, str] | None = None) -> StageOutput:
+              work: Callable[[StageDirs], dict[str, float]], extra_key: dict[str, str] | None = None) -> StageOutput:
     """Return the stage's output: from the cache when nothing it depends on changed, else computed."""
     logger = get_run_logger()
     section_data = section.model_dump(mode="json", by_alias=True)
@@ -92,10 +102,12 @@ def run_stage(stage: str, ctx: RunContext, section: Section, inputs: dict[str, S
     started = time.perf_counter()
     with child_run(stage, ctx.parent_run_id, ctx.experiment_id, tags | {"lifecycle.cache_hit": "false"}) as run:
         with store.building(stage, key) as tmp:
-            metrics = work(tmp)
+            checkpoints = Path(ctx.state_dir) / "checkpoints" / stage / key
+            metrics = work(StageDirs(out=tmp, checkpoints=checkpoints, key=key))
             metrics = {k: float(v) for k, v in metrics.items()}
             output = store.commit(tmp, StageOutput(stage=stage, key=key, path=str(store.path(stage, key)),
                                                    run_id=run.info.run_id, metrics=metrics))
+        shutil.rmtree(checkpoints, ignore_errors=True)
         seconds = time.perf_counter() - started
         mlflow.log_metrics(_metric_names(stage, metrics) | {f"{stage}/seconds": seconds, f"{stage}/cache_hit": 0.0})
     create_table_artifact(key=f"{_slug(stage)}-metrics", table=[{"metric": k, "value": v} for k, v in metrics.items()],

@@ -16,14 +16,15 @@ from lifecycle.config import Config
 from lifecycle.data.ingest import ingest_documents, load_documents
 from lifecycle.data.sources import fingerprint
 from lifecycle.store import StageOutput, code_hash
-from tasks.common import RunContext, run_stage
+from tasks.common import RunContext, StageDirs, run_stage
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(cfg: Config, ctx: RunContext) -> StageOutput:
     section = cfg.ingest
 
-    def work(out: Path) -> dict[str, float]:
+    def work(dirs: StageDirs) -> dict[str, float]:
+        out = dirs.out
         stats = ingest_documents(section, out)
         docs = load_documents(out)
         for split, ds in docs.items():

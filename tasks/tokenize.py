@@ -13,14 +13,15 @@ import lifecycle.tokenizer
 from lifecycle.config import Config
 from lifecycle.store import StageOutput, code_hash
 from lifecycle.tokenizer import train_and_pack
-from tasks.common import RunContext, run_stage
+from tasks.common import RunContext, StageDirs, run_stage
 
 
 @task(name="tokenize", cache_policy=NO_CACHE)
 def tokenize(cfg: Config, docs: StageOutput, ctx: RunContext) -> StageOutput:
     section = cfg.tokenize
 
-    def work(out: Path) -> dict[str, float]:
+    def work(dirs: StageDirs) -> dict[str, float]:
+        out = dirs.out
         stats = train_and_pack(section, Path(docs.path), out)
         mlflow.log_artifacts(str(out / "tokenizer"), "tokenizer")
         mlflow.log_dict(json.loads((out / "stats.json").read_text()), "tokenize/stats.json")

@@ -15,14 +15,15 @@ from lifecycle.config import Config
 from lifecycle.data.validate import describe_failures, validate_documents
 from lifecycle.errors import ValidationFailed
 from lifecycle.store import StageOutput, code_hash
-from tasks.common import RunContext, run_stage
+from tasks.common import RunContext, StageDirs, run_stage
 
 
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(cfg: Config, docs: StageOutput, ctx: RunContext) -> StageOutput:
     section = cfg.validate_
 
-    def work(out: Path) -> dict[str, float]:
+    def work(dirs: StageDirs) -> dict[str, float]:
+        out = dirs.out
         stats = json.loads(docs.file("stats.json").read_text())
         report = validate_documents(section, Path(docs.path), stats, out)
         mlflow.log_artifacts(str(out / "data_docs"), "data_docs")

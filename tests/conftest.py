@@ -1,0 +1,45 @@
+"""Shared test set-up: hermetic environment (no network, Prefect + MLflow inside tmp dirs) and a tiny config."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Before anything imports prefect: one ephemeral Prefect database for the whole test session.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("LIFECYCLE_HOME", None)
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+
+from lifecycle.runtime import prepare_environment  # noqa: E402
+
+prepare_environment(_SESSION_HOME)
+
+# A small but real corpus: a few stdlib modules' docstrings, with validation thresholds to match.
+TINY = [
+    "ingest.sources=[{name: stdlib, kind: python-docs, include: [json, textwrap, string, csv, shlex, fnmatch]}]",
+    "validate.min_documents=10",
+    "validate.min_characters=2000",
+    "tokenize.vocab_size=400",
+    "tokenize.context_length=32",
+    "tokenize.num_proc=1",
+]
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)
+
+
+@pytest.fixture
+def conf_dir() -> Path:
+    return CONF
