@@ -18,7 +18,7 @@ from tasks.validate import validate
 
 
 @flow(name="lifecycle-pipeline", flow_run_name="pipeline-{profile}", validate_parameters=False)
-def pipeline(config: dict[str, Any], state_dir: str, profile: str | None = None, until: str | None = None,
+def pipeline(config: dict[str, Any], state_dir: str, profile: str = "default", until: str | None = None,
              from_stage: str | None = None) -> dict[str, dict[str, Any]]:
     cfg = Config.model_validate(config)
     plan = plan_stages(until, from_stage)

@@ -72,18 +72,20 @@ def load(args: argparse.Namespace):  # -> Config (imported lazily to keep `--hel
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lifecycle.runtime import prepare_environment, configure_logging, resolve_state_dir
+    from lifecycle.data.sources import check_sources
+    from lifecycle.runtime import configure_logging, prepare_environment, resolve_state_dir
     from lifecycle.stages import plan_stages
 
     cfg = load(args)
     plan_stages(args.until, args.from_stage)  # fail on a bad combination before starting anything
+    check_sources(cfg.ingest.sources)
     state_dir = resolve_state_dir(args.state_dir, cfg.run.state_dir)
     prepare_environment(state_dir)
     from flows.pipeline import pipeline  # imports prefect: after PREFECT_HOME is set
 
     _hide_user_error_tracebacks()
     configure_logging()
-    outputs = pipeline(config=cfg.dump(), state_dir=str(state_dir), profile=args.profile, until=args.until,
+    outputs = pipeline(config=cfg.dump(), state_dir=str(state_dir), profile=args.profile or "default", until=args.until,
                        from_stage=args.from_stage)
     print(f"\nstate directory: {state_dir}")
     for stage, out in outputs.items():

@@ -7,6 +7,7 @@ get their parent's id explicitly.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -17,8 +18,14 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 
+@functools.cache
+def _user_uri(name: str) -> str | None:
+    """The user's own setting, read once: `mlflow.set_tracking_uri` writes MLFLOW_TRACKING_URI itself."""
+    return os.environ.get(name) or None
+
+
 def tracking_uri(state_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(state_dir / 'mlflow' / 'mlflow.db').resolve()}"
+    return _user_uri("MLFLOW_TRACKING_URI") or f"sqlite:///{(state_dir / 'mlflow' / 'mlflow.db').resolve()}"
 
 
 def setup_mlflow(state_dir: Path, experiment: str) -> str:
@@ -26,7 +33,7 @@ def setup_mlflow(state_dir: Path, experiment: str) -> str:
     (state_dir / "mlflow").mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(state_dir)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(_user_uri("MLFLOW_REGISTRY_URI") or uri)
     found = MlflowClient().get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id

@@ -58,17 +58,17 @@ class StageDirs:
 
 
 @contextmanager
-def pipeline_run(cfg: Config, state_dir: Path, plan: Plan, profile: str | None) -> Iterator[RunContext]:
+def pipeline_run(cfg: Config, state_dir: Path, plan: Plan, profile: str) -> Iterator[RunContext]:
     """The MLflow parent run of one pipeline flow run."""
     experiment_id = setup_mlflow(state_dir, cfg.run.experiment)
     commit = git_commit(Path(__file__).resolve().parents[1])
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
             "mlflow.source.git.commit": commit, "lifecycle.config_hash": config_hash(cfg),
-            "lifecycle.profile": profile or "default", "lifecycle.stages": ",".join(plan.run)}
-    name = f"pipeline-{profile or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}"
+            "lifecycle.profile": profile, "lifecycle.stages": ",".join(plan.run)}
+    name = f"pipeline-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     with mlflow.start_run(run_name=name, experiment_id=experiment_id, tags=tags) as parent:
         mlflow.log_dict(cfg.dump(), "config.json")
-        mlflow.log_params({"profile": profile or "default", "until": plan.run[-1], "seed": cfg.run.seed})
+        mlflow.log_params({"profile": profile, "until": plan.run[-1], "seed": cfg.run.seed})
         yield RunContext(state_dir=str(state_dir), experiment_id=experiment_id, parent_run_id=parent.info.run_id,
                          flow_run_id=str(flow_run.id), git_commit=commit, config_hash=config_hash(cfg), plan=plan)
 

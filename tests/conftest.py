@@ -43,3 +43,10 @@ def tiny_overrides() -> list[str]:
 @pytest.fixture
 def conf_dir() -> Path:
     return CONF
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Prefect stops its temporary API server at exit and logs it to a stream pytest has already closed.
+    import logging
+
+    logging.raiseExceptions = False

@@ -1,5 +1,5 @@
 """ingest: read every configured source, clean, split long texts, de-duplicate, split train/validation,
-and save an Arrow `DatasetDict` (columns: id, text, source, path, title, object, split, invalid_bytes).
+and save one Arrow dataset (columns: id, text, source, path, title, object, split, invalid_bytes).
 
     stats = ingest_documents(cfg.ingest, Path("out"))   # writes out/documents and out/stats.json
 """
@@ -83,25 +83,21 @@ def ingest_documents(cfg: IngestConfig, out_dir: Path) -> dict[str, float]:
         keep = {d["id"] for d in sorted(docs, key=lambda d: d["id"])[: cfg.max_docs]}
         docs = [d for d in docs if d["id"] in keep]
     assign_splits(docs, cfg.val_fraction)
-    splits = {}
-    for split in ("train", "validation"):
-        rows = [d for d in docs if d["split"] == split]
-        splits[split] = datasets.Dataset.from_dict({c: [d[c] for d in rows] for c in COLUMNS},
-                                                   features=_features())
-    datasets.DatasetDict(splits).save_to_disk(str(out_dir / "documents"))
+    table = datasets.Dataset.from_dict({c: [d[c] for d in docs] for c in COLUMNS}, features=_features())
+    table.save_to_disk(str(out_dir / "documents"))  # one table; splits by the `split` column
+    n_val = sum(d["split"] == "validation" for d in docs)
     result: dict[str, float] = {
         **stats,
         "documents_in": docs_in,
         "documents": len(docs),
-        "train_documents": len(splits["train"]),
-        "validation_documents": len(splits["validation"]),
+        "train_documents": len(docs) - n_val,
+        "validation_documents": n_val,
         "characters": sum(len(d["text"]) for d in docs),
         "duplicate_share": (stats["exact_duplicates"] + stats["near_duplicates"]) / docs_in if docs_in else 0.0,
     }
     (out_dir / "stats.json").write_text(json.dumps(result, indent=2))
     log.info("ingest: %d documents in, %d exact + %d near duplicates removed, %d kept (%d train / %d validation)",
-             docs_in, stats["exact_duplicates"], stats["near_duplicates"], len(docs), len(splits["train"]),
-             len(splits["validation"]))
+             docs_in, stats["exact_duplicates"], stats["near_duplicates"], len(docs), len(docs) - n_val, n_val)
     return result
 
 
@@ -112,4 +108,7 @@ def _features() -> datasets.Features:
 
 
 def load_documents(path: Path) -> datasets.DatasetDict:
-    return datasets.load_from_disk(str(path / "documents"))
+    """The ingest output as {"train", "validation"} (filtered in memory: the stored artifact stays untouched)."""
+    table = datasets.load_from_disk(str(path / "documents"))
+    return datasets.DatasetDict({split: table.filter(lambda s: s == split, input_columns="split", keep_in_memory=True)
+                                 for split in ("train", "validation")})

@@ -58,6 +58,13 @@ def resolve_files(source: SourceConfig) -> list[Path]:
     return sorted(set(files))
 
 
+def check_sources(sources: list[SourceConfig]) -> None:
+    """Fail fast, before any flow starts, on paths that don't exist or hold nothing readable."""
+    for source in sources:
+        if source.kind == "files":
+            resolve_files(source)
+
+
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
