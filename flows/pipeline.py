@@ -4,12 +4,12 @@ MLflow parent run, each stage a task and an MLflow child run. Run it with `lifec
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from lifecycle.config import Config
+from lifecycle.config import find_conf_dir, load_config
+from lifecycle.runtime import resolve_state_dir
 from lifecycle.stages import plan_stages
 from tasks.common import pipeline_run
 from tasks.ingest import ingest
@@ -17,13 +17,16 @@ from tasks.tokenize import tokenize
 from tasks.validate import validate
 
 
-@flow(name="lifecycle-pipeline", flow_run_name="pipeline-{profile}", validate_parameters=False)
-def pipeline(config: dict[str, Any], state_dir: str, profile: str = "default", until: str | None = None,
-             from_stage: str | None = None) -> dict[str, dict[str, Any]]:
-    cfg = Config.model_validate(config)
+@flow(name="lifecycle-pipeline", flow_run_name="pipeline-{profile}")
+def pipeline(profile: str = "default", overrides: list[str] | None = None, sources: list[str] | None = None,
+             until: str | None = None, from_stage: str | None = None, state_dir: str | None = None,
+             conf_dir: str | None = None) -> dict[str, dict[str, Any]]:
+    """Parameters mirror `lifecycle run`, so deployments and schedules (infra/prefect.yaml) read the same."""
+    cfg = load_config(find_conf_dir(conf_dir), None if profile == "default" else profile, overrides, sources)
     plan = plan_stages(until, from_stage)
     outputs = {}
-    with pipeline_run(cfg, Path(state_dir), plan, profile) as ctx:
+    state = resolve_state_dir(state_dir, cfg.run.state_dir)
+    with pipeline_run(cfg, state, plan, profile) as ctx:
         outputs["ingest"] = docs = ingest(cfg, ctx)
         outputs["validate"] = validate(cfg, docs, ctx)
         if ctx.wants("tokenize"):

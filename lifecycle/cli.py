@@ -22,13 +22,6 @@ from lifecycle.errors import LifecycleError
 log = logging.getLogger("lifecycle")
 
 
-def find_conf_dir(value: str | None) -> Path:
-    for candidate in (value, os.environ.get("LIFECYCLE_CONF"), "conf", Path(__file__).resolve().parents[1] / "conf"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    raise LifecycleError(f"configuration folder not found (tried --conf {value!r}, LIFECYCLE_CONF, ./conf)")
-
-
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="overlay conf/profiles/NAME.yaml (e.g. quickstart)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -59,19 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace):  # -> Config (imported lazily to keep `--help` fast)
-    from lifecycle.config import Config, load_config
+    from lifecycle.config import find_conf_dir, load_config
 
-    cfg = load_config(find_conf_dir(args.conf), args.profile, args.overrides)
-    if args.sources:
-        data = cfg.dump()
-        data["ingest"]["sources"] = [
-            {"name": "python-docs", "kind": "python-docs"} if s == "python-docs" else
-            {"name": f"cli-{i}", "kind": "files", "paths": [s]} for i, s in enumerate(args.sources, 1)]
-        cfg = Config.model_validate(data)
-    return cfg
+    return load_config(find_conf_dir(args.conf), args.profile, args.overrides, args.sources)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from lifecycle.config import find_conf_dir
     from lifecycle.data.sources import check_sources
     from lifecycle.runtime import configure_logging, prepare_environment, resolve_state_dir
     from lifecycle.stages import plan_stages
@@ -85,8 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _hide_user_error_tracebacks()
     configure_logging()
-    outputs = pipeline(config=cfg.dump(), state_dir=str(state_dir), profile=args.profile or "default", until=args.until,
-                       from_stage=args.from_stage)
+    outputs = pipeline(profile=args.profile or "default", overrides=args.overrides, sources=args.sources,
+                       until=args.until, from_stage=args.from_stage, state_dir=str(state_dir),
+                       conf_dir=str(find_conf_dir(args.conf).resolve()))
     print(f"\nstate directory: {state_dir}")
     for stage, out in outputs.items():
         print(f"  {stage:<10} {'cached ' if out['cached'] else 'computed'}  {out['path']}")
@@ -100,7 +88,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from lifecycle.config import load_config
+    from lifecycle.config import find_conf_dir, load_config
     from lifecycle.runtime import prepare_environment, resolve_state_dir
     from lifecycle.tracking import tracking_uri
 

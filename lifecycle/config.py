@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,11 +93,146 @@ class TokenizeConfig(Section):
     batch_size: int = Field(ge=1)
 
 
+class ModelArchConfig(Section):
+    """The decoder-only transformer, built from config by lifecycle/model.py."""
+
+    arch: Literal["llama", "gpt2"]
+    n_layer: int = Field(ge=1)
+    n_head: int = Field(ge=1)
+    n_kv_head: int = Field(ge=1)  # llama: key/value heads (grouped-query attention); gpt2 ignores it
+    d_model: int = Field(ge=8)
+    d_ff: int = Field(ge=8)  # MLP hidden size
+    dropout: float = Field(ge=0, lt=1)
+    tie_embeddings: bool
+    rope_theta: float = Field(gt=0)  # llama only
+    init_std: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelArchConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be a multiple of n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+        return self
+
+
+class OptimConfig(Section):
+    lr: float = Field(gt=0)  # peak learning rate, after warmup
+    min_lr_ratio: float = Field(ge=0, le=1)  # cosine decays to lr * min_lr_ratio at max_steps
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)  # on matrices only; norms, biases and embeddings get none
+    beta1: float = Field(ge=0, lt=1)
+    beta2: float = Field(ge=0, lt=1)
+    eps: float = Field(gt=0)
+    grad_clip: float = Field(ge=0)  # max global grad norm; 0 = no clipping
+
+
+class SampleConfig(Section):
+    prompts: list[str]  # greedy continuations logged at every evaluation (empty: none)
+    max_new_tokens: int = Field(ge=1)
+
+
+class DistributedConfig(Section):
+    nproc: int = Field(ge=1)  # processes on this node; > 1 launches torchrun
+    strategy: Literal["ddp", "fsdp"]
+    backend: Literal["auto", "nccl", "gloo"]  # auto: nccl on CUDA, gloo on CPU
+
+
+class PretrainConfig(Section):
+    model: ModelArchConfig
+    optim: OptimConfig
+    sample: SampleConfig
+    distributed: DistributedConfig
+    max_steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)  # sequences per optimizer step, all processes together
+    micro_batch_size: int = Field(ge=1)  # sequences per forward/backward in one process
+    eval_every: int = Field(ge=0)  # steps; 0 = only at the end
+    eval_batches: int | None = Field(ge=1)  # micro-batches per evaluation; null = the whole validation split
+    log_every: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=0)  # steps; 0 = never (no resume)
+    keep_checkpoints: int = Field(ge=1)
+    device: Literal["auto", "cpu", "cuda"]
+    dtype: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: Literal["auto"] | bool  # auto: torch.compile on CUDA only
+    num_threads: int | None = Field(ge=1)  # CPU threads per process; null = torch's default
+    deterministic: bool  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
+    peak_flops: float | None = Field(gt=0)  # per device, for MFU; null = detect (lifecycle/train/flops.py)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> PretrainConfig:
+        per_step = self.micro_batch_size * self.distributed.nproc
+        if self.batch_size % per_step:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of micro_batch_size x "
+                             f"distributed.nproc = {self.micro_batch_size} x {self.distributed.nproc}")
+        return self
+
+
+class RagChunkConfig(Section):
+    unit: Literal["tokens", "characters"]  # tokens: of the embedding model's tokenizer
+    size: int = Field(ge=16)  # tokens: keep under the model's max_seq_length (256 for MiniLM) minus the title
+    overlap: int = Field(ge=0)
+    title_prefix: bool  # embed and full-text index "title\ntext" when the chunk does not start with its title
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RagChunkConfig:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap={self.overlap} must be smaller than size={self.size}")
+        return self
+
+
+class RagEmbedConfig(Section):
+    model: str = Field(min_length=1)  # sentence-transformers model: a local folder or a name
+    device: Literal["auto", "cpu", "cuda"]
+    dtype: Literal["float32", "bfloat16"]  # bfloat16: autocast (fast on CPUs with AMX/AVX512-BF16 and GPUs)
+    batch_size: int = Field(ge=1)  # most texts per forward pass
+    max_batch_tokens: int = Field(ge=16)  # most padded tokens per forward pass (texts are length-sorted)
+    threads: int = Field(ge=0)  # torch CPU threads; 0 = all cores
+
+
+class RagAnnConfig(Section):
+    kind: Literal["ivf_pq", "ivf_flat", "hnsw_sq"]
+    min_rows: int = Field(ge=0)  # smaller tables get no ANN index: exact search is as fast there
+    partitions_per_sqrt_rows: float = Field(gt=0)  # num_partitions = round(this * sqrt(rows))
+    num_sub_vectors: int = Field(ge=1)  # ivf_pq: must divide the embedding dimension
+    nprobes: int = Field(ge=1)
+    refine_factor: int | None = Field(ge=1)  # re-rank nprobes' candidates x this with exact distances
+
+
+class RagSearchConfig(Section):
+    mode: Literal["dense", "fts", "hybrid"]
+    top_k: int = Field(ge=1)
+    rrf_k: int = Field(ge=1)  # reciprocal-rank fusion constant: score = sum 1 / (rrf_k + rank)
+
+
+class RagEvalConfig(Section):
+    max_questions: int = Field(ge=0)  # python-docs objects asked about (0: no evaluation in the stage)
+    ks: list[int] = Field(min_length=1)
+    question_template: str = Field(pattern=r"\{object\}")
+
+
+class RagAnswerConfig(Section):
+    top_k: int = Field(ge=1)  # chunks retrieved; as many as fit the model's context are used
+    max_new_tokens: int = Field(ge=1)
+    system_prompt: str = Field(min_length=1)
+
+
+class RagIndexConfig(Section):
+    table: str = Field(pattern=r"^[A-Za-z0-9_-]+$")  # LanceDB table under <state_dir>/rag/lancedb
+    chunk: RagChunkConfig
+    embed: RagEmbedConfig
+    ann: RagAnnConfig
+    search: RagSearchConfig
+    evaluate: RagEvalConfig
+    answer: RagAnswerConfig
+
+
 class Config(Section):
     run: RunConfig
     ingest: IngestConfig
     validate_: ValidateConfig = Field(alias="validate")
     tokenize: TokenizeConfig
+    pretrain: PretrainConfig
+    rag_index: RagIndexConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -120,8 +256,18 @@ def config_hash(cfg: Config) -> str:
     return hash_json(cfg.dump())
 
 
-def load_config(conf_dir: Path, profile: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Read conf/<section>.yaml, overlay the profile, then `--set` overrides; validate it all."""
+def find_conf_dir(value: str | Path | None = None) -> Path:
+    """--conf, then LIFECYCLE_CONF, then ./conf, then the conf/ beside this package (a source checkout)."""
+    for candidate in (value, os.environ.get("LIFECYCLE_CONF"), "conf", Path(__file__).resolve().parents[1] / "conf"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    raise ConfigError(f"configuration folder not found (tried --conf {value!r}, LIFECYCLE_CONF, ./conf)")
+
+
+def load_config(conf_dir: Path, profile: str | None = None, overrides: list[str] | None = None,
+                sources: list[str] | None = None) -> Config:
+    """Read conf/<section>.yaml, overlay the profile, then `--set` overrides, then `--source` paths
+    (which replace ingest.sources: 'python-docs' or a file/dir/glob each); validate it all."""
     conf_dir = Path(conf_dir)
     data: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -143,6 +289,11 @@ def load_config(conf_dir: Path, profile: str | None = None, overrides: list[str]
         key, value = _parse_override(item)
         _set_path(data, key, value)
         origin[key] = f"--set {item}"
+    if sources:
+        data["ingest"]["sources"] = [
+            {"name": "python-docs", "kind": "python-docs"} if s == "python-docs" else
+            {"name": f"cli-{i}", "kind": "files", "paths": [s]} for i, s in enumerate(sources, 1)]
+        origin["ingest.sources"] = "--source"
     try:
         return Config.model_validate(data)
     except ValidationError as err:

@@ -9,12 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.pipeline import pipeline
-from lifecycle.config import load_config
 from lifecycle.errors import ValidationFailed
 from lifecycle.tracking import tracking_uri
 
@@ -22,8 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def run(state: Path, conf_dir: Path, overrides: list[str], **kw: str) -> dict:
-    cfg = load_config(conf_dir, overrides=overrides)
-    return pipeline(config=cfg.dump(), state_dir=str(state), profile="test", **kw)
+    return pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), **kw)
 
 
 def child_runs(state: Path) -> list:

@@ -63,3 +63,8 @@ def test_unknown_profile_lists_known_ones(conf_dir: Path) -> None:
 def test_files_source_needs_paths(conf_dir: Path) -> None:
     with pytest.raises(ConfigError, match="needs at least one entry in 'paths'"):
         load_config(conf_dir, overrides=["ingest.sources=[{name: a, kind: files}]"])
+
+
+def test_source_flags_replace_configured_sources(conf_dir: Path) -> None:
+    cfg = load_config(conf_dir, "quickstart", sources=["docs/*.md", "python-docs"])
+    assert [(s.kind, s.paths) for s in cfg.ingest.sources] == [("files", ["docs/*.md"]), ("python-docs", [])]

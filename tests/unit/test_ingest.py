@@ -161,3 +161,10 @@ def test_python_docs_keeps_dotted_paths(conf_dir: Path) -> None:
     dumps = next(r for r in records if r["object"] == "json.dumps")
     assert dumps["text"].startswith("json.dumps(obj") and "JSON formatted" in dumps["text"]
     assert all(o == "json" or o.startswith("json.") for o in objects)
+
+
+def test_hub_dataset_offline_is_a_clear_error(conf_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = make_cfg(conf_dir, [{"name": "wiki", "kind": "hf", "dataset": "wikitext", "subset": "wikitext-2-raw-v1"}])
+    with pytest.raises(InputError, match=r"source 'wiki': Hugging Face dataset 'wikitext' cannot be downloaded offline"):
+        read_all(cfg)

@@ -54,3 +54,12 @@ def test_missing_required_column_fails(docs: tuple[Path, dict], conf_dir: Path, 
                                            "validate.required_columns=[id, text, language]"]).validate_
     report = validate_documents(cfg, docs[0], docs[1], tmp_path)
     assert [r["kwargs"]["column"] for r in report["failed"]] == ["language"]
+
+
+def test_all_duplicates_corpus_fails_validation(tmp_path: Path, conf_dir: Path) -> None:
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": distinct_text(7)}) for _ in range(40)))
+    stats = ingest_documents(make_cfg(conf_dir, [files_source(tmp_path / "d.jsonl")]), tmp_path / "docs")
+    report = validate_documents(load_config(conf_dir).validate_, tmp_path / "docs", stats, tmp_path / "v")
+    failed = {(r["expectation"], r["kwargs"].get("column")) for r in report["failed"]}
+    assert ("expect_column_values_to_be_between", "duplicate_share") in failed
+    assert ("expect_table_row_count_to_be_between", None) in failed

@@ -1,0 +1,64 @@
+"""The decoder-only transformer: a Hugging Face `LlamaForCausalLM` or `GPT2LMHeadModel` built from
+`pretrain.model` in the config (no download), so TRL, MLflow and `from_pretrained` use it as is.
+
+    model = build_model(cfg.pretrain.model, vocab_size=len(tok), context_length=128,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    count_params(model)  # {"total": ..., "non_embedding": ..., "matmul": ...}
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from lifecycle.config import ModelArchConfig
+
+log = logging.getLogger("lifecycle.model")
+
+
+def build_config(cfg: ModelArchConfig, vocab_size: int, context_length: int, eos_token_id: int,
+                 pad_token_id: int | None) -> LlamaConfig | GPT2Config:
+    """The transformers config for `cfg`; attention runs through fused SDPA kernels."""
+    ids = {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+    if cfg.arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+                           num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                           num_key_value_heads=cfg.n_kv_head, max_position_embeddings=context_length,
+                           rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                           attention_dropout=cfg.dropout, initializer_range=cfg.init_std,
+                           tie_word_embeddings=cfg.tie_embeddings, attn_implementation="sdpa", **ids)
+    return GPT2Config(vocab_size=vocab_size, n_positions=context_length, n_embd=cfg.d_model, n_layer=cfg.n_layer,
+                      n_head=cfg.n_head, n_inner=cfg.d_ff, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                      attn_pdrop=cfg.dropout, initializer_range=cfg.init_std, tie_word_embeddings=cfg.tie_embeddings,
+                      attn_implementation="sdpa", **ids)
+
+
+def build_model(cfg: ModelArchConfig, vocab_size: int, context_length: int, eos_token_id: int,
+                pad_token_id: int | None) -> PreTrainedModel:
+    """A freshly initialised causal LM (fp32, on CPU; the caller moves it)."""
+    config = build_config(cfg, vocab_size, context_length, eos_token_id, pad_token_id)
+    model_cls = LlamaForCausalLM if cfg.arch == "llama" else GPT2LMHeadModel
+    model = model_cls(config)
+    model.generation_config.eos_token_id = eos_token_id
+    model.generation_config.pad_token_id = pad_token_id if pad_token_id is not None else eos_token_id
+    model.generation_config.bos_token_id = eos_token_id
+    sizes = count_params(model)
+    log.info("model: %s, %d layers, d_model %d, %d heads, vocab %d, context %d: %.2fM parameters (%.2fM non-embedding)",
+             cfg.arch, cfg.n_layer, cfg.d_model, cfg.n_head, vocab_size, context_length, sizes["total"] / 1e6,
+             sizes["non_embedding"] / 1e6)
+    return model
+
+
+def count_params(model: PreTrainedModel) -> dict[str, int]:
+    """total: unique parameters; non_embedding: without token/position embeddings (and a tied LM head);
+    matmul: the weights a token is multiplied with (non-embedding + the LM head), for FLOP estimates."""
+    params = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in params.values())
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head_weight = model.get_output_embeddings().weight
+    embeddings.add(id(head_weight))  # tied: already there; untied: the LM head is vocabulary-sized too
+    non_embedding = total - sum(params[i].numel() for i in embeddings)
+    head = head_weight.numel()
+    return {"total": total, "non_embedding": non_embedding, "matmul": non_embedding + head}
