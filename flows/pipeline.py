@@ -13,6 +13,8 @@ from lifecycle.runtime import resolve_state_dir
 from lifecycle.stages import plan_stages
 from tasks.common import pipeline_run
 from tasks.ingest import ingest
+from tasks.pretrain import pretrain
+from tasks.rag_index import rag_index
 from tasks.tokenize import tokenize
 from tasks.validate import validate
 
@@ -30,5 +32,9 @@ def pipeline(profile: str = "default", overrides: list[str] | None = None, sourc
         outputs["ingest"] = docs = ingest(cfg, ctx)
         outputs["validate"] = validate(cfg, docs, ctx)
         if ctx.wants("tokenize"):
-            outputs["tokenize"] = tokenize(cfg, docs, ctx)
+            outputs["tokenize"] = tokens = tokenize(cfg, docs, ctx)
+        if ctx.wants("pretrain"):
+            outputs["pretrain"] = pretrain(cfg, tokens, ctx)
+        if ctx.wants("rag_index"):
+            outputs["rag_index"] = rag_index(cfg, docs, ctx)
     return {stage: asdict(out) for stage, out in outputs.items()}

@@ -3,6 +3,10 @@
     lifecycle run --profile quickstart [--until STAGE] [--from STAGE] [--source PATH]... [--set a.b=c]...
     lifecycle config --profile quickstart          # print the resolved configuration
     lifecycle ui mlflow|prefect                     # dashboards over the state directory
+    lifecycle search "parse a JSON string" [--mode dense|fts|hybrid] [--filter-source NAME] [--title-prefix P]
+    lifecycle ask "How do I parse JSON?" [--model HF_DIR]   # RAG answer from the registered (or given) model
+    lifecycle eval-retrieval [--squad FILE]         # recall@k / MRR of dense, full-text and hybrid search
+    lifecycle bench pretrain --layers 4 --heads 4 --dim 128 --context 128 --batch 16 --steps 30 --vocab-size 2048
 
 User errors (bad config, bad input, failed validation) print a message and exit with status 2, no traceback.
 """
@@ -10,6 +14,7 @@ User errors (bad config, bad input, failed validation) print a message and exit 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -22,12 +27,16 @@ from lifecycle.errors import LifecycleError
 log = logging.getLogger("lifecycle")
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser, with_sources: bool = True) -> None:
     p.add_argument("--profile", help="overlay conf/profiles/NAME.yaml (e.g. quickstart)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one value, e.g. --set tokenize.vocab_size=1024 (repeatable)")
-    p.add_argument("--source", dest="sources", action="append", default=[], metavar="PATH_OR_GLOB",
-                   help="replace the configured sources for this run (repeatable; 'python-docs' for the stdlib docs)")
+    if with_sources:
+        p.add_argument("--source", dest="sources", action="append", default=[], metavar="PATH_OR_GLOB",
+                       help="replace the configured sources for this run (repeatable; 'python-docs' for the stdlib "
+                            "docs)")
+    else:
+        p.set_defaults(sources=[])
     p.add_argument("--conf", help="configuration folder (default: ./conf)")
     p.add_argument("--state-dir", help="where runs, artifacts and caches live (default: LIFECYCLE_HOME or .lifecycle)")
 
@@ -44,11 +53,41 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reuse cached outputs of earlier stages; recompute this stage and its dependants")
     show = sub.add_parser("config", help="print the resolved configuration as YAML")
     _config_args(show)
+    _rag_parsers(sub)
+    bench = sub.add_parser("bench", help="reproducible measurements, one JSON line (results: docs/BENCHMARKS.md)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    from lifecycle.bench import add_pretrain_args
+
+    add_pretrain_args(bench_sub.add_parser("pretrain", help="pretraining tokens/s, step time and MFU vs a "
+                                                            "minimal reference loop, on random tokens"))
     ui = sub.add_parser("ui", help="start a dashboard over the state directory")
     ui.add_argument("which", choices=["mlflow", "prefect"])
     ui.add_argument("--state-dir")
     ui.add_argument("--port", type=int)
     return parser
+
+
+def _rag_parsers(sub: argparse._SubParsersAction) -> None:
+    search = sub.add_parser("search", help="search the RAG index built by the rag_index stage")
+    ask = sub.add_parser("ask", help="answer a question with the policy model, conditioned on retrieved chunks")
+    for p, what in ((search, "query"), (ask, "question")):
+        _config_args(p, with_sources=False)
+        p.add_argument(what)
+        p.add_argument("-k", "--top-k", type=int, help="chunks to retrieve (default: rag_index.search/answer.top_k)")
+        p.add_argument("--filter-source", metavar="NAME", help="only chunks from this ingest source")
+        p.add_argument("--title-prefix", help="only chunks whose title starts with this (e.g. json.)")
+        p.add_argument("--path-prefix", help="only chunks whose path starts with this")
+        p.add_argument("--json", action="store_true", help="print JSON")
+    search.add_argument("--mode", choices=["dense", "fts", "hybrid"], help="default: rag_index.search.mode")
+    search.add_argument("--exact", action="store_true", help="dense: exact search instead of the ANN index")
+    ask.add_argument("--model", help="a Hugging Face model folder (default: the registered model @champion, "
+                                     "else its newest version)")
+    ask.add_argument("--show-prompt", action="store_true", help="print the prompt the model saw")
+    ev = sub.add_parser("eval-retrieval", help="recall@k and MRR of dense, full-text and hybrid retrieval")
+    _config_args(ev, with_sources=False)
+    ev.add_argument("--squad", metavar="FILE", help="SQuAD-format JSON: index its passages (in a separate table) "
+                                                   "and ask its questions; default: python-docs questions on the index")
+    ev.add_argument("--max-questions", type=int, help="evaluate at most this many questions")
 
 
 def load(args: argparse.Namespace):  # -> Config (imported lazily to keep `--help` fast)
@@ -104,6 +143,66 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rag_setup(args: argparse.Namespace):  # -> (Config, state dir, where-clause)
+    from lifecycle.rag.search import build_where
+    from lifecycle.runtime import resolve_state_dir
+
+    cfg = load(args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise next to a search result
+    where = build_where(getattr(args, "filter_source", None), getattr(args, "title_prefix", None),
+                        getattr(args, "path_prefix", None))
+    return cfg, resolve_state_dir(args.state_dir, cfg.run.state_dir), where
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from lifecycle.rag.search import format_hits, open_current
+
+    cfg, state_dir, where = _rag_setup(args)
+    hits = open_current(state_dir, cfg.rag_index).search(args.query, args.mode, args.top_k, where, args.exact)
+    print(json.dumps([h.to_dict() for h in hits], indent=2) if args.json else format_hits(hits))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from lifecycle.rag.answer import answer_question, load_policy, resolve_policy
+    from lifecycle.rag.search import open_current
+
+    cfg, state_dir, where = _rag_setup(args)
+    retriever = open_current(state_dir, cfg.rag_index)
+    path, label = resolve_policy(args.model, cfg.run.registered_model, state_dir)
+    model, tokenizer = load_policy(path)
+    answer_cfg = cfg.rag_index.answer.model_copy(update={"top_k": args.top_k or cfg.rag_index.answer.top_k})
+    answer = answer_question(args.question, retriever, model, tokenizer, answer_cfg, where, label)
+    if args.show_prompt:
+        print(answer.prompt, file=sys.stderr)
+    print(json.dumps(answer.to_dict(), indent=2) if args.json else answer.format())
+    return 0
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from lifecycle.rag.evaluate import evaluate_squad, evaluate_current
+
+    cfg, state_dir, _ = _rag_setup(args)
+    if args.squad:
+        result = evaluate_squad(Path(args.squad), cfg, state_dir, args.max_questions)
+    else:
+        result = evaluate_current(cfg, state_dir, args.max_questions)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lifecycle.bench.pretrain import bench_pretrain
+    from lifecycle.config import find_conf_dir
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    print(json.dumps(bench_pretrain(args, find_conf_dir(args.conf))))
+    return 0
+
+
 class _NoUserErrorTraceback(logging.Filter):
     """Prefect logs task failures with a traceback; for a user error the message is the whole story."""
 
@@ -122,7 +221,8 @@ def _hide_user_error_tracebacks() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "config": cmd_config, "ui": cmd_ui}
+    handlers = {"run": cmd_run, "config": cmd_config, "ui": cmd_ui, "search": cmd_search, "ask": cmd_ask,
+                "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except LifecycleError as err:

@@ -15,6 +15,8 @@ STAGES: dict[str, tuple[str, ...]] = {
     "ingest": (),
     "validate": ("ingest",),
     "tokenize": ("ingest", "validate"),
+    "pretrain": ("tokenize",),
+    "rag_index": ("ingest", "validate"),  # keep last: it pairs the index with the newest registered model
 }
 
 

@@ -104,10 +104,12 @@ def _cached_tokenizer(path: str) -> PreTrainedTokenizerFast:
 
 def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path) -> dict[str, float]:
     docs = load_documents(docs_dir)
+    if not len(docs["validation"]):
+        raise LifecycleError("tokenize: the validation split is empty; set ingest.val_fraction above 0")
     tok = train_tokenizer(cfg, docs["train"])
     tok_dir = out_dir / "tokenizer"
     tok.save_pretrained(str(tok_dir))
-    val_texts = list(docs["validation"]["text"]) or list(docs["train"].select(range(min(100, len(docs["train"]))))["text"])
+    val_texts = list(docs["validation"]["text"])
     bpt, val_bytes, val_tokens = bytes_per_token(tok, val_texts)
     blocks = datasets.DatasetDict({split: pack_split(docs[split], tok_dir, cfg, tok.eos_token_id)
                                    for split in ("train", "validation")})

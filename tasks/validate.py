@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import lifecycle.data.validate
@@ -30,6 +30,9 @@ def validate(cfg: Config, docs: StageOutput, ctx: RunContext) -> StageOutput:
         mlflow.log_artifact(str(out / "result.json"), "validation")
         create_markdown_artifact(key="validation-report", markdown=report_markdown(report),
                                  description="Great Expectations results for the ingested documents")
+        if report["success"]:  # a failed run's docs live only in MLflow: its folder is not kept
+            index = ctx.store.path("validate", dirs.key) / "data_docs" / "index.html"
+            create_link_artifact(key="data-docs", link=index.as_uri(), link_text="Great Expectations Data Docs")
         mlflow.set_tag("lifecycle.validation", "passed" if report["success"] else "failed")
         if not report["success"]:
             raise ValidationFailed(describe_failures(report))

@@ -62,7 +62,7 @@ def deduplicate(docs: list[dict[str, Any]], cfg: IngestConfig) -> tuple[list[dic
         flags = near_duplicates([d["text"] for d in unique], cfg.near_dup.threshold, cfg.near_dup.num_perm,
                                 cfg.near_dup.shingle_words)
         stats["near_duplicates"] = sum(flags)
-        unique = [d for d, dup in zip(unique, flags) if not dup]
+        unique = [d for d, dup in zip(unique, flags, strict=True) if not dup]
     return unique, stats
 
 
@@ -110,5 +110,6 @@ def _features() -> datasets.Features:
 def load_documents(path: Path) -> datasets.DatasetDict:
     """The ingest output as {"train", "validation"} (filtered in memory: the stored artifact stays untouched)."""
     table = datasets.load_from_disk(str(path / "documents"))
-    return datasets.DatasetDict({split: table.filter(lambda s: s == split, input_columns="split", keep_in_memory=True)
-                                 for split in ("train", "validation")})
+    return datasets.DatasetDict({
+        split: table.filter(lambda s, split=split: s == split, input_columns="split", keep_in_memory=True)
+        for split in ("train", "validation")})

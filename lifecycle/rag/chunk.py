@@ -50,17 +50,28 @@ def split_characters(text: str, size: int, overlap: int) -> list[tuple[int, int]
     return spans
 
 
-def split_tokens(offsets: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
-    """Character spans of windows of `size` tokens overlapping by `overlap` tokens, from the tokenizer's
-    offset mapping (so the chunk text is an exact substring of the document)."""
-    if not offsets:
+def split_tokens(text: str, offsets: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
+    """Character spans of windows of `size` tokens overlapping by about `overlap` tokens, from the tokenizer's
+    offset mapping (so a chunk is an exact substring of the document). Window edges move inwards, by at most
+    half the overlap each, to whitespace, so chunks do not start or end mid-word; coverage stays complete."""
+    n = len(offsets)
+    if not n:
         return []
+    slack = max(overlap // 2 - 1, 0)
+
+    def starts_word(i: int) -> bool:
+        return i == 0 or text[offsets[i][0] - 1].isspace()
+
+    def ends_word(i: int) -> bool:
+        return i == n - 1 or text[offsets[i][1]:offsets[i][1] + 1].isspace()
+
     spans = []
-    step = size - overlap
-    for first in range(0, len(offsets), step):
-        last = min(first + size, len(offsets)) - 1
-        spans.append((offsets[first][0], offsets[last][1]))
-        if last == len(offsets) - 1:
+    for first in range(0, n, size - overlap):
+        last = min(first + size, n) - 1
+        a = next((i for i in range(first, min(first + slack, last) + 1) if starts_word(i)), first)
+        b = next((i for i in range(last, max(last - slack, a) - 1, -1) if ends_word(i)), last)
+        spans.append((offsets[a][0], offsets[b][1]))
+        if last == n - 1:
             break
     return spans
 
@@ -69,12 +80,14 @@ def chunk_documents(docs: Iterable[dict[str, Any]], cfg: RagChunkConfig, setting
                     tokenizer: PreTrainedTokenizerBase | None = None) -> list[Chunk]:
     """All chunks of `docs`, in document order. `tokenizer` is required when `cfg.unit == "tokens"`."""
     docs = list(docs)
+    if not docs:
+        return []
     if cfg.unit == "tokens":
         if tokenizer is None:
             raise ValueError("chunk.unit 'tokens' needs the embedding model's tokenizer")
         enc = tokenizer([d["text"] for d in docs], add_special_tokens=False, return_offsets_mapping=True,
                         truncation=False, verbose=False)
-        all_spans = [split_tokens(offs, cfg.size, cfg.overlap) for offs in enc["offset_mapping"]]
+        all_spans = [split_tokens(d["text"], offs, cfg.size, cfg.overlap) for d, offs in zip(docs, enc["offset_mapping"])]
     else:
         all_spans = [split_characters(d["text"], cfg.size, cfg.overlap) for d in docs]
     chunks: list[Chunk] = []

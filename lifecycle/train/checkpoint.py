@@ -106,7 +106,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         unique, aliases = _unique_tensors(weights)
         save_file(unique, str(tmp / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
         torch.save({"optimizer": optim, "scheduler": scheduler.state_dict(), **state}, tmp / "state.pt")
-        meta = {"step": step, "world_size": dist.world_size, "strategy": strategy,
+        meta = {"step": step, "world_size": dist.world_size, "strategy": strategy if dist.enabled else "single",
                 **{k: v for k, v in state.items() if not isinstance(v, list)}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         _fsync_dir(tmp)

@@ -66,12 +66,15 @@ def memory_gb(device: torch.device) -> float:
 def train(cfg: PretrainConfig, seed: int, data_dir: Path, out_dir: Path, ckpt_dir: Path,
           on_metrics: MetricsHook | None = None, on_text: TextHook | None = None) -> dict[str, float]:
     """Pretrain (or resume) until cfg.max_steps; write out_dir/model and metrics; return the metrics."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     set_runtime(cfg)
     dist = init_distributed(cfg.device, cfg.distributed.backend)
     try:
         return _train(cfg, seed, Path(data_dir), Path(out_dir), Path(ckpt_dir), dist, on_metrics, on_text)
     finally:
         cleanup(dist)
+        torch.set_num_threads(threads)  # in-process runs leave the caller's settings as they were
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def _train(cfg: PretrainConfig, seed: int, data_dir: Path, out_dir: Path, ckpt_dir: Path, dist: DistInfo,
@@ -197,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
-    raw = Path(args.config).read_text() if Path(args.config).is_file() else args.config
-    spec = json.loads(raw)
+    try:
+        spec = json.loads(args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text())
+    except (OSError, ValueError) as err:
+        print(f"error: --config {args.config[:80]!r}: not a JSON file or inline JSON ({err})", file=sys.stderr)
+        return 2
     cfg = PretrainConfig.model_validate(spec["pretrain"])
     hooks: dict[str, Callable] = {}
     if args.mlflow_run_id and rank == 0:

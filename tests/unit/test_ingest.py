@@ -57,7 +57,8 @@ def test_every_format_is_read(tmp_path: Path, conf_dir: Path) -> None:
     records = read_all(make_cfg(conf_dir, [files_source(tmp_path, text_field="body")]))
     by_title = {r["title"]: r["text"] for r in records}
     assert by_title["Title B"].endswith("markdown body")
-    assert "visible words" in by_title["Page C"] and "alert" not in by_title["Page C"] and "p{}" not in by_title["Page C"]
+    page = by_title["Page C"]
+    assert "visible words" in page and "alert" not in page and "p{}" not in page
     assert by_title["E1"] == "json record"
     texts = {r["text"] for r in records}
     assert {"line one", "two", "csv row text", "parquet row"} <= texts
@@ -166,5 +167,5 @@ def test_python_docs_keeps_dotted_paths(conf_dir: Path) -> None:
 def test_hub_dataset_offline_is_a_clear_error(conf_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = make_cfg(conf_dir, [{"name": "wiki", "kind": "hf", "dataset": "wikitext", "subset": "wikitext-2-raw-v1"}])
-    with pytest.raises(InputError, match=r"source 'wiki': Hugging Face dataset 'wikitext' cannot be downloaded offline"):
+    with pytest.raises(InputError, match=r"source 'wiki': Hugging Face dataset 'wikitext' cannot be downloaded"):
         read_all(cfg)

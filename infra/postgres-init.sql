@@ -1,0 +1,2 @@
+-- MLflow gets its own database next to Prefect's.
+CREATE DATABASE mlflow;

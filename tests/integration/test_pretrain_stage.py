@@ -1,0 +1,60 @@
+"""The pretrain stage in the real pipeline flow (tiny corpus, tiny model): MLflow child run with training
+curves and the bits-per-byte summary, a registered model version with lineage tags and no alias, a
+`from_pretrained`-ready output, checkpoints cleaned up, and a cache hit (no new version) on re-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from flows.pipeline import pipeline
+from lifecycle.tracking import tracking_uri
+
+pytestmark = pytest.mark.integration
+
+TINY_PRETRAIN = ["pretrain.model.n_layer=2", "pretrain.model.n_head=4", "pretrain.model.n_kv_head=2",
+                 "pretrain.model.d_model=64", "pretrain.model.d_ff=172", "pretrain.max_steps=30",
+                 "pretrain.batch_size=8", "pretrain.micro_batch_size=8", "pretrain.eval_every=15",
+                 "pretrain.checkpoint_every=10", "pretrain.log_every=5", "pretrain.device=cpu",
+                 "pretrain.optim.lr=3e-3", "pretrain.optim.warmup_steps=3", "pretrain.sample.max_new_tokens=8"]
+
+
+def test_pretrain_stage_tracks_registers_and_caches(tmp_path: Path, conf_dir: Path,
+                                                    tiny_overrides: list[str]) -> None:
+    state = tmp_path / "state"
+    overrides = tiny_overrides + TINY_PRETRAIN
+    first = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
+    out = first["pretrain"]
+    assert not out["cached"] and out["metrics"]["val_bpb"] < out["metrics"]["unigram_bpb"]
+    model_dir = Path(out["path"], "model")
+    AutoModelForCausalLM.from_pretrained(str(model_dir))
+    AutoTokenizer.from_pretrained(str(model_dir))
+    assert not (state / "checkpoints" / "pretrain" / out["key"]).exists()  # removed after success
+
+    client = MlflowClient(tracking_uri(state))
+    run = client.get_run(out["run_id"])
+    assert run.data.tags["lifecycle.input.tokenize"] == first["tokenize"]["key"]
+    for name in ("pretrain/val_bpb", "pretrain/unigram_bpb", "pretrain/final_loss", "pretrain/tokens_per_s",
+                 "pretrain/mfu", "pretrain/train/loss", "pretrain/train/lr", "pretrain/train/grad_norm",
+                 "pretrain/train/tokens_per_s", "pretrain/train/mfu", "pretrain/train/mem_gb", "pretrain/eval/val_bpb"):
+        assert name in run.data.metrics, name
+    curve = client.get_metric_history(out["run_id"], "pretrain/train/loss")
+    assert [m.step for m in curve] == [5, 10, 15, 20, 25, 30] and curve[-1].value < curve[0].value
+    assert any(a.path == "pretrain" for a in client.list_artifacts(out["run_id"]))
+
+    versions = client.search_model_versions("name='lifecycle-gpt'")
+    assert len(versions) == 1
+    version = versions[0]
+    assert version.run_id == out["run_id"]
+    assert version.tags["lifecycle.data_key"] == first["ingest"]["key"]
+    assert version.tags["lifecycle.tokenizer_key"] == first["tokenize"]["key"]
+    assert version.tags["lifecycle.stage_key"] == out["key"]
+    assert version.tags["lifecycle.config_hash"] == run.data.tags["lifecycle.pipeline_config_hash"]
+    assert not client.get_registered_model("lifecycle-gpt").aliases  # promotion moves aliases, not training
+
+    second = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
+    assert second["pretrain"]["cached"] and second["pretrain"]["key"] == out["key"]
+    assert len(client.search_model_versions("name='lifecycle-gpt'")) == 1
