@@ -149,6 +149,7 @@ def _rag_setup(args: argparse.Namespace):  # -> (Config, state dir, where-clause
 
     cfg = load(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars are noise next to a search result
@@ -183,7 +184,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from lifecycle.rag.evaluate import evaluate_squad, evaluate_current
+    from lifecycle.rag.evaluate import evaluate_current, evaluate_squad
 
     cfg, state_dir, _ = _rag_setup(args)
     if args.squad:

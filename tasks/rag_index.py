@@ -22,7 +22,11 @@ import lifecycle.rag.index
 import lifecycle.rag.search
 from lifecycle.config import Config, RagIndexConfig
 from lifecycle.data.ingest import load_documents
-from lifecycle.rag.evaluate import evaluate_retrieval, python_docs_questions, report_markdown
+from lifecycle.rag.evaluate import (
+    evaluate_retrieval,
+    python_docs_questions,
+    report_markdown,
+)
 from lifecycle.rag.index import build_index
 from lifecycle.rag.search import open_index, rag_dir, write_current
 from lifecycle.store import StageOutput, code_hash
@@ -44,7 +48,8 @@ def rag_index(cfg: Config, docs: StageOutput, ctx: RunContext) -> StageOutput:
         mlflow.log_params({"embed_model": section.embed.model, "embed_dtype": section.embed.dtype,
                            "chunk_unit": section.chunk.unit, "chunk_size": section.chunk.size,
                            "chunk_overlap": section.chunk.overlap, "ann": info["ann"], "table": section.table})
-        metrics = {k: float(info[k]) for k in ("rows", "documents", "new_documents", "removed_documents",
+        metrics = {k: float(info[k]) for k in ("rows", "documents", "new_documents", "changed_documents",
+                                               "removed_documents",
                                                "embedded_chunks", "reused_chunks", "deleted_chunks", "embed_seconds")}
         metrics["table_version"] = float(info["version"])
         if info["embedded_chunks"]:

@@ -21,7 +21,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ff", type=int, help="MLP size (default: 4 x dim for gpt2, ~8/3 x dim for llama)")
     p.add_argument("--micro-batch", type=int, help="micro-batch (default: --batch, no accumulation)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds per loop, alternating; median reported")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per loop, alternating; the best is reported")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     p.add_argument("--profile", help="config profile whose pretrain section supplies the other values")

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from lifecycle.config import RagAnswerConfig
 from lifecycle.errors import LifecycleError
@@ -46,8 +51,9 @@ class Answer:
                              "score": s.score} for s in self.sources]}
 
     def format(self) -> str:
-        lines = [self.text or "(empty answer)", "", f"Sources ({len(self.sources)} of {self.retrieved} retrieved "
-                 f"fit the context{'; it was cut to fit' if self.truncated else ''}):"]
+        cut = "; it was cut to fit" if self.truncated else ""
+        lines = [self.text or "(empty answer)", "",
+                 f"Sources ({len(self.sources)} of {self.retrieved} retrieved fit the context{cut}):"]
         lines += [f"  [{i}] {s.title}  [{s.source}] {s.path}  ({s.chunk_id})" for i, s in enumerate(self.sources, 1)]
         return "\n".join(lines + ([f"Model: {self.model}"] if self.model else []))
 
@@ -59,8 +65,9 @@ def build_messages(question: str, chunks: list[Hit], system_prompt: str) -> list
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
-    # transformers 5 returns a dict unless told otherwise
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    # rendered first, then encoded quietly: a prompt longer than the model's context is cut by the caller
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, return_dict=False)
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def context_window(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -84,7 +91,7 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, question: str, hits: list[Hit
         raise LifecycleError(f"the question and system prompt take {len(bare)} tokens, more than the "
                              f"{budget} the model's context leaves after rag_index.answer.max_new_tokens")
     if hits:
-        text_ids = tokenizer(hits[0].text, add_special_tokens=False)["input_ids"]
+        text_ids = tokenizer(hits[0].text, add_special_tokens=False, verbose=False)["input_ids"]
         full = _encode(tokenizer, build_messages(question, hits[:1], system_prompt))
         keep = len(text_ids) - (len(full) - budget)  # drop the overflow; re-encoding may differ by a token or two
         while keep > 0:
@@ -100,11 +107,11 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: li
     """Greedy continuation of `ids`, stopped at the end-of-turn token or EOS."""
     stop = [t for t in (tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id)
             if isinstance(t, int) and t != tokenizer.unk_token_id]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else None)
     input_ids = torch.tensor([ids], device=model.device)
     with torch.inference_mode():
         out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stop or None,
-                             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0])
+                             do_sample=False, eos_token_id=stop or None, pad_token_id=pad)
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
 

@@ -166,7 +166,8 @@ def evaluate_squad(path: Path, cfg: Config, state_dir: Path, max_questions: int 
                                 {"dataset": str(path), "questions": len(questions), "passages": len(docs),
                                  "chunks": info["rows"], "embed_model": cfg.rag_index.embed.model})
     return {"dataset": str(path), "passages": len(docs), "questions": len(questions), "chunks": info["rows"],
-            "table": f"{info['uri']}#{table}", "mlflow_run_id": run_id, "report": report}
+            "embedded_chunks": info["embedded_chunks"], "table": f"{info['uri']}#{table}", "mlflow_run_id": run_id,
+            "report": report}
 
 
 def evaluate_current(cfg: Config, state_dir: Path, max_questions: int | None = None) -> dict[str, Any]:

@@ -49,7 +49,8 @@ class IndexInfo:
     dim: int
     ann: str  # the ANN index kind, or "none" (exact search)
     rebuilt: bool
-    new_documents: int
+    new_documents: int  # documents not indexed before (by source, path and title)
+    changed_documents: int  # same source, path and title, new content or settings: re-embedded
     removed_documents: int
     unchanged_documents: int
     embedded_chunks: int
@@ -83,11 +84,18 @@ def to_arrow(chunks: list[dict[str, Any]], vectors: np.ndarray, settings: str, d
     return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
 
 
-def existing_keys(tbl: lancedb.table.Table) -> tuple[dict[str, int], set[str]]:
-    """{doc_key: chunk rows} and the settings hashes present in the table."""
-    rows = tbl.search().select(["doc_key", "settings"]).limit(None).to_arrow()
-    keys, counts = np.unique(np.asarray(rows["doc_key"].to_pylist(), dtype=object), return_counts=True)
-    return dict(zip(keys.tolist(), counts.tolist())), set(rows["settings"].unique().to_pylist())
+def identity(doc: dict[str, Any]) -> tuple[str, str, str]:
+    """Which document this is, whatever its content: to tell a changed document from a new one."""
+    return doc["source"] or "", doc["path"] or "", doc["title"] or ""
+
+
+def existing_keys(tbl: lancedb.table.Table) -> tuple[dict[str, int], dict[str, tuple[str, str, str]], set[str]]:
+    """{doc_key: chunk rows}, {doc_key: identity} and the settings hashes present in the table."""
+    rows = tbl.search().select(["doc_key", "settings", "source", "path", "title"]).limit(None).to_list()
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["doc_key"]] = counts.get(row["doc_key"], 0) + 1
+    return counts, {r["doc_key"]: identity(r) for r in rows}, {r["settings"] for r in rows}
 
 
 def quote(value: str) -> str:
@@ -135,6 +143,19 @@ def ensure_indexes(tbl: lancedb.table.Table, cfg: RagIndexConfig, dim: int, chan
     return cfg.ann.kind
 
 
+def indexed_documents(tbl: lancedb.table.Table | None, settings: str,
+                      dim: int) -> tuple[dict[str, int], dict[str, tuple[str, str, str]], int | None]:
+    """({doc_key: rows}, {doc_key: identity}, rows dropped by a rebuild or None): the table is rebuilt when
+    there is none, or when it was built with other chunking or embedding settings."""
+    if tbl is None:
+        return {}, {}, 0
+    have, identities, stored = existing_keys(tbl)
+    if stored - {settings} or tbl.schema.field("vector").type.list_size != dim:
+        log.info("rag_index: chunking or embedding settings changed: rebuilding table %s", tbl.name)
+        return {}, {}, sum(have.values())
+    return have, identities, None
+
+
 def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, table: str,
                 embedder: Embedder | None = None) -> IndexInfo:
     """Bring table `table` in `db_uri` up to date with `docs` (dicts with id, text and metadata)."""
@@ -146,18 +167,14 @@ def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, ta
     wanted = {doc_key(d, settings): d for d in docs}
     db = lancedb.connect(db_uri)
     tbl = db.open_table(table) if table in db.list_tables().tables else None
-    have: dict[str, int] = {}
-    rebuilt, dropped = tbl is None, 0
-    if tbl is not None:
-        have, stored = existing_keys(tbl)
-        if stored - {settings} or tbl.schema.field("vector").type.list_size != embedder.dim:
-            log.info("rag_index: chunking or embedding settings changed: rebuilding table %s", table)
-            rebuilt, dropped, have = True, sum(have.values()), {}
+    have, identities, dropped = indexed_documents(tbl, settings, embedder.dim)
+    rebuilt = dropped is not None
     new = [d for k, d in wanted.items() if k not in have]
     gone = [k for k in have if k not in wanted]
+    changed = len({identity(d) for d in new} & {identities[k] for k in gone})
     chunks = chunk_documents(new, cfg.chunk, settings, embedder.tokenizer)
-    log.info("rag_index: %d documents (%d new or changed, %d removed, %d unchanged) -> embedding %d chunks",
-             len(wanted), len(new), len(gone), len(wanted) - len(new), len(chunks))
+    log.info("rag_index: %d documents (%d new, %d changed, %d removed, %d unchanged) -> embedding %d chunks",
+             len(wanted), len(new) - changed, changed, len(gone) - changed, len(wanted) - len(new), len(chunks))
     embed_started = time.perf_counter()
     vectors = embedder.embed([c["search_text"] for c in chunks], desc="embed chunks")
     embed_seconds = time.perf_counter() - embed_started
@@ -173,10 +190,11 @@ def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, ta
     ann = ensure_indexes(tbl, cfg, embedder.dim, changed=bool(gone or len(data)) and not rebuilt)
     info = IndexInfo(uri=db_uri, table=table, version=int(tbl.version), rows=tbl.count_rows(),
                      documents=len(wanted), settings=settings, embed=cfg.embed.model_dump(), dim=embedder.dim,
-                     ann=ann, rebuilt=rebuilt, new_documents=len(new), removed_documents=len(gone),
+                     ann=ann, rebuilt=rebuilt, new_documents=len(new) - changed,
+                     changed_documents=changed, removed_documents=len(gone) - changed,
                      unchanged_documents=len(wanted) - len(new), embedded_chunks=len(chunks),
                      reused_chunks=sum(have[k] for k in have if k in wanted),
-                     deleted_chunks=dropped + sum(have[k] for k in gone),
+                     deleted_chunks=(dropped or 0) + sum(have[k] for k in gone),
                      embed_seconds=embed_seconds, seconds=time.perf_counter() - started)
     rate = f" ({len(chunks) / max(embed_seconds, 1e-9):.1f} chunks/s)" if chunks else ""
     log.info("rag_index: table %s version %d: %d rows; embedded %d chunks%s, reused %d, deleted %d", table,

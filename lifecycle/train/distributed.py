@@ -10,6 +10,7 @@ A single process (no WORLD_SIZE, or 1) needs no process group: every helper here
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import subprocess
@@ -85,9 +86,12 @@ def wrap_model(model: nn.Module, strategy: str, dist: DistInfo) -> nn.Module:
         return model
     if strategy == "ddp":
         ids = [dist.device.index] if dist.device.type == "cuda" else None
-        # no buffer broadcast: the buffers are constants (RoPE frequencies), and without it a forward pass
-        # is not a collective, so ranks may evaluate uneven shards
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # no buffer sync in forward: the buffers are constants (RoPE frequencies), and without it a forward
+        # pass is not a collective, so ranks may evaluate uneven shards
+        ddp = nn.parallel.DistributedDataParallel
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                   else {"broadcast_buffers": False})  # the older spelling, deprecated in torch 2.13
+        return ddp(model, device_ids=ids, **no_sync)
     from torch.distributed.fsdp import fully_shard
 
     for layer in decoder_layers(model):
@@ -106,6 +110,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def set_grad_sync(model: nn.Module, enabled: bool) -> None:
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP/FSDP module
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model.require_backward_grad_sync = enabled
     elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2

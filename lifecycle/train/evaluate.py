@@ -56,8 +56,10 @@ def sample_texts(trainer: Trainer, tok: PreTrainedTokenizerBase, prompts: list[s
         for prompt in prompts:
             ids = [tok.eos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]  # as if a new document
             x = torch.tensor([ids], device=dist.device)
+            room = model.config.max_position_embeddings  # gpt2: an alias of n_positions
             with trainer.autocast():
-                out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                out = model.generate(input_ids=x, attention_mask=torch.ones_like(x),
+                                     max_new_tokens=max(1, min(max_new_tokens, room - len(ids))),
                                      do_sample=False, pad_token_id=tok.pad_token_id)
             texts.append(prompt + tok.decode(out[0, len(ids):], skip_special_tokens=True))
     finally:

@@ -21,10 +21,13 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lifecycle.config import PretrainConfig
@@ -77,68 +80,98 @@ def train(cfg: PretrainConfig, seed: int, data_dir: Path, out_dir: Path, ckpt_di
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(cfg: PretrainConfig, seed: int, data_dir: Path, out_dir: Path, ckpt_dir: Path, dist: DistInfo,
-           on_metrics: MetricsHook | None, on_text: TextHook | None) -> dict[str, float]:
+@dataclass
+class Run:
+    """Everything one pretraining run works with, set up and (when a checkpoint exists) resumed."""
+
+    cfg: PretrainConfig
+    dist: DistInfo
+    tok: PreTrainedTokenizerBase
+    stats: dict[str, float]
+    train_blocks: np.ndarray  # (n_train, T)
+    val_blocks: np.ndarray  # (n_val, T)
+    trainer: Trainer
+    sizes: dict[str, int]
+    state: dict[str, Any]  # step, tokens_seen, losses: saved with every checkpoint
+    emit: MetricsHook
+    on_text: TextHook | None
+
+    @property
+    def context(self) -> int:
+        return self.train_blocks.shape[1]
+
+
+def prepare(cfg: PretrainConfig, seed: int, data_dir: Path, ckpt_dir: Path, dist: DistInfo,
+            on_metrics: MetricsHook | None, on_text: TextHook | None) -> Run:
     if cfg.batch_size % (cfg.micro_batch_size * dist.world_size):
         raise LifecycleError(f"pretrain.batch_size={cfg.batch_size} is not a multiple of micro_batch_size x "
                              f"processes = {cfg.micro_batch_size} x {dist.world_size}")
     tok = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
-    stats = load_stats(data_dir)
     train_blocks, val_blocks = load_split(data_dir, "train"), load_split(data_dir, "validation")
     if len(val_blocks) == 0:
         log.warning("pretrain: the validation split has no blocks; evaluating on the last train blocks")
         val_blocks = train_blocks[-max(1, len(train_blocks) // 20):]
-    context = train_blocks.shape[1]
-    seed_everything(seed)  # same initial weights on every rank
-    model = build_model(cfg.model, len(tok), context, tok.eos_token_id, tok.pad_token_id)
+    seed_everything(seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, len(tok), train_blocks.shape[1], tok.eos_token_id, tok.pad_token_id)
     sizes = count_params(model)
     trainer = build_trainer(cfg, model, dist)
     seed_everything(seed + dist.rank)
-    state = {"step": 0, "tokens_seen": 0, "losses": []}
-    resumed_from = 0
+    state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "losses": []}
     if (found := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(found, trainer.model, trainer.optimizer, trainer.scheduler, dist,
                                 cfg.distributed.strategy)
-        resumed_from = state["step"]
-        log.info("pretrain: resumed from step %d (%s)", resumed_from, found)
-    unigram = unigram_loss(train_blocks, val_blocks, len(tok))
-    base = {"unigram_bpb": bits_per_byte(unigram, stats), "unigram_loss": unigram, "params": sizes["total"],
-            "resumed_from_step": resumed_from}
-    fpt = flops_per_token(sizes["matmul"], cfg.model.n_layer, cfg.model.d_model, context - 1)
+        log.info("pretrain: resumed from step %d (%s)", state["step"], found)
+    emit = on_metrics if dist.is_main and on_metrics else (lambda m, s: None)
+    return Run(cfg=cfg, dist=dist, tok=tok, stats=load_stats(data_dir), train_blocks=train_blocks,
+               val_blocks=val_blocks, trainer=trainer, sizes=sizes, state=state, emit=emit,
+               on_text=on_text if dist.is_main else None)
+
+
+def evaluate(run: Run, step: int, limit: int | None, unigram_bpb: float) -> dict[str, float]:
+    """Validation loss and bits per byte, plus sample texts; logged (rank 0) at `step`."""
+    cfg = run.cfg
+    loss = evaluate_loss(run.trainer, run.val_blocks, limit, cfg.micro_batch_size)
+    found = {"val_loss": loss, "val_bpb": bits_per_byte(loss, run.stats)}
+    texts = sample_texts(run.trainer, run.tok, cfg.sample.prompts, cfg.sample.max_new_tokens,
+                         cfg.distributed.strategy)
+    if run.dist.is_main:
+        log.info("step %d: validation loss %.4f, %.3f bits/byte (unigram %.3f)%s", step, loss, found["val_bpb"],
+                 unigram_bpb, "".join(f"\n  {t!r}" for t in texts))
+        run.emit({f"pretrain/eval/{k}": v for k, v in found.items()}, step)
+        if run.on_text and texts:
+            run.on_text("\n\n".join(texts), f"pretrain/samples/step-{step:06d}.txt")
+    return found
+
+
+def _train(cfg: PretrainConfig, seed: int, data_dir: Path, out_dir: Path, ckpt_dir: Path, dist: DistInfo,
+           on_metrics: MetricsHook | None, on_text: TextHook | None) -> dict[str, float]:
+    run = prepare(cfg, seed, data_dir, ckpt_dir, dist, on_metrics, on_text)
+    trainer, state, context = run.trainer, run.state, run.context
+    unigram = unigram_loss(run.train_blocks, run.val_blocks, len(run.tok))
+    base = {"unigram_bpb": bits_per_byte(unigram, run.stats), "unigram_loss": unigram,
+            "params": run.sizes["total"], "resumed_from_step": state["step"]}
+    fpt = flops_per_token(run.sizes["matmul"], cfg.model.n_layer, cfg.model.d_model, context - 1)
     peak, peak_source = detect_peak_flops(dist.device, trainer.dtype, cfg.peak_flops)
     log.info("pretrain: %d train / %d validation blocks of %d; unigram baseline %.3f bits/byte; "
-             "%.3g FLOPs/token, peak %.3g FLOP/s (%s)", len(train_blocks), len(val_blocks), context,
+             "%.3g FLOPs/token, peak %.3g FLOP/s (%s)", len(run.train_blocks), len(run.val_blocks), context,
              base["unigram_bpb"], fpt, peak or 0, peak_source)
-    emit = on_metrics if dist.is_main and on_metrics else (lambda m, s: None)
     # curves go to pretrain/train/* and pretrain/eval/*; the summary the stage returns to pretrain/*
-    emit({"pretrain/eval/unigram_bpb": base["unigram_bpb"]}, state["step"])
+    run.emit({"pretrain/eval/unigram_bpb": base["unigram_bpb"]}, state["step"])
 
-    def evaluate(step: int, limit: int | None) -> dict[str, float]:
-        loss = evaluate_loss(trainer, val_blocks, limit, cfg.micro_batch_size)
-        found = {"val_loss": loss, "val_bpb": bits_per_byte(loss, stats)}
-        texts = sample_texts(trainer, tok, cfg.sample.prompts, cfg.sample.max_new_tokens, cfg.distributed.strategy)
-        if dist.is_main:
-            log.info("step %d: validation loss %.4f, %.3f bits/byte (unigram %.3f)%s", step, loss,
-                     found["val_bpb"], base["unigram_bpb"], "".join(f"\n  {t!r}" for t in texts))
-            emit({f"pretrain/eval/{k}": v for k, v in found.items()}, step)
-            if on_text and texts:
-                on_text("\n\n".join(texts), f"pretrain/samples/step-{step:06d}.txt")
-        return found
-
-    order = BatchOrder(len(train_blocks), cfg.batch_size, seed)
+    order = BatchOrder(len(run.train_blocks), cfg.batch_size, seed)
     tokens_per_step = cfg.batch_size * (context - 1)
-    pending: list[torch.Tensor] = []  # losses not yet synchronised (one .item() per log line, not per step)
+    pending: list[torch.Tensor] = []  # losses not yet synchronised (one sync per log line, not per step)
     rates: list[float] = []
-    timed_steps, t0, norm = 0, time.perf_counter(), torch.zeros(())
+    timed_steps, t0 = 0, time.perf_counter()
 
-    def flush() -> None:  # every rank's mean loss per step -> state["losses"]
+    def flush() -> None:  # the mean loss over all ranks of each pending step -> state["losses"]
         if pending:
             state["losses"].extend((all_reduce_sum(torch.stack(pending), dist) / dist.world_size).tolist())
             pending.clear()
 
     steps = range(state["step"], cfg.max_steps)
     for step in progress(steps, "pretrain", logger=log) if dist.is_main else steps:
-        batches = order.micro_batches(train_blocks, step, dist.rank, dist.world_size, cfg.micro_batch_size)
+        batches = order.micro_batches(run.train_blocks, step, dist.rank, dist.world_size, cfg.micro_batch_size)
         loss, norm = trainer.step(batches)
         pending.append(loss)
         done, timed_steps = step + 1, timed_steps + 1
@@ -150,28 +183,29 @@ def _train(cfg: PretrainConfig, seed: int, data_dir: Path, out_dir: Path, ckpt_d
             metrics = {"loss": state["losses"][-1], "lr": trainer.lr, "grad_norm": float(norm),
                        "tokens_per_s": rate, "mfu": mfu(fpt, rate, peak, dist.world_size),
                        "mem_gb": memory_gb(dist.device), "epoch": order.epoch(done), "tokens_seen": state["tokens_seen"]}
-            emit({f"pretrain/train/{k}": v for k, v in metrics.items()}, done)
+            run.emit({f"pretrain/train/{k}": v for k, v in metrics.items()}, done)
             if dist.is_main:
                 log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.2f, %.0f tokens/s, MFU %.2f%%", done,
                          cfg.max_steps, metrics["loss"], metrics["lr"], metrics["grad_norm"], rate,
                          100 * metrics["mfu"])
             timed_steps, t0 = 0, time.perf_counter()
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps:
-            evaluate(done, cfg.eval_batches)
+            evaluate(run, done, cfg.eval_batches, base["unigram_bpb"])
             timed_steps, t0 = 0, time.perf_counter()  # evaluation is not training throughput
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
             flush()
             save_checkpoint(ckpt_dir, done, trainer.model, trainer.optimizer, trainer.scheduler, state, dist,
                             cfg.distributed.strategy, cfg.keep_checkpoints)
             timed_steps, t0 = 0, time.perf_counter()
-    final = evaluate(cfg.max_steps, None)  # the whole validation split, comparable with the unigram baseline
+    # the whole validation split at the end, comparable with the unigram baseline
+    final = evaluate(run, cfg.max_steps, None, base["unigram_bpb"])
     steady = rates[1:] or rates  # the first window includes warm-up (and compilation)
     tokens_per_s = float(np.mean(steady)) if steady else 0.0
     metrics = {**base, **final, "final_loss": state["losses"][-1] if state["losses"] else float("nan"),
                "steps": cfg.max_steps, "tokens": state["tokens_seen"], "tokens_per_s": tokens_per_s,
                "mfu": mfu(fpt, tokens_per_s, peak, dist.world_size), "flops_per_token": fpt,
                "peak_flops": peak or 0.0, "world_size": dist.world_size, "mem_gb": memory_gb(dist.device)}
-    save_final(trainer, tok, out_dir, metrics, state, dist, cfg.distributed.strategy)
+    save_final(trainer, run.tok, out_dir, metrics, state, dist, cfg.distributed.strategy)
     return metrics
 
 
@@ -199,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+                        format=f"[rank {rank}] %(name)s: %(message)s")
+    transformers.utils.logging.disable_progress_bar()
     try:
         spec = json.loads(args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text())
     except (OSError, ValueError) as err:

@@ -16,9 +16,9 @@ from lifecycle.tracking import tracking_uri
 pytestmark = pytest.mark.integration
 
 TINY_PRETRAIN = ["pretrain.model.n_layer=2", "pretrain.model.n_head=4", "pretrain.model.n_kv_head=2",
-                 "pretrain.model.d_model=64", "pretrain.model.d_ff=172", "pretrain.max_steps=30",
-                 "pretrain.batch_size=8", "pretrain.micro_batch_size=8", "pretrain.eval_every=15",
-                 "pretrain.checkpoint_every=10", "pretrain.log_every=5", "pretrain.device=cpu",
+                 "pretrain.model.d_model=64", "pretrain.model.d_ff=172", "pretrain.max_steps=60",
+                 "pretrain.batch_size=8", "pretrain.micro_batch_size=8", "pretrain.eval_every=30",
+                 "pretrain.checkpoint_every=20", "pretrain.log_every=10", "pretrain.device=cpu",
                  "pretrain.optim.lr=3e-3", "pretrain.optim.warmup_steps=3", "pretrain.sample.max_new_tokens=8"]
 
 
@@ -42,7 +42,7 @@ def test_pretrain_stage_tracks_registers_and_caches(tmp_path: Path, conf_dir: Pa
                  "pretrain/train/tokens_per_s", "pretrain/train/mfu", "pretrain/train/mem_gb", "pretrain/eval/val_bpb"):
         assert name in run.data.metrics, name
     curve = client.get_metric_history(out["run_id"], "pretrain/train/loss")
-    assert [m.step for m in curve] == [5, 10, 15, 20, 25, 30] and curve[-1].value < curve[0].value
+    assert [m.step for m in curve] == [10, 20, 30, 40, 50, 60] and curve[-1].value < curve[0].value
     assert any(a.path == "pretrain" for a in client.list_artifacts(out["run_id"]))
 
     versions = client.search_model_versions("name='lifecycle-gpt'")
