@@ -26,39 +26,41 @@ from typing import Any
 
 import numpy as np
 import torch
+from sentence_transformers import SentenceTransformer
 
 from lifecycle.config import Config, find_conf_dir, load_config
-from lifecycle.rag.embed import Embedder, load_embedder
+from lifecycle.rag.embed import Embedder, load_embedder, resolve_model
 from lifecycle.rag.evaluate import indexed_documents, load_squad, python_docs_questions
 from lifecycle.rag.index import build_index
 from lifecycle.rag.search import MODES, Retriever, open_index, rag_dir, read_current
 from lifecycle.runtime import resolve_state_dir
 
 
-def bench_embed(embedder: Embedder, texts: list[str], rounds: int) -> dict[str, Any]:
-    bf16 = Embedder(embedder.cfg.model_copy(update={"dtype": "bfloat16"}), embedder.model)
-    runs = {"lifecycle": lambda: embedder.embed(texts),
-            "plain_sentence_transformers": lambda: embedder.model.encode(
+def bench_embed(embedder: Embedder, texts: list[str], rounds: int, threads: int) -> dict[str, Any]:
+    """Interleaved rounds of: plain sentence-transformers (float32, batch 32), lifecycle's batching in
+    float32, and lifecycle as configured (`dtype: auto` may pick bfloat16); median chunks/s each."""
+    torch.set_num_threads(threads)
+    fp32_model = SentenceTransformer(resolve_model(embedder.cfg.model), device="cpu").eval()
+    fp32 = Embedder(embedder.cfg.model_copy(update={"dtype": "float32"}), fp32_model)
+    runs = {"plain_sentence_transformers": lambda: fp32_model.encode(
                 texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True),
-            "lifecycle_bf16": lambda: bf16.embed(texts)}
+            "lifecycle_float32": lambda: fp32.embed(texts),
+            f"lifecycle_{embedder.dtype}": lambda: embedder.embed(texts)}
     rates: dict[str, list[float]] = {name: [] for name in runs}
     vectors: dict[str, np.ndarray] = {}
-    embedder.embed(texts[:64])  # warm-up
+    embedder.embed(texts[:64])
+    fp32.embed(texts[:64])  # warm-up both models
     for _ in range(rounds):
         for name, fn in runs.items():  # interleaved: drifting machine load hits every variant alike
             start = time.perf_counter()
             vectors[name] = fn()
             rates[name].append(len(texts) / (time.perf_counter() - start))
     median = {name: statistics.median(r) for name, r in rates.items()}
-    cos = (vectors["lifecycle_bf16"] * vectors["lifecycle"]).sum(1)
-    same = (vectors["plain_sentence_transformers"] * vectors["lifecycle"]).sum(1)
-    lengths = embedder.token_lengths(texts)
-    return {"texts": len(texts), "mean_tokens": float(lengths.mean()), "rounds": rounds,
-            "chunks_per_s": {k: round(v, 1) for k, v in median.items()},
+    plain = vectors["plain_sentence_transformers"]
+    return {"threads": threads, "chunks_per_s": {k: round(v, 1) for k, v in median.items()},
             "all_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-            "ratio_vs_plain": round(median["lifecycle"] / median["plain_sentence_transformers"], 3),
-            "bf16_ratio_vs_fp32": round(median["lifecycle_bf16"] / median["lifecycle"], 3),
-            "min_cosine_vs_plain": float(same.min()), "min_cosine_bf16_vs_fp32": float(cos.min())}
+            "ratio_vs_plain": {k: round(v / median["plain_sentence_transformers"], 2) for k, v in median.items()},
+            "min_cosine_vs_plain": {k: round(float((v * plain).sum(1).min()), 6) for k, v in vectors.items()}}
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -67,10 +69,19 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 def bench_latency(retriever: Retriever, queries: list[str], k: int) -> dict[str, Any]:
+    """p50/p95 per mode: end to end (query embedding with search.query_threads) and search only; and the
+    query embedding alone on 1 thread and on all cores."""
     vectors = retriever.embedder.embed(queries)
     for q in queries[:5]:
         retriever.search(q, "hybrid", k)  # warm-up (index pages, model)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"query_threads": retriever.cfg.search.query_threads}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        times = []
+        for query in queries:
+            start = time.perf_counter()
+            retriever.embedder.embed_query(query, threads)
+            times.append(time.perf_counter() - start)
+        out[f"query_embedding_{threads}_threads"] = percentiles(times)
     for mode in MODES:
         end_to_end, search_only = [], []
         for query, qvec in zip(queries, vectors):
@@ -103,7 +114,8 @@ def bench_ann(retriever: Retriever, queries: list[str], k: int = 10) -> dict[str
         cfg = retriever.cfg.model_copy(update={"ann": retriever.cfg.ann.model_copy(update={"refine_factor": refine})})
         ann = Retriever(retriever.tbl, retriever.embedder, cfg)
         found = [len(t & {h.chunk_id for h in ann.dense(v, k)}) / k for t, v in zip(truth, vectors)]
-        out[label] = {"nprobes": cfg.ann.nprobes, "refine_factor": refine, f"recall_at_{k}": round(float(np.mean(found)), 4)}
+        out[label] = {"nprobes": cfg.ann.nprobes, "refine_factor": refine,
+                      f"recall_at_{k}": round(float(np.mean(found)), 4)}
     return out
 
 
@@ -129,6 +141,8 @@ def main() -> None:
     parser.add_argument("--embed-sample", type=int, default=1000, help="chunks embedded per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--threads", type=int, action="append", help="torch threads for the embedding runs "
+                        "(repeatable; default: as configured)")
     args = parser.parse_args()
     cfg = load_config(find_conf_dir(), args.profile)
     state_dir = resolve_state_dir(args.state_dir, cfg.run.state_dir)
@@ -139,11 +153,16 @@ def main() -> None:
     pick = rng.choice(len(rows), size=min(args.embed_sample, len(rows)), replace=False)
     texts = [rows[i]["search_text"] for i in sorted(pick)]
     embedder: Embedder = load_embedder(retriever.embedder.cfg)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0]},
-              "index": {k: info[k] for k in ("table", "version", "rows", "documents", "ann", "dim")},
-              "embed": bench_embed(embedder, texts, args.rounds),
-              "latency": bench_latency(retriever, queries, cfg.rag_index.search.top_k)}
+    threads = torch.get_num_threads()
+    result: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch_threads": threads, "load_avg_1m": os.getloadavg()[0]},
+        "index": {k: info[k] for k in ("table", "version", "rows", "documents", "ann", "dim", "dtype")},
+        "embed": {"texts": len(texts), "mean_tokens": float(embedder.token_lengths(texts).mean()),
+                  "rounds": args.rounds,
+                  "runs": [bench_embed(embedder, texts, args.rounds, t) for t in args.threads or [threads]]}}
+    torch.set_num_threads(threads)
+    result["latency"] = bench_latency(retriever, queries, cfg.rag_index.search.top_k)
     result["ann"] = bench_ann(retriever, queries) if info["ann"] != "none" else "no ANN index (rows < ann.min_rows)"
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))

