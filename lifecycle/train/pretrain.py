@@ -1,6 +1,7 @@
-"""The pretraining loop: a decoder-only transformer trained from scratch on the tokenize stage's packed
-blocks, with periodic validation loss / bits per byte / samples, atomic resumable checkpoints and
-metrics to MLflow (rank 0 only). Runs in-process, or one process per device under torchrun:
+"""Pretrain a decoder-only transformer from scratch on the tokenize stage's blocks (resumable).
+
+Periodic validation loss, bits per byte and samples; atomic resumable checkpoints; metrics to MLflow
+(rank 0 only). Runs in-process (the pretrain task), or one process per device under torchrun:
 
     python -m lifecycle.train.pretrain --data TOKENIZE_OUT --config CONFIG.json --out OUT --checkpoints CKPT
     torchrun --standalone --nproc_per_node 2 -m lifecycle.train.pretrain --data ... (same flags)
