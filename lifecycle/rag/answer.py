@@ -88,8 +88,10 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, question: str, hits: list[Hit
             return ids, hits[:n], False
     bare = _encode(tokenizer, build_messages(question, [], system_prompt))
     if len(bare) > budget:
-        raise LifecycleError(f"the question and system prompt take {len(bare)} tokens, more than the "
-                             f"{budget} the model's context leaves after rag_index.answer.max_new_tokens")
+        raise LifecycleError(f"the question and system prompt take {len(bare)} tokens, more than the {budget} the "
+                             "model's context leaves after rag_index.answer.max_new_tokens: lower it (--set "
+                             "rag_index.answer.max_new_tokens=N), shorten rag_index.answer.system_prompt, or use "
+                             "the profile the model was trained with (e.g. --profile quickstart)")
     if hits:
         text_ids = tokenizer(hits[0].text, add_special_tokens=False, verbose=False)["input_ids"]
         full = _encode(tokenizer, build_messages(question, hits[:1], system_prompt))
