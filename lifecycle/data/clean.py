@@ -14,7 +14,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANKS = re.compile(r"\n{3,}")
 _PARAGRAPH = re.compile(r"\n\s*\n")
-_PRIME = (1 << 61) - 1
 
 
 def normalize_text(text: str, form: str) -> str:
@@ -72,15 +71,16 @@ def text_id(text: str) -> str:
 def minhash_signatures(texts: Sequence[str], num_perm: int, shingle_words: int, seed: int = 1) -> np.ndarray:
     """MinHash signatures of word shingles, [len(texts), num_perm] uint64, deterministic across runs."""
     rng = np.random.default_rng(seed)
-    a = rng.integers(1, 1 << 31, num_perm, dtype=np.uint64)
-    b = rng.integers(0, 1 << 31, num_perm, dtype=np.uint64)
+    # multiply-shift hashing: (a*x + b) mod 2^64, top 32 bits (uint64 arithmetic wraps, which is the mod)
+    a = rng.integers(0, 2**63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
     out = np.empty((len(texts), num_perm), dtype=np.uint64)
     for i, text in enumerate(texts):
         words = text.split()
         k = min(shingle_words, max(1, len(words)))
         shingles = {" ".join(words[j:j + k]) for j in range(max(1, len(words) - k + 1))}
         h = np.fromiter((zlib.crc32(s.encode()) for s in shingles), dtype=np.uint64, count=len(shingles))
-        out[i] = ((h[:, None] * a[None, :] + b[None, :]) % _PRIME).min(axis=0)  # [shingles, perm] -> [perm]
+        out[i] = ((h[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0)  # [shingles, perm] -> [perm]
     return out
 
 

@@ -124,8 +124,8 @@ def test_normalize_and_split() -> None:
 
 
 def test_near_duplicates_found_and_distinct_texts_kept() -> None:
-    base = PARA * 3
-    near = base.replace("lazy", "sleepy", 1)
+    base = distinct_text(1, n_words=300)
+    near = base + " one more sentence"
     other = "Completely different words about compilers, parsers and abstract syntax trees. " * 4
     assert near_duplicates([base, near, other], threshold=0.8, num_perm=128, shingle_words=5) == [False, True, False]
 
@@ -169,3 +169,22 @@ def test_hub_dataset_offline_is_a_clear_error(conf_dir: Path, monkeypatch: pytes
     cfg = make_cfg(conf_dir, [{"name": "wiki", "kind": "hf", "dataset": "wikitext", "subset": "wikitext-2-raw-v1"}])
     with pytest.raises(InputError, match=r"source 'wiki': Hugging Face dataset 'wikitext' cannot be downloaded"):
         read_all(cfg)
+
+
+def test_minhash_estimates_jaccard_without_bias() -> None:
+    import random
+
+    import numpy as np
+
+    from lifecycle.data.clean import minhash_signatures
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(300)]
+    base = [rng.choice(words) for _ in range(200)]
+    other = list(base)
+    for i in rng.sample(range(200), 10):
+        other[i] = rng.choice(words)
+    shingles = [{" ".join(t[i:i + 5]) for i in range(196)} for t in (base, other)]
+    jaccard = len(shingles[0] & shingles[1]) / len(shingles[0] | shingles[1])
+    sigs = minhash_signatures([" ".join(base), " ".join(other)], num_perm=512, shingle_words=5)
+    assert abs(float(np.mean(sigs[0] == sigs[1])) - jaccard) < 0.08
