@@ -2,6 +2,9 @@
 
     lifecycle run --profile quickstart [--until STAGE] [--from STAGE] [--source PATH]... [--set a.b=c]...
     lifecycle config --profile quickstart          # print the resolved configuration
+    lifecycle search "query" | ask "question"       # retrieval and RAG answers over the rag_index stage
+    lifecycle eval-retrieval [--squad FILE]         # recall@k / MRR of dense, full-text and hybrid search
+    lifecycle bench pretrain --layers 4 ...         # pretraining throughput and MFU, one JSON line
     lifecycle ui mlflow|prefect                     # dashboards over the state directory
     lifecycle search "parse a JSON string" [--mode dense|fts|hybrid] [--filter-source NAME] [--title-prefix P]
     lifecycle ask "How do I parse JSON?" [--model HF_DIR]   # RAG answer from the registered (or given) model
