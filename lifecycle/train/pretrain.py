@@ -183,7 +183,8 @@ def _train(cfg: PretrainConfig, seed: int, data_dir: Path, out_dir: Path, ckpt_d
             rates.append(rate)
             metrics = {"loss": state["losses"][-1], "lr": trainer.lr, "grad_norm": float(norm),
                        "tokens_per_s": rate, "mfu": mfu(fpt, rate, peak, dist.world_size),
-                       "mem_gb": memory_gb(dist.device), "epoch": order.epoch(done), "tokens_seen": state["tokens_seen"]}
+                       "mem_gb": memory_gb(dist.device), "epoch": order.epoch(done),
+                       "tokens_seen": state["tokens_seen"]}
             run.emit({f"pretrain/train/{k}": v for k, v in metrics.items()}, done)
             if dist.is_main:
                 log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.2f, %.0f tokens/s, MFU %.2f%%", done,
