@@ -284,7 +284,7 @@ def load_config(conf_dir: Path, profile: str | None = None, overrides: list[str]
             known = sorted(p.stem for p in (conf_dir / "profiles").glob("*.yaml"))
             raise ConfigError(f"profile '{profile}': {path} does not exist (known profiles: {', '.join(known)})")
         overlay = _read_yaml(path)
-        _merge(data, overlay)
+        deep_merge(data, overlay)
         _record(origin, "", overlay, str(path))
     for item in overrides or []:
         key, value = _parse_override(item)
@@ -315,10 +315,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return value
 
 
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> None:
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> None:
+    """Overlay nested mappings onto `base` in place (how profiles apply)."""
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            deep_merge(base[key], value)
         else:
             base[key] = value
 

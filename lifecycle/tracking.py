@@ -28,12 +28,18 @@ def tracking_uri(state_dir: Path) -> str:
     return _user_uri("MLFLOW_TRACKING_URI") or f"sqlite:///{(state_dir / 'mlflow' / 'mlflow.db').resolve()}"
 
 
-def setup_mlflow(state_dir: Path, experiment: str) -> str:
-    """Point MLflow at the state directory (unless MLFLOW_TRACKING_URI is set); return the experiment id."""
-    (state_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+def use_tracking(state_dir: Path) -> str:
+    """Point MLflow's tracking and registry at the state dir (or the user's servers); return the URI."""
     uri = tracking_uri(state_dir)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(_user_uri("MLFLOW_REGISTRY_URI") or uri)
+    return uri
+
+
+def setup_mlflow(state_dir: Path, experiment: str) -> str:
+    """Point MLflow at the state directory (unless MLFLOW_TRACKING_URI is set); return the experiment id."""
+    (state_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+    uri = use_tracking(state_dir)
     found = MlflowClient().get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id

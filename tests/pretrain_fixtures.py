@@ -11,7 +11,7 @@ from typing import Any
 import datasets
 import yaml
 
-from lifecycle.config import PretrainConfig, TokenizeConfig
+from lifecycle.config import PretrainConfig, TokenizeConfig, deep_merge
 from lifecycle.tokenizer import bytes_per_token, pack_split, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,13 +58,5 @@ def tiny_pretrain_config(**changes: Any) -> PretrainConfig:
     """conf/pretrain.yaml with the tiny settings above, then `changes` (nested dicts merge)."""
     data = yaml.safe_load((ROOT / "conf" / "pretrain.yaml").read_text())
     for overlay in ({"model": TINY_MODEL}, TINY, changes):
-        _merge(data, overlay)
+        deep_merge(data, overlay)
     return PretrainConfig.model_validate(data)
-
-
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> None:
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value

@@ -10,6 +10,7 @@ chat template), generate greedily until <|im_end|> or EOS, and return the answer
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -181,23 +182,18 @@ def _registered_version(name: str, state_dir: Path) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from lifecycle.tracking import tracking_uri
+    from lifecycle.tracking import tracking_uri, use_tracking
 
     hint = (f"no policy model registered as '{name}' in {state_dir}: run the pipeline through pretraining "
             f"(`lifecycle run --until pretrain --state-dir {state_dir}`) or pass --model PATH")
     uri = tracking_uri(state_dir)
     if uri.startswith("sqlite:") and not (Path(state_dir) / "mlflow" / "mlflow.db").is_file():
         raise LifecycleError(hint)
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    use_tracking(Path(state_dir))
     client = MlflowClient()
-    try:
+    with contextlib.suppress(MlflowException):  # no @champion yet: fall back to the newest version
         mv = client.get_model_version_by_alias(name, "champion")
         return mv.version, f"{name}@champion (version {mv.version})"
-    except MlflowException:
-        pass
     versions = client.search_model_versions(f"name = '{name}'") if "'" not in name else []
     if not versions:
         raise LifecycleError(hint)
