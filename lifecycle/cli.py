@@ -148,11 +148,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def _rag_setup(args: argparse.Namespace):  # -> (Config, state dir, where-clause)
     from lifecycle.rag.search import build_where
-    from lifecycle.runtime import resolve_state_dir
+    from lifecycle.runtime import quiet_environment, resolve_state_dir
 
     cfg = load(args)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_environment()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars are noise next to a search result

@@ -25,6 +25,11 @@ def prepare_environment(state_dir: Path) -> None:
         raise LifecycleError(f"state directory '{state_dir}' cannot be created: {err.strerror}") from None
     if not os.environ.get("PREFECT_API_URL"):  # embedded: ephemeral API on SQLite inside the state dir
         os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
+    quiet_environment()
+
+
+def quiet_environment() -> None:
+    """No analytics, no fork warnings, no artifact-upload bars; the `lifecycle` logger in Prefect's logs."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 
@@ -47,6 +48,12 @@ def setup_mlflow(state_dir: Path, experiment: str) -> str:
     if uri.startswith("sqlite:"):
         location = (state_dir / "mlflow" / "artifacts").resolve().as_uri()
     return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def latest_model_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The newest version of a registered model, or None when nothing is registered under `name`."""
+    versions = client.search_model_versions(f"name = '{name}'") if "'" not in name else []
+    return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
 def git_commit(where: Path) -> str:

@@ -30,6 +30,7 @@ from lifecycle.rag.evaluate import (
 from lifecycle.rag.index import build_index
 from lifecycle.rag.search import open_index, rag_dir, write_current
 from lifecycle.store import StageOutput, code_hash
+from lifecycle.tracking import latest_model_version
 from tasks.common import RunContext, StageDirs, run_stage
 
 CODE = (lifecycle.rag.chunk, lifecycle.rag.embed, lifecycle.rag.index, lifecycle.rag.search, lifecycle.rag.evaluate)
@@ -103,11 +104,10 @@ def evaluate_index(info: dict[str, Any], documents: list[dict[str, Any]], sectio
 def pair_with_model(registered_model: str, info: dict[str, Any], key: str) -> str | None:
     """Tag the newest version of the registered model with this index; None when no model is registered."""
     client = MlflowClient()
-    versions = client.search_model_versions(f"name = '{registered_model}'") if "'" not in registered_model else []
-    if not versions:
+    latest = latest_model_version(client, registered_model)
+    if latest is None:
         get_run_logger().info("rag_index: no model registered as '%s' yet: index not paired", registered_model)
         return None
-    latest = max(versions, key=lambda v: int(v.version))
     tags = {"lifecycle.rag_index_version": str(info["version"]), "lifecycle.rag_index_key": key,
             "lifecycle.rag_index_table": f"{info['uri']}#{info['table']}"}
     for name, value in tags.items():

@@ -182,7 +182,7 @@ def _registered_version(name: str, state_dir: Path) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from lifecycle.tracking import tracking_uri, use_tracking
+    from lifecycle.tracking import latest_model_version, tracking_uri, use_tracking
 
     hint = (f"no policy model registered as '{name}' in {state_dir}: run the pipeline through pretraining "
             f"(`lifecycle run --until pretrain --state-dir {state_dir}`) or pass --model PATH")
@@ -194,8 +194,7 @@ def _registered_version(name: str, state_dir: Path) -> tuple[str, str]:
     with contextlib.suppress(MlflowException):  # no @champion yet: fall back to the newest version
         mv = client.get_model_version_by_alias(name, "champion")
         return mv.version, f"{name}@champion (version {mv.version})"
-    versions = client.search_model_versions(f"name = '{name}'") if "'" not in name else []
-    if not versions:
+    latest = latest_model_version(client, name)
+    if latest is None:
         raise LifecycleError(hint)
-    latest = max(versions, key=lambda v: int(v.version))
     return latest.version, f"{name} version {latest.version} (latest; no @champion yet)"

@@ -31,11 +31,18 @@ def test_unknown_key_names_path_value_and_origin(conf_dir: Path) -> None:
     assert "--set tokenize.vocab_sise=512" in message
 
 
-def test_bad_value_names_expectation_and_file(tmp_path: Path, conf_dir: Path) -> None:
+@pytest.fixture
+def conf_copy(tmp_path: Path, conf_dir: Path) -> Path:
+    """A writable copy of the repository's conf/ (sections only; profiles/ empty)."""
     conf = tmp_path / "conf"
     (conf / "profiles").mkdir(parents=True)
     for f in conf_dir.glob("*.yaml"):
         (conf / f.name).write_text(f.read_text())
+    return conf
+
+
+def test_bad_value_names_expectation_and_file(conf_copy: Path) -> None:
+    conf = conf_copy
     (conf / "profiles" / "broken.yaml").write_text("ingest:\n  near_dup:\n    threshold: 1.5\n")
     with pytest.raises(ConfigError) as err:
         load_config(conf, "broken")
@@ -45,11 +52,8 @@ def test_bad_value_names_expectation_and_file(tmp_path: Path, conf_dir: Path) ->
     assert "broken.yaml" in message
 
 
-def test_yaml_syntax_error_names_line(tmp_path: Path, conf_dir: Path) -> None:
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    for f in conf_dir.glob("*.yaml"):
-        (conf / f.name).write_text(f.read_text())
+def test_yaml_syntax_error_names_line(conf_copy: Path) -> None:
+    conf = conf_copy
     (conf / "tokenize.yaml").write_text("vocab_size: 512\ncontext_length: [1, 2\n")
     with pytest.raises(ConfigError, match=r"tokenize.yaml:\d+: not valid YAML"):
         load_config(conf)
