@@ -74,7 +74,7 @@ def bench_latency(retriever: Retriever, queries: list[str], k: int) -> dict[str,
     vectors = retriever.embedder.embed(queries)
     for q in queries[:5]:
         retriever.search(q, "hybrid", k)  # warm-up (index pages, model)
-    out: dict[str, Any] = {"query_threads": retriever.cfg.search.query_threads}
+    out: dict[str, Any] = {"query_threads": retriever.cfg.query_threads}
     for threads in sorted({1, os.cpu_count() or 1}):
         times = []
         for query in queries:
@@ -110,11 +110,11 @@ def bench_ann(retriever: Retriever, queries: list[str], k: int = 10) -> dict[str
     vectors = retriever.embedder.embed(queries)
     truth = [{h.chunk_id for h in retriever.dense(v, k, exact=True)} for v in vectors]
     out: dict[str, Any] = {"k": k, "queries": len(queries)}
-    for label, refine in (("configured", retriever.cfg.ann.refine_factor), ("no_refine", None)):
-        cfg = retriever.cfg.model_copy(update={"ann": retriever.cfg.ann.model_copy(update={"refine_factor": refine})})
+    for label, refine in (("configured", retriever.cfg.refine_factor), ("no_refine", None)):
+        cfg = retriever.cfg.model_copy(update={"refine_factor": refine})
         ann = Retriever(retriever.tbl, retriever.embedder, cfg)
         found = [len(t & {h.chunk_id for h in ann.dense(v, k)}) / k for t, v in zip(truth, vectors)]
-        out[label] = {"nprobes": cfg.ann.nprobes, "refine_factor": refine,
+        out[label] = {"nprobes": cfg.nprobes, "refine_factor": refine,
                       f"recall_at_{k}": round(float(np.mean(found)), 4)}
     return out
 
@@ -127,7 +127,7 @@ def index_for(args: argparse.Namespace, cfg: Config, state_dir: Path) -> tuple[d
                            "bench_" + Path(args.squad).stem.replace("-", "_")).to_dict()
         return info, [q.text for q in questions][:args.queries]
     info = read_current(state_dir)
-    retriever = open_index(info, cfg.rag_index)
+    retriever = open_index(info, cfg.serve.search)
     questions = python_docs_questions(indexed_documents(retriever), args.queries,
                                       cfg.rag_index.evaluate.question_template)
     return info, [q.text for q in questions]
@@ -147,7 +147,7 @@ def main() -> None:
     cfg = load_config(find_conf_dir(), args.profile)
     state_dir = resolve_state_dir(args.state_dir, cfg.run.state_dir)
     info, queries = index_for(args, cfg, state_dir)
-    retriever = open_index(info, cfg.rag_index)
+    retriever = open_index(info, cfg.serve.search)
     rows = retriever.tbl.search().select(["search_text"]).limit(None).to_list()
     rng = np.random.default_rng(0)
     pick = rng.choice(len(rows), size=min(args.embed_sample, len(rows)), replace=False)
@@ -162,7 +162,7 @@ def main() -> None:
                   "rounds": args.rounds,
                   "runs": [bench_embed(embedder, texts, args.rounds, t) for t in args.threads or [threads]]}}
     torch.set_num_threads(threads)
-    result["latency"] = bench_latency(retriever, queries, cfg.rag_index.search.top_k)
+    result["latency"] = bench_latency(retriever, queries, cfg.serve.search.top_k)
     result["ann"] = bench_ann(retriever, queries) if info["ann"] != "none" else "no ANN index (rows < ann.min_rows)"
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))

@@ -1,1 +1,1 @@
-"""Prefect flows: wiring only."""
+"""Prefect flows: one per stage (usable alone by a deployment) and the pipeline that calls them. Wiring only."""

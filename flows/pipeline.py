@@ -1,5 +1,7 @@
-"""The pipeline flow: ingest -> validate -> tokenize (-> later stages), one Prefect flow run and one
-MLflow parent run, each stage a task and an MLflow child run. Run it with `lifecycle run`."""
+"""The pipeline flow: one Prefect flow run and one MLflow parent run; every stage is a flow of its own
+(flows/<stage>.py) called here as a subflow, and an MLflow child run. The calls below follow the stage
+graph in lifecycle/stages.py (tests/unit/test_stages.py checks that they agree). Run it with
+`lifecycle run`; deployments in infra/prefect.yaml."""
 
 from __future__ import annotations
 
@@ -8,15 +10,17 @@ from typing import Any
 
 from prefect import flow
 
-from lifecycle.config import find_conf_dir, load_config
-from lifecycle.runtime import resolve_state_dir
+from flows.ingest import ingest_flow
+from flows.pretrain import pretrain_flow
+from flows.rag_index import rag_index_flow
+from flows.sft import sft_flow
+from flows.tokenize import tokenize_flow
+from flows.validate import validate_flow
+from lifecycle.runtime import RunSettings
 from lifecycle.stages import plan_stages
-from tasks.common import pipeline_run
-from tasks.ingest import ingest
-from tasks.pretrain import pretrain
-from tasks.rag_index import rag_index
-from tasks.tokenize import tokenize
-from tasks.validate import validate
+from lifecycle.store import StageOutput
+from tasks.common import check_trainer_sections, pipeline_run
+from tasks.registry import mark_candidate
 
 
 @flow(name="lifecycle-pipeline", flow_run_name="pipeline-{profile}")
@@ -24,17 +28,25 @@ def pipeline(profile: str = "default", overrides: list[str] | None = None, sourc
              until: str | None = None, from_stage: str | None = None, state_dir: str | None = None,
              conf_dir: str | None = None) -> dict[str, dict[str, Any]]:
     """Parameters mirror `lifecycle run`, so deployments and schedules (infra/prefect.yaml) read the same."""
-    cfg = load_config(find_conf_dir(conf_dir), None if profile == "default" else profile, overrides, sources)
+    settings = RunSettings(profile=profile, overrides=overrides or [], sources=sources or [], state_dir=state_dir,
+                           conf_dir=conf_dir)
     plan = plan_stages(until, from_stage)
-    outputs = {}
-    state = resolve_state_dir(state_dir, cfg.run.state_dir)
-    with pipeline_run(cfg, state, plan, profile) as ctx:
-        outputs["ingest"] = docs = ingest(cfg, ctx)
-        outputs["validate"] = validate(cfg, docs, ctx)
+    cfg = settings.load()
+    check_trainer_sections(cfg, plan.run)
+    out: dict[str, StageOutput] = {}
+    with pipeline_run(settings, cfg, plan) as ctx:
+        out["ingest"] = ingest_flow(ctx=ctx)
+        if ctx.wants("validate"):
+            out["validate"] = validate_flow(ctx=ctx, ingest=out["ingest"])
         if ctx.wants("tokenize"):
-            outputs["tokenize"] = tokens = tokenize(cfg, docs, ctx)
+            out["tokenize"] = tokenize_flow(ctx=ctx, ingest=out["ingest"])
         if ctx.wants("pretrain"):
-            outputs["pretrain"] = pretrain(cfg, tokens, ctx)
+            out["pretrain"] = pretrain_flow(ctx=ctx, tokenize=out["tokenize"])
+        if ctx.wants("sft"):
+            out["sft"] = sft_flow(ctx=ctx, pretrain=out["pretrain"], ingest=out["ingest"])
         if ctx.wants("rag_index"):
-            outputs["rag_index"] = rag_index(cfg, docs, ctx)
-    return {stage: asdict(out) for stage, out in outputs.items()}
+            chat = out["sft"].model if "sft" in out else None
+            out["rag_index"] = rag_index_flow(ctx=ctx, ingest=out["ingest"], model=chat)
+        if "sft" in out and out["sft"].model:
+            mark_candidate(ctx, out["sft"].model)
+    return {stage: asdict(output) for stage, output in out.items()}

@@ -2,14 +2,13 @@
 
     lifecycle run --profile quickstart [--until STAGE] [--from STAGE] [--source PATH]... [--set a.b=c]...
     lifecycle config --profile quickstart          # print the resolved configuration
-    lifecycle search "query" | ask "question"       # retrieval and RAG answers over the rag_index stage
-    lifecycle eval-retrieval [--squad FILE]         # recall@k / MRR of dense, full-text and hybrid search
-    lifecycle bench pretrain --layers 4 ...         # pretraining throughput and MFU, one JSON line
-    lifecycle ui mlflow|prefect                     # dashboards over the state directory
+    lifecycle stages                                # the stage graph: inputs, gates, what each produces
     lifecycle search "parse a JSON string" [--mode dense|fts|hybrid] [--filter-source NAME] [--title-prefix P]
-    lifecycle ask "How do I parse JSON?" [--model HF_DIR]   # RAG answer from the registered (or given) model
+    lifecycle ask "How do I parse JSON?" [--model HF_DIR|NAME/VERSION|NAME@ALIAS]   # @champion, else @candidate
+    lifecycle lineage [NAME/VERSION|NAME@ALIAS]     # what a registered model was built from (JSON)
     lifecycle eval-retrieval [--squad FILE]         # recall@k / MRR of dense, full-text and hybrid search
     lifecycle bench pretrain --layers 4 --heads 4 --dim 128 --context 128 --batch 16 --steps 30 --vocab-size 2048
+    lifecycle ui mlflow|prefect                     # dashboards over the state directory
 
 User errors (bad config, bad input, failed validation) print a message and exit with status 2, no traceback.
 """
@@ -56,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reuse cached outputs of earlier stages; recompute this stage and its dependants")
     show = sub.add_parser("config", help="print the resolved configuration as YAML")
     _config_args(show)
+    sub.add_parser("stages", help="print the stage graph: what each stage reads, waits for and produces")
+    lineage = sub.add_parser("lineage", help="what a registered model version was built from, as JSON")
+    _config_args(lineage, with_sources=False)
+    lineage.add_argument("model", nargs="?", help="NAME/VERSION or NAME@ALIAS (default: the chat model "
+                                                  "@champion, else @candidate)")
     _rag_parsers(sub)
     bench = sub.add_parser("bench", help="reproducible measurements, one JSON line (results: docs/BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -76,15 +80,15 @@ def _rag_parsers(sub: argparse._SubParsersAction) -> None:
     for p, what in ((search, "query"), (ask, "question")):
         _config_args(p, with_sources=False)
         p.add_argument(what)
-        p.add_argument("-k", "--top-k", type=int, help="chunks to retrieve (default: rag_index.search/answer.top_k)")
+        p.add_argument("-k", "--top-k", type=int, help="chunks to retrieve (default: serve.search/answer.top_k)")
         p.add_argument("--filter-source", metavar="NAME", help="only chunks from this ingest source")
         p.add_argument("--title-prefix", help="only chunks whose title starts with this (e.g. json.)")
         p.add_argument("--path-prefix", help="only chunks whose path starts with this")
         p.add_argument("--json", action="store_true", help="print JSON")
-    search.add_argument("--mode", choices=["dense", "fts", "hybrid"], help="default: rag_index.search.mode")
+    search.add_argument("--mode", choices=["dense", "fts", "hybrid"], help="default: serve.search.mode")
     search.add_argument("--exact", action="store_true", help="dense: exact search instead of the ANN index")
-    ask.add_argument("--model", help="a Hugging Face model folder (default: the registered model @champion, "
-                                     "else its newest version)")
+    ask.add_argument("--model", help="a Hugging Face model folder or a registry reference NAME/VERSION or "
+                                     "NAME@ALIAS (default: the chat model @champion, else @candidate)")
     ask.add_argument("--show-prompt", action="store_true", help="print the prompt the model saw")
     ev = sub.add_parser("eval-retrieval", help="recall@k and MRR of dense, full-text and hybrid retrieval")
     _config_args(ev, with_sources=False)
@@ -119,13 +123,38 @@ def cmd_run(args: argparse.Namespace) -> int:
                        conf_dir=str(find_conf_dir(args.conf).resolve()))
     print(f"\nstate directory: {state_dir}")
     for stage, out in outputs.items():
-        print(f"  {stage:<10} {'cached ' if out['cached'] else 'computed'}  {out['path']}")
+        model = f"  -> {out['model']['name']}/{out['model']['version']}" if out.get("model") else ""
+        print(f"  {stage:<10} {'cached ' if out['cached'] else 'computed'}  {out['path']}{model}")
     print(f"MLflow UI:  lifecycle ui mlflow --state-dir {state_dir}")
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(load(args).dump(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from lifecycle.stages import GRAPH
+
+    for stage in GRAPH:
+        reads = ", ".join(stage.inputs) or "-"
+        extra = "".join(f"; {label} {', '.join(v)}" for label, v in (("after", stage.after), ("uses", stage.uses)) if v)
+        print(f"{stage.name:<10} reads {reads}{extra}\n{'':<10} -> {stage.produces}")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from lifecycle.rag.answer import resolve_policy
+    from lifecycle.registry import lineage
+    from lifecycle.runtime import resolve_state_dir
+
+    cfg = load(args)
+    _, _, ref = resolve_policy(args.model, cfg.run.models.chat, resolve_state_dir(args.state_dir, cfg.run.state_dir),
+                               download=False)
+    if ref is None:
+        raise LifecycleError(f"--model {args.model}: a folder has no registry lineage; name a registered version")
+    print(json.dumps(lineage(ref), indent=2))
     return 0
 
 
@@ -164,20 +193,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     from lifecycle.rag.search import format_hits, open_current
 
     cfg, state_dir, where = _rag_setup(args)
-    hits = open_current(state_dir, cfg.rag_index).search(args.query, args.mode, args.top_k, where, args.exact)
+    hits = open_current(state_dir, cfg.serve.search).search(args.query, args.mode, args.top_k, where, args.exact)
     print(json.dumps([h.to_dict() for h in hits], indent=2) if args.json else format_hits(hits))
     return 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from lifecycle.rag.answer import answer_question, load_policy, resolve_policy
-    from lifecycle.rag.search import open_current
+    from lifecycle.model import load_causal_lm
+    from lifecycle.rag.answer import answer_question, resolve_policy
+    from lifecycle.rag.pairing import paired_index
+    from lifecycle.rag.search import open_index, read_current
 
     cfg, state_dir, where = _rag_setup(args)
-    retriever = open_current(state_dir, cfg.rag_index)
-    path, label = resolve_policy(args.model, cfg.run.registered_model, state_dir)
-    model, tokenizer = load_policy(path)
-    answer_cfg = cfg.rag_index.answer.model_copy(update={"top_k": args.top_k or cfg.rag_index.answer.top_k})
+    path, label, ref = resolve_policy(args.model, cfg.run.models.chat, state_dir)
+    index = (paired_index(state_dir, ref) if ref else None) or read_current(state_dir)  # the model's own index first
+    retriever = open_index(index, cfg.serve.search)
+    model, tokenizer = load_causal_lm(path)
+    answer_cfg = cfg.serve.answer.model_copy(update={"top_k": args.top_k or cfg.serve.answer.top_k})
     answer = answer_question(args.question, retriever, model, tokenizer, answer_cfg, where, label)
     if args.show_prompt:
         print(answer.prompt, file=sys.stderr)
@@ -224,8 +256,8 @@ def _hide_user_error_tracebacks() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "config": cmd_config, "ui": cmd_ui, "search": cmd_search, "ask": cmd_ask,
-                "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
+    handlers = {"run": cmd_run, "config": cmd_config, "stages": cmd_stages, "lineage": cmd_lineage, "ui": cmd_ui,
+                "search": cmd_search, "ask": cmd_ask, "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except LifecycleError as err:

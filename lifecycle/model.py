@@ -1,19 +1,33 @@
 """The decoder-only transformer: a Hugging Face `LlamaForCausalLM` or `GPT2LMHeadModel` built from
-`pretrain.model` in the config (no download), so TRL, MLflow and `from_pretrained` use it as is.
+`pretrain.model` in the config (no download), so TRL, MLflow and `from_pretrained` use it as is; and
+loading a trained one back, with its tokenizer, from any folder that holds them.
 
     model = build_model(cfg.pretrain.model, vocab_size=len(tok), context_length=128,
                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     count_params(model)  # {"total": ..., "non_embedding": ..., "matmul": ...}
+    model, tokenizer = load_causal_lm(path)   # save_pretrained output or an MLflow transformers model
+    context_window(model, tokenizer)          # positions the model was trained with
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from lifecycle.config import ModelArchConfig
+from lifecycle.errors import LifecycleError
 
 log = logging.getLogger("lifecycle.model")
 
@@ -62,3 +76,35 @@ def count_params(model: PreTrainedModel) -> dict[str, int]:
     non_embedding = total - sum(params[i].numel() for i in embeddings)
     head = head_weight.numel()
     return {"total": total, "non_embedding": non_embedding, "matmul": non_embedding + head}
+
+
+def find_hf_dirs(root: Path) -> tuple[Path, Path]:
+    """(model folder, tokenizer folder) under `root`: save_pretrained output or an MLflow transformers model."""
+    weights = [p.parent for p in root.rglob("config.json")
+               if any(p.parent.glob("*.safetensors")) or any(p.parent.glob("*.bin"))]
+    configs = sorted(weights, key=lambda p: len(p.parts))
+    tokenizers = sorted((p.parent for p in root.rglob("tokenizer_config.json")), key=lambda p: len(p.parts))
+    if not configs or not tokenizers:
+        raise LifecycleError(f"{root}: not a Hugging Face causal LM folder (needs config.json with weights and a "
+                             f"tokenizer; found {'weights' if configs else 'no weights'}, "
+                             f"{'a tokenizer' if tokenizers else 'no tokenizer'})")
+    model_dir = configs[0]
+    return model_dir, model_dir if model_dir in tokenizers else tokenizers[0]
+
+
+def load_causal_lm(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (eval mode) and tokenizer from a folder; the tokenizer may sit in a sub-folder."""
+    model_dir, tok_dir = find_hf_dirs(Path(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.eval()
+    return model, tokenizer
+
+
+def context_window(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The positions the model was trained with (its config), else the tokenizer's limit."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(model.config, name, None)
+        if value:
+            return int(value)
+    return int(tokenizer.model_max_length)

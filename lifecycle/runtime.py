@@ -1,4 +1,5 @@
-"""Process set-up for a run: the state directory and the environment Prefect, MLflow and HF read.
+"""Process set-up for a run: what the run was asked for (`RunSettings`), the state directory and the
+environment Prefect, MLflow and HF read.
 
 Call `prepare_environment` before importing prefect (it reads PREFECT_HOME when its settings load).
 """
@@ -9,8 +10,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
 
 from lifecycle.errors import LifecycleError
+
+if TYPE_CHECKING:
+    from lifecycle.config import Config
 
 
 def resolve_state_dir(cli_value: str | None, configured: str) -> Path:
@@ -34,6 +41,7 @@ def quiet_environment() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lifecycle")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library logs outside a flow run
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -51,3 +59,25 @@ def configure_logging() -> None:
         import datasets
 
         datasets.disable_progress_bars()
+
+
+class RunSettings(BaseModel):
+    """What a run is asked to do with the configuration: the parameters of `lifecycle run`, of the
+    pipeline flow and of every stage flow (deployments set them in infra/prefect.yaml)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    profile: str = "default"  # conf/profiles/<profile>.yaml, or "default" for none
+    overrides: list[str] = []  # --set KEY=VALUE
+    sources: list[str] = []  # --source PATH_OR_GLOB (replace ingest.sources)
+    state_dir: str | None = None  # default: LIFECYCLE_HOME, then run.state_dir
+    conf_dir: str | None = None  # default: LIFECYCLE_CONF, then ./conf
+
+    def load(self) -> Config:
+        from lifecycle.config import find_conf_dir, load_config
+
+        return load_config(find_conf_dir(self.conf_dir), None if self.profile == "default" else self.profile,
+                           self.overrides, self.sources)
+
+    def state(self, cfg: Config) -> Path:
+        return resolve_state_dir(self.state_dir, cfg.run.state_dir)

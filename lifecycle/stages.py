@@ -1,44 +1,107 @@
-"""The pipeline's stages and their dependencies, and what `--until` / `--from` make of them.
+"""The stage graph, declared once: every stage's name, the stages whose outputs it reads, the gates it
+waits for, its config section, its code and what it produces. The `--until`/`--from` planner, the cache
+keys, the CLI's stage choices and the check that flows/pipeline.py calls the stages in this order with
+these inputs (tests/unit/test_stages.py) all come from here.
 
-`--until S` runs S and everything it depends on (nothing else). `--from S` reuses the cached outputs
-of S's ancestors without running them, and recomputes S and whatever depends on it.
+    plan_stages(until="tokenize").run        # ("ingest", "validate", "tokenize")
+    stage_key(STAGES["tokenize"], cfg, {"ingest": "ab12..."})   # the cache key of tokenize's output
+
+Adding a stage: one `Stage(...)` below, a schema + conf/<stage>.yaml, lifecycle code, tasks/<stage>.py,
+flows/<stage>.py and one call in flows/pipeline.py (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from lifecycle.errors import ConfigError
+from lifecycle.errors import ConfigError, LifecycleError
+from lifecycle.hashing import hash_json, hash_modules
 
-# stage -> the stages whose outputs it reads (order = pipeline order)
-STAGES: dict[str, tuple[str, ...]] = {
-    "ingest": (),
-    "validate": ("ingest",),
-    "tokenize": ("ingest", "validate"),
-    "pretrain": ("tokenize",),
-    "rag_index": ("ingest", "validate"),  # keep last: it pairs the index with the newest registered model
-}
+if TYPE_CHECKING:
+    from lifecycle.config import Config
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: tuple[str, ...]  # stages whose outputs it reads; their keys are part of its cache key
+    produces: str  # what its output holds (docs/ARCHITECTURE.md)
+    code: tuple[str, ...]  # library modules whose source is part of its cache key
+    after: tuple[str, ...] = ()  # gates: stages that must have passed first (not part of its key)
+    uses: tuple[str, ...] = ()  # model stages whose reference it takes when they run too (not part of its key)
+    key_extras: tuple[str, ...] = ()  # "seed": run.seed; "sources": content hashes of the ingest sources
+    model: bool = False  # registers a model version and hands on its reference
+
+    @property
+    def section(self) -> str:
+        return self.name
+
+
+GRAPH: tuple[Stage, ...] = (
+    Stage("ingest", inputs=(), key_extras=("sources",),
+          produces="documents: normalised, de-duplicated, split train/validation (Arrow)",
+          code=("lifecycle.data.ingest", "lifecycle.data.sources", "lifecycle.data.clean")),
+    Stage("validate", inputs=("ingest",),
+          produces="the Great Expectations result and Data Docs; a failure stops the pipeline",
+          code=("lifecycle.data.validate",)),
+    Stage("tokenize", inputs=("ingest",), after=("validate",),
+          produces="a byte-level BPE tokenizer with a chat template, and packed token blocks",
+          code=("lifecycle.tokenizer",)),
+    Stage("pretrain", inputs=("tokenize",), key_extras=("seed",), model=True,
+          produces="the base model, registered: its reference (name, version, URI)",
+          code=("lifecycle.model", "lifecycle.train.pretrain", "lifecycle.train.trainer", "lifecycle.train.data",
+                "lifecycle.train.checkpoint", "lifecycle.train.distributed", "lifecycle.train.evaluate",
+                "lifecycle.train.flops")),
+    Stage("sft", inputs=("pretrain", "ingest"), key_extras=("seed",), model=True,
+          produces="the instruction-tuned chat model, registered: its reference; held-out loss and ROUGE-L",
+          code=("lifecycle.align.sft", "lifecycle.align.sft_data", "lifecycle.evaluate.text",
+                "lifecycle.rag.prompt", "lifecycle.tokenizer")),
+    Stage("rag_index", inputs=("ingest",), after=("validate",), uses=("sft",),
+          produces="a version of the LanceDB chunk table and its retrieval metrics; paired with the run's model",
+          code=("lifecycle.rag.chunk", "lifecycle.rag.embed", "lifecycle.rag.index", "lifecycle.rag.evaluate")),
+)
+STAGES: dict[str, Stage] = {s.name: s for s in GRAPH}
+
+
+def _check_graph() -> None:
+    seen: set[str] = set()
+    for stage in GRAPH:  # declared order is a topological order: everything a stage needs comes before it
+        missing = [s for s in stage.inputs + stage.after + stage.uses if s not in seen]
+        if missing:
+            raise AssertionError(f"stage graph: {stage.name} needs {missing}, declared after it")
+        seen.add(stage.name)
+
+
+_check_graph()
+
+
+def needs(stage: str) -> tuple[str, ...]:
+    """What must run before `stage` runs: the stages it reads and the gates it waits for."""
+    return STAGES[stage].inputs + STAGES[stage].after
 
 
 def ancestors(stage: str) -> set[str]:
     found: set[str] = set()
-    todo = list(STAGES[stage])
+    todo = list(needs(stage))
     while todo:
         s = todo.pop()
         if s not in found:
             found.add(s)
-            todo.extend(STAGES[s])
+            todo.extend(needs(s))
     return found
 
 
 @dataclass(frozen=True)
 class Plan:
-    run: tuple[str, ...]  # stages executed, in pipeline order
+    run: tuple[str, ...]  # stages executed (or reused), in pipeline order
     reuse: tuple[str, ...]  # stages whose cached output must exist (before --from)
     force: tuple[str, ...]  # stages recomputed even when cached (--from and its dependants)
 
 
 def plan_stages(until: str | None = None, from_stage: str | None = None) -> Plan:
+    """`--until S`: S and its ancestors, nothing else. `--from S`: S's ancestors reused from the cache
+    (never run), S and everything after it that depends on it recomputed."""
     for flag, value in (("--until", until), ("--from", from_stage)):
         if value is not None and value not in STAGES:
             raise ConfigError(f"{flag} {value}: unknown stage (stages: {', '.join(STAGES)})")
@@ -50,6 +113,46 @@ def plan_stages(until: str | None = None, from_stage: str | None = None) -> Plan
             raise ConfigError(f"--from {from_stage} comes after --until {until}: nothing would run")
         reuse = ancestors(from_stage)
         force = {s for s in wanted if s == from_stage or from_stage in ancestors(s)}
-    order = [s for s in STAGES if s in wanted]
+    order = [s.name for s in GRAPH if s.name in wanted]
     return Plan(run=tuple(order), reuse=tuple(s for s in order if s in reuse),
                 force=tuple(s for s in order if s in force))
+
+
+def section_data(stage: Stage, cfg: Config) -> dict[str, Any]:
+    return cfg.section(stage.section).model_dump(mode="json", by_alias=True)
+
+
+def key_extras(stage: Stage, cfg: Config) -> dict[str, str]:
+    extras: dict[str, str] = {}
+    if "seed" in stage.key_extras:
+        extras["seed"] = str(cfg.run.seed)
+    if "sources" in stage.key_extras:
+        from lifecycle.data.sources import fingerprint
+
+        extras |= {f"source.{s.name}": fingerprint(s) for s in cfg.ingest.sources}
+    return extras
+
+
+def stage_key(stage: Stage, cfg: Config, input_keys: dict[str, str], extras: dict[str, str] | None = None) -> str:
+    """The cache key: changes when the stage's config section, an input's key, its code or an extra
+    (seed, source contents; `key_extras`, computed here unless given) changes, and only then."""
+    if set(input_keys) != set(stage.inputs):
+        raise LifecycleError(f"stage {stage.name}: given inputs {sorted(input_keys)}, but the stage graph "
+                             f"declares {list(stage.inputs)}")
+    extras = key_extras(stage, cfg) if extras is None else extras
+    return hash_json({"stage": stage.name, "config": section_data(stage, cfg), "inputs": input_keys,
+                      "code": hash_modules(stage.code), "extra": extras})
+
+
+def planned_keys(cfg: Config, stage: str) -> dict[str, str]:
+    """The cache keys of `stage` and of every stage it reads, computed without running anything."""
+    keys: dict[str, str] = {}
+
+    def key(name: str) -> str:
+        if name not in keys:
+            spec = STAGES[name]
+            keys[name] = stage_key(spec, cfg, {i: key(i) for i in spec.inputs})
+        return keys[name]
+
+    key(stage)
+    return keys

@@ -1,13 +1,13 @@
 """Content-addressed artifact store: `<state>/artifacts/<stage>/<key>/`.
 
-A stage's key hashes its config section, the keys of its inputs and its code, so an unchanged re-run
-finds its output here and does no work. Outputs are built in a temporary folder and renamed into
-place only when complete, so a failed or killed stage never leaves a half-written artifact.
+A stage's key (lifecycle/stages.py: `stage_key`) hashes its config section, the keys of its inputs and
+its code, so an unchanged re-run finds its output here and does no work. Outputs are built in a temporary
+folder and renamed into place only when complete, so a failed or killed stage never leaves a half-written
+artifact. A committed output is immutable: later stages read it and write only into their own folders.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,10 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
-from lifecycle.config import hash_json
+from lifecycle.registry import ModelRef
 
 MANIFEST = "_lifecycle.json"
 
@@ -35,21 +33,10 @@ class StageOutput:
     run_id: str
     cached: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
+    model: ModelRef | None = None  # the registered version, for stages that produce a model
 
     def file(self, *parts: str) -> Path:
         return Path(self.path).joinpath(*parts)
-
-
-def code_hash(*modules: ModuleType) -> str:
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__ or "").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def stage_key(stage: str, section: Any, inputs: dict[str, str], code: str) -> str:
-    """The cache key: changes when the stage's config, any input or its code changes."""
-    return hash_json({"stage": stage, "config": section, "inputs": inputs, "code": code})
 
 
 class ArtifactStore:
@@ -63,8 +50,9 @@ class ArtifactStore:
         manifest = self.path(stage, key) / MANIFEST
         if not manifest.is_file():
             return None
-        data = json.loads(manifest.read_text())
-        return StageOutput(**{**data["output"], "cached": True})
+        data = json.loads(manifest.read_text())["output"]
+        model = ModelRef(**data["model"]) if data.get("model") else None
+        return StageOutput(**{**data, "model": model, "cached": True})
 
     @contextmanager
     def building(self, stage: str, key: str) -> Iterator[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ log = logging.getLogger("lifecycle.tokenize")
 PAD, ENDOFTEXT, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, ENDOFTEXT, IM_START, IM_END]
 # ChatML; {% generation %} marks what the assistant says, so SFT can train on assistant tokens only.
-CHAT_TEMPLATE = (
+_TURNS = (
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
     "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
@@ -37,6 +38,19 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def chat_template(default_system: str | None = None) -> str:
+    """The ChatML template; with `default_system`, conversations that bring no system message get it
+    (how the sft stage gives its model the instruction it was trained with)."""
+    if not default_system:
+        return _TURNS
+    literal = json.dumps(default_system)  # a valid Jinja string literal: JSON escapes are Python's
+    return (f"{{% if not messages or messages[0]['role'] != 'system' %}}"
+            f"{{{{ '<|im_start|>system\n' + {literal} + '<|im_end|>\n' }}}}{{% endif %}}" + _TURNS)
+
+
+CHAT_TEMPLATE = chat_template()
 
 
 def _text_sample(ds: datasets.Dataset, max_chars: int, batch: int = 1000) -> Iterator[list[str]]:
@@ -72,9 +86,12 @@ def bytes_per_token(tok: PreTrainedTokenizerFast, texts: list[str]) -> tuple[flo
     return (n_bytes / n_tokens if n_tokens else 0.0), n_bytes, n_tokens
 
 
-def pack_split(ds: datasets.Dataset, tok_dir: Path, cfg: TokenizeConfig, eos_id: int) -> datasets.Dataset:
-    """Tokenize with EOS after each document, then cut the stream into `context_length` blocks."""
+def pack_split(ds: datasets.Dataset, tok_dir: Path, cfg: TokenizeConfig, eos_id: int,
+               scratch: Path) -> datasets.Dataset:
+    """Tokenize with EOS after each document, then cut the stream into `context_length` blocks. The map
+    caches go to `scratch` (this stage's own folder), never beside the input's files."""
     size = cfg.context_length
+    scratch.mkdir(parents=True, exist_ok=True)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         tok = _cached_tokenizer(str(tok_dir))
@@ -88,9 +105,9 @@ def pack_split(ds: datasets.Dataset, tok_dir: Path, cfg: TokenizeConfig, eos_id:
 
     num_proc = cfg.num_proc if len(ds) >= 2 * cfg.batch_size else None
     encoded = ds.map(encode, batched=True, batch_size=cfg.batch_size, num_proc=num_proc,
-                     remove_columns=ds.column_names, desc="tokenize")
-    return encoded.map(group, batched=True, batch_size=cfg.batch_size, num_proc=num_proc,
-                       remove_columns=["ids"], desc=f"pack into {size}-token blocks")
+                     remove_columns=ds.column_names, desc="tokenize", cache_file_name=str(scratch / "encode.arrow"))
+    return encoded.map(group, batched=True, batch_size=cfg.batch_size, num_proc=num_proc, remove_columns=["ids"],
+                       desc=f"pack into {size}-token blocks", cache_file_name=str(scratch / "pack.arrow"))
 
 
 _TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}
@@ -111,25 +128,29 @@ def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path) -> dict[s
     tok.save_pretrained(str(tok_dir))
     val_texts = list(docs["validation"]["text"])
     bpt, val_bytes, val_tokens = bytes_per_token(tok, val_texts)
-    blocks = datasets.DatasetDict({split: pack_split(docs[split], tok_dir, cfg, tok.eos_token_id)
+    scratch = out_dir / ".map-cache"
+    blocks = datasets.DatasetDict({split: pack_split(docs[split], tok_dir, cfg, tok.eos_token_id, scratch / split)
                                    for split in ("train", "validation")})
     if not len(blocks["train"]):
         raise LifecycleError(f"tokenize: the train split has fewer than tokenize.context_length={cfg.context_length} "
                              "tokens; add data or lower the context length")
     blocks.save_to_disk(str(out_dir / "blocks"))
+    n_train, n_val = len(blocks["train"]), len(blocks["validation"])
+    del blocks  # release the caches' memory maps before removing them
+    shutil.rmtree(scratch)
     stats: dict[str, float] = {
         "vocab_size": len(tok),
         "bytes_per_token": bpt,
         "validation_bytes": val_bytes,
         "validation_tokens": val_tokens,
-        "train_blocks": len(blocks["train"]),
-        "validation_blocks": len(blocks["validation"]),
-        "train_tokens": len(blocks["train"]) * cfg.context_length,
+        "train_blocks": n_train,
+        "validation_blocks": n_val,
+        "train_tokens": n_train * cfg.context_length,
         "context_length": cfg.context_length,
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
     log.info("tokenize: vocab %d, %.2f bytes/token on validation, %d train / %d validation blocks of %d",
-             len(tok), bpt, len(blocks["train"]), len(blocks["validation"]), cfg.context_length)
+             len(tok), bpt, n_train, n_val, cfg.context_length)
     return stats
 
 

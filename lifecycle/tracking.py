@@ -3,6 +3,10 @@
 Embedded default: SQLite + local artifacts under the state directory. `MLFLOW_TRACKING_URI` wins when
 set. MLflow's active run is thread-local and Prefect runs tasks in worker threads, so child runs always
 get their parent's id explicitly.
+
+The parent run is stored with the Prefect flow run id (tag `prefect.flow_run_id`), not held open by one
+process: a flow run that resumes (after a pause in the same process, or re-executed in a new process
+after a suspend) finds its parent run by that id and logs its remaining stages under it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 
@@ -50,10 +53,23 @@ def setup_mlflow(state_dir: Path, experiment: str) -> str:
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 
-def latest_model_version(client: MlflowClient, name: str) -> ModelVersion | None:
-    """The newest version of a registered model, or None when nothing is registered under `name`."""
-    versions = client.search_model_versions(f"name = '{name}'") if "'" not in name else []
-    return max(versions, key=lambda v: int(v.version)) if versions else None
+def open_parent_run(experiment_id: str, flow_run_id: str, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """(run id, resumed): the parent run of this Prefect flow run, re-attached (status back to RUNNING)
+    when the flow run already has one, else created."""
+    client = MlflowClient()
+    query = f"tags.`prefect.flow_run_id` = '{flow_run_id}' and tags.`lifecycle.role` = 'pipeline'"
+    found = client.search_runs([experiment_id], query, max_results=1)
+    if found:
+        run = found[0]
+        client.update_run(run.info.run_id, status="RUNNING")
+        client.set_tag(run.info.run_id, "lifecycle.resumed", str(int(run.data.tags.get("lifecycle.resumed", 0)) + 1))
+        return run.info.run_id, True
+    run = client.create_run(experiment_id, run_name=name, tags=tags | {"lifecycle.role": "pipeline"})
+    return run.info.run_id, False
+
+
+def close_parent_run(run_id: str, status: str) -> None:
+    MlflowClient().set_terminated(run_id, status)
 
 
 def git_commit(where: Path) -> str:

@@ -1,10 +1,12 @@
-"""What every stage task shares: the pipeline's MLflow parent run, the cache check, the MLflow child
-run with its lineage tags, the atomic artifact commit and the Prefect artifacts.
+"""What every stage shares: the MLflow parent run of a flow run (re-attached when the flow run resumes),
+the cache check, the MLflow child run with its lineage tags, the atomic artifact commit and the Prefect
+artifacts.
 
-A stage task is `run_stage(name, ctx, section, inputs, code, work)`: `work(dirs)` does the stage's job
-into `dirs.out` (a temporary folder renamed into the store on success) and returns its metrics;
-`dirs.checkpoints` survives a killed run (same key, same folder) so long stages can resume, and is
-removed once the stage succeeds. Everything else happens here.
+A stage task is `run_stage(name, ctx, inputs, work)`: `work(dirs)` does the stage's job into `dirs.out`
+(a temporary folder renamed into the store on success) and returns its metrics (and, for a model stage,
+the registered version); `dirs.checkpoints` survives a killed run (same key, same folder) so long stages
+can resume, and is removed once the stage succeeds. The key comes from the stage graph
+(lifecycle/stages.py), so a task cannot read inputs the graph does not declare.
 """
 
 from __future__ import annotations
@@ -14,26 +16,33 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.exceptions import Pause
 from prefect.runtime import flow_run, task_run
 
-from lifecycle.config import Config, Section, config_hash, hash_json
+from lifecycle.config import Config, config_hash
 from lifecycle.errors import LifecycleError
-from lifecycle.stages import Plan
-from lifecycle.store import ArtifactStore, StageOutput, stage_key
-from lifecycle.tracking import child_run, git_commit, setup_mlflow
+from lifecycle.hashing import hash_json
+from lifecycle.registry import ModelRef
+from lifecycle.runtime import RunSettings
+from lifecycle.stages import STAGES, Plan, key_extras, planned_keys, section_data, stage_key
+from lifecycle.store import ArtifactStore, StageOutput
+from lifecycle.tracking import child_run, close_parent_run, git_commit, open_parent_run, setup_mlflow
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What tasks need to know about the pipeline run they belong to (passed explicitly, thread-safe)."""
+    """What stages need to know about the flow run they belong to (passed explicitly, thread-safe)."""
 
+    cfg: Config
+    settings: RunSettings
     state_dir: str
     experiment_id: str
     parent_run_id: str
@@ -49,6 +58,11 @@ class RunContext:
     def store(self) -> ArtifactStore:
         return ArtifactStore(Path(self.state_dir) / "artifacts")
 
+    @property
+    def models_dir(self) -> Path:
+        """Local copies of registered versions (registry.local_copy)."""
+        return Path(self.state_dir) / "models"
+
 
 @dataclass(frozen=True)
 class StageDirs:
@@ -57,29 +71,99 @@ class StageDirs:
     key: str
 
 
+@dataclass(frozen=True)
+class StageResult:
+    metrics: dict[str, float]
+    model: ModelRef | None = None  # the version a model stage registered
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags for the stage's MLflow run
+
+
 @contextmanager
-def pipeline_run(cfg: Config, state_dir: Path, plan: Plan, profile: str) -> Iterator[RunContext]:
-    """The MLflow parent run of one pipeline flow run."""
+def pipeline_run(settings: RunSettings, cfg: Config, plan: Plan) -> Iterator[RunContext]:
+    """The MLflow parent run of this Prefect flow run: created, or re-attached when the flow run resumes.
+    It ends FINISHED or FAILED with the flow; a suspended flow (Prefect's Pause) leaves it RUNNING."""
+    state_dir = settings.state(cfg)
     experiment_id = setup_mlflow(state_dir, cfg.run.experiment)
     commit = git_commit(Path(__file__).resolve().parents[1])
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
             "mlflow.source.git.commit": commit, "lifecycle.config_hash": config_hash(cfg),
-            "lifecycle.profile": profile, "lifecycle.stages": ",".join(plan.run)}
-    name = f"pipeline-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with mlflow.start_run(run_name=name, experiment_id=experiment_id, tags=tags) as parent:
-        mlflow.log_dict(cfg.dump(), "config.json")
-        mlflow.log_params({"profile": profile, "until": plan.run[-1], "seed": cfg.run.seed})
-        yield RunContext(state_dir=str(state_dir), experiment_id=experiment_id, parent_run_id=parent.info.run_id,
-                         flow_run_id=str(flow_run.id), git_commit=commit, config_hash=config_hash(cfg), plan=plan)
+            "lifecycle.profile": settings.profile, "lifecycle.stages": ",".join(plan.run)}
+    name = f"{flow_run.flow_name}-{settings.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id, resumed = open_parent_run(experiment_id, str(flow_run.id), name, tags)
+    if resumed:
+        get_run_logger().info("re-attached to MLflow parent run %s of flow run %s", run_id, flow_run.id)
+    else:
+        client = MlflowClient()
+        client.log_dict(run_id, cfg.dump(), "config.json")
+        for key, value in {"profile": settings.profile, "until": plan.run[-1], "seed": cfg.run.seed}.items():
+            client.log_param(run_id, key, value)
+    status: str | None = "FAILED"
+    try:
+        yield RunContext(cfg=cfg, settings=settings, state_dir=str(state_dir), experiment_id=experiment_id,
+                         parent_run_id=run_id, flow_run_id=str(flow_run.id), git_commit=commit,
+                         config_hash=config_hash(cfg), plan=plan)
+        status = "FINISHED"
+    except Pause:
+        status = None  # suspended: the same flow run comes back and re-attaches
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status:
+            close_parent_run(run_id, status)
 
 
-def run_stage(stage: str, ctx: RunContext, section: Section, inputs: dict[str, StageOutput], code: str,
-              work: Callable[[StageDirs], dict[str, float]], extra_key: dict[str, str] | None = None) -> StageOutput:
+@contextmanager
+def stage_scope(stage: str, ctx: RunContext | None, settings: RunSettings,
+                given: dict[str, StageOutput | None]) -> Iterator[tuple[RunContext, dict[str, StageOutput]]]:
+    """(context, inputs) for a stage flow: the pipeline's when it calls the flow, else (a deployment
+    running one stage) a parent run of its own, with the inputs read from the cache."""
+    if ctx is not None:
+        missing = [name for name in STAGES[stage].inputs if given.get(name) is None]
+        if missing:
+            raise LifecycleError(f"stage {stage}: the pipeline did not pass {missing}")
+        yield ctx, {name: out for name, out in given.items() if out is not None}
+        return
+    cfg = settings.load()
+    check_trainer_sections(cfg, (stage,))
+    with pipeline_run(settings, cfg, Plan(run=(stage,), reuse=(), force=())) as own:
+        yield own, cached_inputs(own, stage)
+
+
+def check_trainer_sections(cfg: Config, stages: tuple[str, ...]) -> None:
+    """Construct the third-party trainer configs of the stages about to run: a bad key fails now, before
+    any work, naming the key and its file."""
+    if "sft" in stages:
+        from lifecycle.align.sft import sft_args
+
+        sft_args(cfg, Path(cfg.run.state_dir) / "checkpoints" / "sft", max_length=1)
+
+
+def cached_inputs(ctx: RunContext, stage: str) -> dict[str, StageOutput]:
+    """The cached outputs `stage` reads, and a check that its gates passed, for the current config."""
+    spec = STAGES[stage]
+    found: dict[str, StageOutput] = {}
+    for name in spec.inputs + spec.after:
+        key = planned_keys(ctx.cfg, name)[name]
+        output = ctx.store.lookup(name, key)
+        if output is None:
+            raise LifecycleError(f"stage {stage} runs on the cached output of {name}, but there is none for this "
+                                 f"configuration (key {key}): run `lifecycle run --until {name}` with the same "
+                                 "--profile/--set first")
+        if name in spec.inputs:
+            found[name] = output
+    return found
+
+
+def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
+              work: Callable[[StageDirs], StageResult]) -> StageOutput:
     """Return the stage's output: from the cache when nothing it depends on changed, else computed."""
     logger = get_run_logger()
-    section_data = section.model_dump(mode="json", by_alias=True)
-    key_inputs = {name: out.key for name, out in inputs.items()} | (extra_key or {})
-    key = stage_key(stage, section_data, key_inputs, code)
+    spec = STAGES[stage]
+    key_inputs = {name: out.key for name, out in inputs.items()}
+    extras = key_extras(spec, ctx.cfg)  # e.g. the sources' content hashes
+    key = stage_key(spec, ctx.cfg, key_inputs, extras)  # refuses inputs the graph does not declare
     store = ctx.store
     cached = store.lookup(stage, key)
     if stage in ctx.plan.reuse:
@@ -88,13 +172,18 @@ def run_stage(stage: str, ctx: RunContext, section: Section, inputs: dict[str, S
                                  f"(key {key}); run without --from first")
         logger.info("%s: reusing cached output %s (--from)", stage, key)
         return cached
-    tags = {"lifecycle.stage": stage, "lifecycle.key": key, "lifecycle.config_hash": hash_json(section_data),
+    section = section_data(spec, ctx.cfg)
+    tags = {"lifecycle.stage": stage, "lifecycle.key": key, "lifecycle.config_hash": hash_json(section),
             "lifecycle.pipeline_config_hash": ctx.config_hash, "prefect.flow_run_id": ctx.flow_run_id,
             "prefect.task_run_id": str(task_run.id), "mlflow.source.git.commit": ctx.git_commit}
-    tags |= {f"lifecycle.input.{name}": value for name, value in key_inputs.items()}
+    if str(flow_run.id) != ctx.flow_run_id:
+        tags["prefect.stage_flow_run_id"] = str(flow_run.id)
+    tags |= {f"lifecycle.input.{name}": value for name, value in (key_inputs | extras).items()}
     if cached is not None and stage not in ctx.plan.force:
         logger.info("%s: cache hit %s (computed by MLflow run %s); nothing to do", stage, key, cached.run_id)
         tags |= {"lifecycle.cache_hit": "true", "lifecycle.cached_from_run": cached.run_id}
+        if cached.model:
+            tags["lifecycle.model"] = str(cached.model)
         with child_run(stage, ctx.parent_run_id, ctx.experiment_id, tags):
             mlflow.log_metrics(_metric_names(stage, cached.metrics) | {f"{stage}/cache_hit": 1.0})
         return cached
@@ -103,13 +192,14 @@ def run_stage(stage: str, ctx: RunContext, section: Section, inputs: dict[str, S
     with child_run(stage, ctx.parent_run_id, ctx.experiment_id, tags | {"lifecycle.cache_hit": "false"}) as run:
         with store.building(stage, key) as tmp:
             checkpoints = Path(ctx.state_dir) / "checkpoints" / stage / key
-            metrics = work(StageDirs(out=tmp, checkpoints=checkpoints, key=key))
-            metrics = {k: float(v) for k, v in metrics.items()}
+            result = work(StageDirs(out=tmp, checkpoints=checkpoints, key=key))
+            metrics = {k: float(v) for k, v in result.metrics.items()}
             output = store.commit(tmp, StageOutput(stage=stage, key=key, path=str(store.path(stage, key)),
-                                                   run_id=run.info.run_id, metrics=metrics))
+                                                   run_id=run.info.run_id, metrics=metrics, model=result.model))
         shutil.rmtree(checkpoints, ignore_errors=True)
         seconds = time.perf_counter() - started
         mlflow.log_metrics(_metric_names(stage, metrics) | {f"{stage}/seconds": seconds, f"{stage}/cache_hit": 0.0})
+        mlflow.set_tags(result.tags | ({"lifecycle.model": str(result.model)} if result.model else {}))
     create_table_artifact(key=f"{_slug(stage)}-metrics", table=[{"metric": k, "value": v} for k, v in metrics.items()],
                           description=f"{stage} metrics (key {key})")
     logger.info("%s: done in %.1f s -> %s", stage, seconds, output.path)

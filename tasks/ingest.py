@@ -8,21 +8,16 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-import lifecycle.data.clean
-import lifecycle.data.ingest
-import lifecycle.data.sources
-from lifecycle.config import Config
 from lifecycle.data.ingest import ingest_documents, load_documents
-from lifecycle.data.sources import fingerprint
-from lifecycle.store import StageOutput, code_hash
-from tasks.common import RunContext, StageDirs, run_stage
+from lifecycle.store import StageOutput
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
-def ingest(cfg: Config, ctx: RunContext) -> StageOutput:
-    section = cfg.ingest
+def ingest(ctx: RunContext) -> StageOutput:
+    section = ctx.cfg.ingest
 
-    def work(dirs: StageDirs) -> dict[str, float]:
+    def work(dirs: StageDirs) -> StageResult:
         out = dirs.out
         stats = ingest_documents(section, out)
         docs = load_documents(out)
@@ -30,8 +25,6 @@ def ingest(cfg: Config, ctx: RunContext) -> StageOutput:
             mlflow.log_input(mlflow.data.from_huggingface(ds, name=f"documents-{split}"), context=split)
         mlflow.log_dict(json.loads((out / "stats.json").read_text()), "ingest/stats.json")
         mlflow.log_params({f"source.{s.name}": s.kind for s in section.sources})
-        return stats
+        return StageResult(stats)
 
-    sources = {f"source.{s.name}": fingerprint(s) for s in section.sources}
-    code = code_hash(lifecycle.data.ingest, lifecycle.data.sources, lifecycle.data.clean)
-    return run_stage("ingest", ctx, section, {}, code, work, extra_key=sources)
+    return run_stage("ingest", ctx, {}, work)

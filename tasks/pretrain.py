@@ -1,7 +1,7 @@
 """pretrain task: train the causal LM from scratch on the tokenize stage's blocks (in this process, or
-under torchrun when pretrain.distributed.nproc > 1), then log it to MLflow with its tokenizer and
-register it as a new version of run.registered_model, tagged with its lineage. No alias is set:
-`@champion` only moves through the promotion gates."""
+under torchrun when pretrain.distributed.nproc > 1), then register it as a new version of
+run.models.base, tagged with its lineage, and hand on its reference. No alias is set: the base model is
+not a chat model, and `@champion` only moves through the promotion gate."""
 
 from __future__ import annotations
 
@@ -9,37 +9,25 @@ import json
 from pathlib import Path
 
 import mlflow
-import torch
-import transformers
-from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-import lifecycle.model
-import lifecycle.train.checkpoint
-import lifecycle.train.data
-import lifecycle.train.distributed
-import lifecycle.train.evaluate
-import lifecycle.train.flops
-import lifecycle.train.pretrain
-import lifecycle.train.trainer
-from lifecycle.config import Config, hash_json
-from lifecycle.store import StageOutput, code_hash
+from lifecycle.hashing import hash_json
+from lifecycle.registry import register_model
+from lifecycle.store import StageOutput
 from lifecycle.train.distributed import launch_torchrun
 from lifecycle.train.pretrain import train
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, run_stage
-
-CODE = (lifecycle.model, lifecycle.train.pretrain, lifecycle.train.trainer, lifecycle.train.data,
-        lifecycle.train.checkpoint, lifecycle.train.distributed, lifecycle.train.evaluate, lifecycle.train.flops)
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
-def pretrain(cfg: Config, tokens: StageOutput, ctx: RunContext) -> StageOutput:
+def pretrain(ctx: RunContext, tokens: StageOutput) -> StageOutput:
+    cfg = ctx.cfg
     section, seed = cfg.pretrain, cfg.run.seed
     logger = get_run_logger()
 
-    def work(dirs: StageDirs) -> dict[str, float]:
+    def work(dirs: StageDirs) -> StageResult:
         run_id = mlflow.active_run().info.run_id
         m = section.model
         mlflow.log_params({"arch": m.arch, "n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model,
@@ -59,32 +47,15 @@ def pretrain(cfg: Config, tokens: StageOutput, ctx: RunContext) -> StageOutput:
                             section.distributed.nproc, env={"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()},
                             logger=logger)
             metrics = json.loads((dirs.out / "metrics.json").read_text())
-        version = register_model(cfg, dirs, tokens, ctx)
-        logger.info("pretrain: registered %s version %s (val %.3f bits/byte, unigram baseline %.3f)",
-                    cfg.run.registered_model, version, metrics["val_bpb"], metrics["unigram_bpb"])
-        return metrics | {"registered_version": float(version)}
-
-    return run_stage("pretrain", ctx, section, {"tokenize": tokens}, code_hash(*CODE), work,
-                     extra_key={"seed": str(seed)})
-
-
-def register_model(cfg: Config, dirs: StageDirs, tokens: StageOutput, ctx: RunContext) -> int:
-    """Log model + tokenizer (transformers flavor) and register a version tagged with its lineage."""
-    model_dir = dirs.out / "model"
-    components = {"model": transformers.AutoModelForCausalLM.from_pretrained(str(model_dir)),
-                  "tokenizer": transformers.AutoTokenizer.from_pretrained(str(model_dir))}
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-    info = mlflow.transformers.log_model(transformers_model=components, name="model", task="text-generation",
-                                         registered_model_name=cfg.run.registered_model,
-                                         pip_requirements=requirements)
-    version = info.registered_model_version
-    client = MlflowClient()
-    tokenize_run = client.get_run(tokens.run_id)
-    tags = {"lifecycle.data_key": tokenize_run.data.tags.get("lifecycle.input.ingest", "unknown"),
+        tokenize_tags = mlflow.get_run(tokens.run_id).data.tags
+        ref = register_model(dirs.out / "model", cfg.run.models.base, tags={
+            "lifecycle.stage": "pretrain", "lifecycle.stage_key": dirs.key,
+            "lifecycle.data_key": tokenize_tags.get("lifecycle.input.ingest", "unknown"),
             "lifecycle.tokenizer_key": tokens.key, "lifecycle.config_hash": ctx.config_hash,
-            "lifecycle.pretrain_config_hash": hash_json(cfg.pretrain.model_dump(mode="json")),
-            "lifecycle.stage_key": dirs.key, "lifecycle.stage": "pretrain",
-            "mlflow.source.git.commit": ctx.git_commit}
-    for key, value in tags.items():
-        client.set_model_version_tag(cfg.run.registered_model, str(version), key, value)
-    return int(version)
+            "lifecycle.pretrain_config_hash": hash_json(section.model_dump(mode="json")),
+            "mlflow.source.git.commit": ctx.git_commit})
+        logger.info("pretrain: registered %s (val %.3f bits/byte, unigram baseline %.3f)", ref, metrics["val_bpb"],
+                    metrics["unigram_bpb"])
+        return StageResult({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, model=ref)
+
+    return run_stage("pretrain", ctx, {"tokenize": tokens}, work)

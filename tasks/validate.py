@@ -10,19 +10,17 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-import lifecycle.data.validate
-from lifecycle.config import Config
 from lifecycle.data.validate import describe_failures, validate_documents
 from lifecycle.errors import ValidationFailed
-from lifecycle.store import StageOutput, code_hash
-from tasks.common import RunContext, StageDirs, run_stage
+from lifecycle.store import StageOutput
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(cfg: Config, docs: StageOutput, ctx: RunContext) -> StageOutput:
-    section = cfg.validate_
+def validate(ctx: RunContext, docs: StageOutput) -> StageOutput:
+    section = ctx.cfg.validate_
 
-    def work(dirs: StageDirs) -> dict[str, float]:
+    def work(dirs: StageDirs) -> StageResult:
         out = dirs.out
         stats = json.loads(docs.file("stats.json").read_text())
         report = validate_documents(section, Path(docs.path), stats, out)
@@ -36,9 +34,9 @@ def validate(cfg: Config, docs: StageOutput, ctx: RunContext) -> StageOutput:
         mlflow.set_tag("lifecycle.validation", "passed" if report["success"] else "failed")
         if not report["success"]:
             raise ValidationFailed(describe_failures(report))
-        return {"expectations": report["evaluated"], "passed": report["passed"]}
+        return StageResult({"expectations": report["evaluated"], "passed": report["passed"]})
 
-    return run_stage("validate", ctx, section, {"ingest": docs}, code_hash(lifecycle.data.validate), work)
+    return run_stage("validate", ctx, {"ingest": docs}, work)
 
 
 def report_markdown(report: dict) -> str:

@@ -113,3 +113,8 @@ def load_documents(path: Path) -> datasets.DatasetDict:
     return datasets.DatasetDict({
         split: table.filter(lambda s, split=split: s == split, input_columns="split", keep_in_memory=True)
         for split in ("train", "validation")})
+
+
+def read_documents(path: Path | str) -> list[dict[str, Any]]:
+    """Every ingested document (train and validation) of an ingest output as a dict."""
+    return [row for split in load_documents(Path(path)).values() for row in split.to_list()]

@@ -20,7 +20,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from lifecycle.config import SourceConfig, hash_json
+from lifecycle.config import SourceConfig
+from lifecycle.hashing import hash_json
 from lifecycle.errors import InputError
 
 TEXT_EXTS = {".txt", ".md", ".rst", ".text", ".markdown"}

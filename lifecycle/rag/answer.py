@@ -1,38 +1,34 @@
-"""Retrieval-augmented answers: retrieve the top-k chunks, put as many as fit the policy model's context
-into a chat prompt (system instruction, then context + question as the user turn, through the tokenizer's
-chat template), generate greedily until <|im_end|> or EOS, and return the answer with the sources used.
+"""Retrieval-augmented answers: retrieve the top-k chunks, put as many as fit the model's context into
+the RAG prompt (lifecycle/rag/prompt.py, rendered by the model's own chat template), generate greedily
+until <|im_end|> or EOS, and return the answer with the sources used. The context length and the chat
+template come from the model loaded, never from the configuration profile.
 
-    path, label = resolve_policy(None, cfg.run.registered_model, state_dir)   # --model > @champion > latest
-    model, tokenizer = load_policy(path)
-    answer = answer_question("How do I parse JSON?", retriever, model, tokenizer, cfg.rag_index.answer)
+    path, label = resolve_policy(None, cfg.run.models.chat, state_dir)   # --model > @champion > @candidate
+    model, tokenizer = load_causal_lm(path)
+    answer = answer_question("How do I parse JSON?", retriever, model, tokenizer, cfg.serve.answer)
     answer.text, [s.title for s in answer.sources]
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lifecycle.config import RagAnswerConfig
+from lifecycle.config import AnswerConfig
 from lifecycle.errors import LifecycleError
-from lifecycle.rag.search import Hit, Retriever, rag_dir
+from lifecycle.model import context_window
+from lifecycle.rag.prompt import rag_messages
+from lifecycle.rag.search import Hit, Retriever
+from lifecycle.registry import CANDIDATE, CHAMPION, ModelRef, get_alias, local_copy, resolve
 
 log = logging.getLogger("lifecycle.rag.answer")
 END_OF_TURN = "<|im_end|>"
+MIN_NEW_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -59,47 +55,35 @@ class Answer:
         return "\n".join(lines + ([f"Model: {self.model}"] if self.model else []))
 
 
-def build_messages(question: str, chunks: list[Hit], system_prompt: str) -> list[dict[str, str]]:
-    context = "\n\n".join(f"[{i}] {h.title}\n{h.text}" for i, h in enumerate(chunks, 1))
-    return [{"role": "system", "content": system_prompt},
-            {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
-
-
 def _encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
     # rendered first, then encoded quietly: a prompt longer than the model's context is cut by the caller
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, return_dict=False)
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
-def context_window(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(model.config, name, None)
-        if value:
-            return int(value)
-    return int(tokenizer.model_max_length)
+def _pairs(hits: list[Hit]) -> list[tuple[str, str]]:
+    return [(h.title, h.text) for h in hits]
 
 
-def fit_prompt(tokenizer: PreTrainedTokenizerBase, question: str, hits: list[Hit], system_prompt: str,
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, question: str, hits: list[Hit], system_prompt: str | None,
                budget: int) -> tuple[list[int], list[Hit], bool]:
     """(prompt ids, chunks used, truncated): the best chunks that fit `budget` tokens; the last one is cut
     when not even it fits whole."""
     for n in range(len(hits), 0, -1):
-        ids = _encode(tokenizer, build_messages(question, hits[:n], system_prompt))
+        ids = _encode(tokenizer, rag_messages(question, _pairs(hits[:n]), system_prompt))
         if len(ids) <= budget:
             return ids, hits[:n], False
-    bare = _encode(tokenizer, build_messages(question, [], system_prompt))
+    bare = _encode(tokenizer, rag_messages(question, [], system_prompt))
     if len(bare) > budget:
         raise LifecycleError(f"the question and system prompt take {len(bare)} tokens, more than the {budget} the "
-                             "model's context leaves after rag_index.answer.max_new_tokens: lower it (--set "
-                             "rag_index.answer.max_new_tokens=N), shorten rag_index.answer.system_prompt, or use "
-                             "the profile the model was trained with (e.g. --profile quickstart)")
+                             "model's context leaves for them: shorten the question or serve.answer.system_prompt")
     if hits:
         text_ids = tokenizer(hits[0].text, add_special_tokens=False, verbose=False)["input_ids"]
-        full = _encode(tokenizer, build_messages(question, hits[:1], system_prompt))
+        full = _encode(tokenizer, rag_messages(question, _pairs(hits[:1]), system_prompt))
         keep = len(text_ids) - (len(full) - budget)  # drop the overflow; re-encoding may differ by a token or two
         while keep > 0:
             cut = replace(hits[0], text=tokenizer.decode(text_ids[:keep]))
-            ids = _encode(tokenizer, build_messages(question, [cut], system_prompt))
+            ids = _encode(tokenizer, rag_messages(question, _pairs([cut]), system_prompt))
             if len(ids) <= budget:
                 return ids, [cut], True
             keep -= max(1, len(ids) - budget)
@@ -119,82 +103,51 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: li
 
 
 def answer_question(question: str, retriever: Retriever, model: PreTrainedModel,
-                    tokenizer: PreTrainedTokenizerBase, cfg: RagAnswerConfig, where: str | None = None,
+                    tokenizer: PreTrainedTokenizerBase, cfg: AnswerConfig, where: str | None = None,
                     model_label: str = "") -> Answer:
     if not getattr(tokenizer, "chat_template", None):
-        raise LifecycleError(f"the policy model's tokenizer ({model_label or 'given'}) has no chat template")
+        raise LifecycleError(f"the model's tokenizer ({model_label or 'given'}) has no chat template")
     hits = retriever.search(question, k=cfg.top_k, where=where)
-    budget = context_window(model, tokenizer) - cfg.max_new_tokens
-    ids, used, truncated = fit_prompt(tokenizer, question, hits, cfg.system_prompt, budget)
+    window = context_window(model, tokenizer)
+    bare = len(_encode(tokenizer, rag_messages(question, [], cfg.system_prompt)))
+    # the model's own context decides: the answer gets at most half of what the question leaves, the
+    # retrieved context the rest
+    max_new = min(cfg.max_new_tokens, (window - bare) // 2)
+    if max_new < MIN_NEW_TOKENS:
+        raise LifecycleError(f"the question and system prompt take {bare} of the model's {window} context tokens, "
+                             f"leaving fewer than {MIN_NEW_TOKENS} for the answer: shorten the question or "
+                             "serve.answer.system_prompt")
+    ids, used, truncated = fit_prompt(tokenizer, question, hits, cfg.system_prompt, window - max_new)
     if len(used) < len(hits):
-        log.info("ask: %d of %d retrieved chunks fit the model's context (%d tokens for the prompt)", len(used),
-                 len(hits), budget)
-    text = generate(model, tokenizer, ids, cfg.max_new_tokens)
+        log.info("ask: %d of %d retrieved chunks fit the model's %d-token context", len(used), len(hits), window)
+    text = generate(model, tokenizer, ids, max_new)
     return Answer(question=question, text=text, sources=used, retrieved=len(hits), prompt=tokenizer.decode(ids),
                   model=model_label, truncated=truncated)
 
 
-def load_policy(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from a Hugging Face folder (the tokenizer may sit in a sub-folder)."""
-    model_dir, tok_dir = find_hf_dirs(Path(path))
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    model.eval()
-    return model, tokenizer
+def resolve_policy(model: str | None, name: str, state_dir: Path,
+                   download: bool = True) -> tuple[Path, str, ModelRef | None]:
+    """(local folder, label, reference) of the model to answer with: `--model` (a Hugging Face folder, or a
+    registry reference NAME/VERSION or NAME@ALIAS), else `name@champion`, else `name@candidate` (the final
+    model of the latest pipeline run). The folder is a local copy of the version (unless `download` is off)."""
+    from lifecycle.tracking import tracking_uri, use_tracking
 
-
-def find_hf_dirs(root: Path) -> tuple[Path, Path]:
-    """(model folder, tokenizer folder) under `root`: save_pretrained output or an MLflow transformers model."""
-    weights = [p.parent for p in root.rglob("config.json")
-               if any(p.parent.glob("*.safetensors")) or any(p.parent.glob("*.bin"))]
-    configs = sorted(weights, key=lambda p: len(p.parts))
-    tokenizers = sorted((p.parent for p in root.rglob("tokenizer_config.json")), key=lambda p: len(p.parts))
-    if not configs or not tokenizers:
-        raise LifecycleError(f"{root}: not a Hugging Face causal LM folder (needs config.json with weights and a "
-                             f"tokenizer; found {'weights' if configs else 'no weights'}, "
-                             f"{'a tokenizer' if tokenizers else 'no tokenizer'})")
-    model_dir = configs[0]
-    return model_dir, model_dir if model_dir in tokenizers else tokenizers[0]
-
-
-def resolve_policy(model: str | None, registered_model: str, state_dir: Path) -> tuple[Path, str]:
-    """(local folder, label) of the policy: `--model PATH`, else `@champion`, else the newest registered version."""
-    if model:
-        path = Path(model).expanduser()
-        if not path.is_dir():
-            raise LifecycleError(f"--model {model}: no such folder (expected a Hugging Face model folder)")
-        return path, str(path)
-    version, label = _registered_version(registered_model, state_dir)
-    dest = rag_dir(state_dir) / "models" / f"{registered_model}-v{version}"
-    if not dest.is_dir():
-        import mlflow
-
-        tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
-        try:
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registered_model}/{version}", dst_path=str(tmp))
-            os.replace(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest, label
-
-
-def _registered_version(name: str, state_dir: Path) -> tuple[str, str]:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from lifecycle.tracking import latest_model_version, tracking_uri, use_tracking
-
-    hint = (f"no policy model registered as '{name}' in {state_dir}: run the pipeline through pretraining "
-            f"(`lifecycle run --until pretrain --state-dir {state_dir}`) or pass --model PATH")
+    if model and Path(model).expanduser().is_dir():
+        return Path(model).expanduser(), str(model), None
+    hint = (f"no chat model registered as '{name}@{CHAMPION}' or '{name}@{CANDIDATE}' in {state_dir}: run the "
+            f"pipeline through sft (`lifecycle run --until sft --state-dir {state_dir}`) or pass --model with a "
+            "Hugging Face folder or a registry reference (NAME/VERSION, NAME@ALIAS)")
     uri = tracking_uri(state_dir)
     if uri.startswith("sqlite:") and not (Path(state_dir) / "mlflow" / "mlflow.db").is_file():
-        raise LifecycleError(hint)
+        raise LifecycleError(hint if not model else f"--model {model}: no such folder, and no registry in {state_dir}")
     use_tracking(Path(state_dir))
-    client = MlflowClient()
-    with contextlib.suppress(MlflowException):  # no @champion yet: fall back to the newest version
-        mv = client.get_model_version_by_alias(name, "champion")
-        return mv.version, f"{name}@champion (version {mv.version})"
-    latest = latest_model_version(client, name)
-    if latest is None:
-        raise LifecycleError(hint)
-    return latest.version, f"{name} version {latest.version} (latest; no @champion yet)"
+    if model:
+        ref = resolve(model)
+        label = f"{ref} ({model})" if str(ref) != model else model
+    else:
+        ref = get_alias(name, CHAMPION) or get_alias(name, CANDIDATE)
+        if ref is None:
+            raise LifecycleError(hint)
+        alias = CHAMPION if get_alias(name, CHAMPION) == ref else CANDIDATE
+        label = f"{name}@{alias} (version {ref.version})"
+    return (local_copy(ref, Path(state_dir) / "models") if download else Path()), label, ref

@@ -17,7 +17,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from lifecycle.config import RagChunkConfig, hash_json
+from lifecycle.config import RagChunkConfig
+from lifecycle.hashing import hash_json
 
 META = ("source", "path", "title", "object", "split")
 Chunk = dict[str, Any]

@@ -162,7 +162,7 @@ def evaluate_squad(path: Path, cfg: Config, state_dir: Path, max_questions: int 
     questions = questions[:max_questions] if max_questions else questions
     table = "squad_" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
     info = build_index(docs, cfg.rag_index, str(rag_dir(state_dir) / "eval" / "lancedb"), table).to_dict()
-    report = evaluate_retrieval(open_index(info, cfg.rag_index), questions, cfg.rag_index.evaluate.ks)
+    report = evaluate_retrieval(open_index(info, cfg.serve.search), questions, cfg.rag_index.evaluate.ks)
     run_id = log_retrieval_eval(state_dir, cfg.run.experiment, f"eval-retrieval-{Path(path).stem}", report,
                                 {"dataset": str(path), "questions": len(questions), "passages": len(docs),
                                  "chunks": info["rows"], "embed_model": cfg.rag_index.embed.model})
@@ -176,7 +176,7 @@ def evaluate_current(cfg: Config, state_dir: Path, max_questions: int | None = N
     from lifecycle.rag.search import open_index, read_current
 
     info = read_current(state_dir)
-    retriever = open_index(info, cfg.rag_index)
+    retriever = open_index(info, cfg.serve.search)
     questions = python_docs_questions(indexed_documents(retriever),
                                       max_questions or cfg.rag_index.evaluate.max_questions,
                                       cfg.rag_index.evaluate.question_template)

@@ -3,9 +3,10 @@ full-text index and a scalar index on `source` for filters.
 
 Incremental: every row carries its document's `doc_key` (content hash + metadata + index settings, see
 chunk.py). A build embeds only documents whose key is not in the table yet and deletes the rows of keys
-that are gone, then folds the new rows into the existing indexes (`optimize`). When the settings (chunking,
-embedding model, dtype) differ from the table's, the table is rebuilt from scratch. A crash between the
-delete and the add leaves a consistent table that the next build repairs, because the diff is by content.
+that are gone, then folds the new rows into the existing indexes (`optimize`, deleting no old version: which
+versions go is retention.py's rule). When the settings (chunking, embedding model, dtype) differ from the
+table's, the table is rebuilt from scratch. A crash between the delete and the add leaves a consistent table
+that the next build repairs, because the diff is by content.
 
     info = build_index(docs, cfg.rag_index, db_uri="state/rag/lancedb", table="docs")
     info.version, info.embedded_chunks, info.reused_chunks, info.deleted_chunks
@@ -18,6 +19,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 import lancedb
@@ -25,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, BTree, HnswSq, IvfFlat, IvfPq
 
-from lifecycle.config import RagIndexConfig, hash_json
+from lifecycle.config import RagIndexConfig
+from lifecycle.hashing import hash_json
 from lifecycle.errors import ConfigError, InputError
 from lifecycle.rag.chunk import chunk_documents, doc_key
 from lifecycle.rag.embed import Embedder, load_embedder
@@ -33,6 +36,10 @@ from lifecycle.rag.embed import Embedder, load_embedder
 log = logging.getLogger("lifecycle.rag.index")
 STRING_COLUMNS = ("chunk_id", "doc_key", "doc_id", "text", "search_text", "source", "path", "title", "object",
                   "split", "settings")
+# LanceDB 0.40's Python optimize() always prunes after compacting (default: versions older than 7 days) and
+# exposes no compaction without it (compact_files() needs pylance). No version is 100 years old, so this window
+# prunes nothing. Not timedelta.max: Lance computes now - window and panics on the overflow.
+KEEP_EVERY_VERSION = timedelta(days=36500)
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ def ensure_indexes(tbl: lancedb.table.Table, cfg: RagIndexConfig, dim: int, chan
     names = {i.columns[0]: re.sub(r"(?<!^)(?=[A-Z])", "_", i.index_type).lower() for i in tbl.list_indices()}
     rows = tbl.count_rows()
     if changed and names:
-        tbl.optimize()  # compacts and adds unindexed rows to every index (the old versions stay readable)
+        tbl.optimize(cleanup_older_than=KEEP_EVERY_VERSION)  # compact, add unindexed rows to every index
     if "search_text" not in names:
         tbl.create_index("search_text", config=FTS(), replace=True)
     if "source" not in names:

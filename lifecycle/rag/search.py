@@ -1,12 +1,13 @@
 """Retrieval over the LanceDB chunk table: dense (ANN, or exact), full-text (BM25) and hybrid
 (reciprocal-rank fusion of the two rankings), with metadata filters built safely from user values.
 
-    retriever = open_current(state_dir, cfg.rag_index)              # the index the last rag_index run built
+    retriever = open_current(state_dir, cfg.serve.search)          # the index the last rag_index run built
     hits = retriever.search("parse a JSON string", mode="hybrid", k=5, where=build_where(source="stdlib"))
     hits[0].title, hits[0].score, hits[0].text
 
 `<state_dir>/rag/current.json` points at the latest index (table URI, name and version); a cached
-rag_index run points it back at its own version, which is opened read-only (LanceDB time travel).
+rag_index run points it back at its own version, which is opened read-only (LanceDB time travel). A
+registered model carries the index version it was paired with (`index_of_model`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Literal
 import lancedb
 import numpy as np
 
-from lifecycle.config import RagEmbedConfig, RagIndexConfig
+from lifecycle.config import RagEmbedConfig, SearchConfig
 from lifecycle.errors import LifecycleError
 from lifecycle.rag.embed import Embedder, load_embedder
 from lifecycle.rag.index import quote
@@ -63,26 +64,25 @@ def build_where(source: str | None = None, title_prefix: str | None = None,
 class Retriever:
     """Search one version of a chunk table with the embedding model it was built with."""
 
-    def __init__(self, tbl: lancedb.table.Table, embedder: Embedder, cfg: RagIndexConfig) -> None:
+    def __init__(self, tbl: lancedb.table.Table, embedder: Embedder, cfg: SearchConfig) -> None:
         self.tbl = tbl
         self.embedder = embedder
         self.cfg = cfg
 
     def search(self, query: str, mode: Mode | None = None, k: int | None = None, where: str | None = None,
                exact: bool = False) -> list[Hit]:
-        mode = mode or self.cfg.search.mode
-        k = k or self.cfg.search.top_k
+        mode = mode or self.cfg.mode
+        k = k or self.cfg.top_k
         if mode == "fts":
             return self.fts(query, k, where)
-        qvec = self.embedder.embed_query(query, self.cfg.search.query_threads)
+        qvec = self.embedder.embed_query(query, self.cfg.query_threads)
         if mode == "dense":
             return self.dense(qvec, k, where, exact)
         return self.hybrid(qvec, query, k, where)
 
     def _ann(self, builder: Any) -> Any:
-        ann = self.cfg.ann
-        builder = builder.nprobes(ann.nprobes)
-        return builder.refine_factor(ann.refine_factor) if ann.refine_factor else builder
+        builder = builder.nprobes(self.cfg.nprobes)
+        return builder.refine_factor(self.cfg.refine_factor) if self.cfg.refine_factor else builder
 
     def dense(self, qvec: np.ndarray, k: int, where: str | None = None, exact: bool = False) -> list[Hit]:
         q = self.tbl.search(qvec, vector_column_name="vector").distance_type("cosine")
@@ -100,7 +100,7 @@ class Retriever:
 
     def hybrid(self, qvec: np.ndarray, query: str, k: int, where: str | None = None) -> list[Hit]:
         """Reciprocal-rank fusion of the dense and full-text top k: score = sum over lists of 1 / (rrf_k + rank)."""
-        return fuse([self.dense(qvec, k, where), self.fts(query, k, where)], k, self.cfg.search.rrf_k)
+        return fuse([self.dense(qvec, k, where), self.fts(query, k, where)], k, self.cfg.rrf_k)
 
 
 def fuse(ranked: list[list[Hit]], k: int, rrf_k: int) -> list[Hit]:
@@ -163,13 +163,13 @@ def open_table(uri: str, table: str, version: int | None = None) -> lancedb.tabl
     return tbl
 
 
-def open_index(info: dict[str, Any], cfg: RagIndexConfig) -> Retriever:
+def open_index(info: dict[str, Any], cfg: SearchConfig) -> Retriever:
     """A retriever over the table described by `info` (an index.json), embedding queries with its model."""
     embed_cfg = RagEmbedConfig.model_validate(info["embed"])
     return Retriever(open_table(info["uri"], info["table"], info["version"]), load_embedder(embed_cfg), cfg)
 
 
-def open_current(state_dir: Path, cfg: RagIndexConfig) -> Retriever:
+def open_current(state_dir: Path, cfg: SearchConfig) -> Retriever:
     return open_index(read_current(state_dir), cfg)
 
 

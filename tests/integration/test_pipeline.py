@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.pipeline import pipeline
-from lifecycle.errors import ValidationFailed
+from lifecycle.errors import LifecycleError, ValidationFailed
 from lifecycle.tracking import tracking_uri
 
 pytestmark = pytest.mark.integration
@@ -75,6 +75,17 @@ def test_pipeline_tracks_caches_and_recomputes_only_what_changed(tmp_path: Path,
     fourth = run(state, conf_dir, tiny_overrides, until="tokenize", from_stage="tokenize")
     assert not fourth["tokenize"]["cached"] and fourth["tokenize"]["key"] == first["tokenize"]["key"]
     assert len(child_runs(state)) == before + 2  # the parent run and the tokenize child only
+
+
+def test_until_ingest_runs_ingest_alone_and_from_needs_a_cache(tmp_path: Path, conf_dir: Path,
+                                                              tiny_overrides: list[str]) -> None:
+    state = tmp_path / "state"
+    with pytest.raises(LifecycleError, match=r"--from: stage 'ingest' has no cached output .*run without --from"):
+        run(state, conf_dir, tiny_overrides, until="tokenize", from_stage="tokenize")
+    assert not list((state / "artifacts").glob("*/*"))
+    only = run(state, conf_dir, tiny_overrides, until="ingest")
+    assert list(only) == ["ingest"] and not only["ingest"]["cached"]
+    assert {r.data.tags.get("lifecycle.stage") for r in child_runs(state)} == {None, "ingest"}  # parents + ingest
 
 
 def test_failed_validation_stops_the_pipeline(tmp_path: Path, conf_dir: Path, tiny_overrides: list[str]) -> None:

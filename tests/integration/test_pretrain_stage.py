@@ -1,6 +1,7 @@
 """The pretrain stage in the real pipeline flow (tiny corpus, tiny model): MLflow child run with training
-curves and the bits-per-byte summary, a registered model version with lineage tags and no alias, a
-`from_pretrained`-ready output, checkpoints cleaned up, and a cache hit (no new version) on re-run."""
+curves and the bits-per-byte summary, a registered model version with lineage tags and no alias, handed
+on by reference in the stage's output, a `from_pretrained`-ready output, checkpoints cleaned up, and a
+cache hit (no new version) on re-run; and the same through torchrun with two processes."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def test_pretrain_stage_tracks_registers_and_caches(tmp_path: Path, conf_dir: Pa
     first = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
     out = first["pretrain"]
     assert not out["cached"] and out["metrics"]["val_bpb"] < out["metrics"]["unigram_bpb"]
+    assert out["model"] == {"name": "lifecycle-gpt-base", "version": "1"}
     model_dir = Path(out["path"], "model")
     AutoModelForCausalLM.from_pretrained(str(model_dir))
     AutoTokenizer.from_pretrained(str(model_dir))
@@ -45,7 +47,7 @@ def test_pretrain_stage_tracks_registers_and_caches(tmp_path: Path, conf_dir: Pa
     assert [m.step for m in curve] == [10, 20, 30, 40, 50, 60] and curve[-1].value < curve[0].value
     assert any(a.path == "pretrain" for a in client.list_artifacts(out["run_id"]))
 
-    versions = client.search_model_versions("name='lifecycle-gpt'")
+    versions = client.search_model_versions("name='lifecycle-gpt-base'")
     assert len(versions) == 1
     version = versions[0]
     assert version.run_id == out["run_id"]
@@ -53,8 +55,25 @@ def test_pretrain_stage_tracks_registers_and_caches(tmp_path: Path, conf_dir: Pa
     assert version.tags["lifecycle.tokenizer_key"] == first["tokenize"]["key"]
     assert version.tags["lifecycle.stage_key"] == out["key"]
     assert version.tags["lifecycle.config_hash"] == run.data.tags["lifecycle.pipeline_config_hash"]
-    assert not client.get_registered_model("lifecycle-gpt").aliases  # promotion moves aliases, not training
+    assert not client.get_registered_model("lifecycle-gpt-base").aliases  # promotion moves aliases, not training
 
     second = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
     assert second["pretrain"]["cached"] and second["pretrain"]["key"] == out["key"]
-    assert len(client.search_model_versions("name='lifecycle-gpt'")) == 1
+    assert second["pretrain"]["model"] == out["model"]  # the cached output hands on the same version
+    assert len(client.search_model_versions("name='lifecycle-gpt-base'")) == 1
+
+
+@pytest.mark.slow
+def test_pretrain_stage_under_torchrun_reads_its_metrics_back(tmp_path: Path, conf_dir: Path,
+                                                              tiny_overrides: list[str]) -> None:
+    state = tmp_path / "state"
+    overrides = tiny_overrides + TINY_PRETRAIN + ["pretrain.distributed.nproc=2", "pretrain.distributed.backend=gloo",
+                                                  "pretrain.micro_batch_size=4", "pretrain.num_threads=1"]
+    out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")["pretrain"]
+    assert out["metrics"]["world_size"] == 2 and out["metrics"]["val_bpb"] < out["metrics"]["unigram_bpb"]
+    client = MlflowClient(tracking_uri(state))
+    curve = client.get_metric_history(out["run_id"], "pretrain/train/loss")  # logged by rank 0 to the stage's run
+    assert [m.step for m in curve] == [10, 20, 30, 40, 50, 60] and curve[-1].value < curve[0].value
+    assert client.get_run(out["run_id"]).data.metrics["pretrain/world_size"] == 2
+    assert out["model"]["name"] == "lifecycle-gpt-base"
+    AutoModelForCausalLM.from_pretrained(str(Path(out["path"], "model")))

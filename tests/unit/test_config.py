@@ -72,3 +72,41 @@ def test_files_source_needs_paths(conf_dir: Path) -> None:
 def test_source_flags_replace_configured_sources(conf_dir: Path) -> None:
     cfg = load_config(conf_dir, "quickstart", sources=["docs/*.md", "python-docs"])
     assert [(s.kind, s.paths) for s in cfg.ingest.sources] == [("files", ["docs/*.md"]), ("python-docs", [])]
+
+
+def test_query_time_settings_live_in_serve_not_in_the_index_section(conf_dir: Path) -> None:
+    cfg = load_config(conf_dir, overrides=["serve.answer.system_prompt=Be brief.", "serve.search.top_k=9"])
+    assert cfg.serve.answer.system_prompt == "Be brief." and cfg.serve.search.top_k == 9
+    assert "answer" not in cfg.rag_index.model_dump() and "search" not in cfg.rag_index.model_dump()
+    assert cfg.origin("serve.search.top_k") == "--set serve.search.top_k=9"
+    assert cfg.origin("serve.answer.max_new_tokens").endswith("serve.yaml")
+
+
+def test_trainer_sections_pass_through_and_are_checked_by_trl(conf_dir: Path, conf_copy: Path) -> None:
+    import trl
+
+    from lifecycle.config.passthrough import trainer_config
+
+    cfg = load_config(conf_dir, overrides=["sft.trainer.learning_rate=0.01", "sft.trainer.max_steps=7"])
+    args = trainer_config(trl.SFTConfig, cfg, "sft", "cpu", {"output_dir": "ckpt", "report_to": "none"})
+    assert isinstance(args, trl.SFTConfig) and args.learning_rate == 0.01 and args.max_steps == 7
+    assert args.use_cpu and not args.bf16  # what a CPU needs, unless the section says otherwise
+
+    with pytest.raises(ConfigError) as err:  # an unknown key, named with its origin
+        trainer_config(trl.SFTConfig, load_config(conf_dir, overrides=["sft.trainer.learning_rat=1"]), "sft", "cpu",
+                       {"output_dir": "ckpt"})
+    assert "sft.trainer.learning_rat = 1: not a SFTConfig option (did you mean learning_rate?)" in str(err.value)
+    assert "--set sft.trainer.learning_rat=1" in str(err.value)
+
+    (conf_copy / "profiles" / "bad.yaml").write_text("sft:\n  trainer:\n    lr_scheduler_type: cosinus\n")
+    with pytest.raises(ConfigError) as err:  # TRL's own complaint, with the key and the file
+        trainer_config(trl.SFTConfig, load_config(conf_copy, "bad"), "sft", "cpu", {"output_dir": "ckpt"})
+    assert "sft.trainer.lr_scheduler_type = \"cosinus\"" in str(err.value) and "bad.yaml" in str(err.value)
+    assert "not a valid SchedulerType" in str(err.value)
+
+    with pytest.raises(ConfigError, match=r"sft.trainer.learning_rate = \"fast\": expected a number"):
+        trainer_config(trl.SFTConfig, load_config(conf_dir, overrides=["sft.trainer.learning_rate=fast"]), "sft",
+                       "cpu", {"output_dir": "ckpt"})
+    with pytest.raises(ConfigError, match=r"sft.trainer.output_dir = \"x\": set by the sft stage"):
+        trainer_config(trl.SFTConfig, load_config(conf_dir, overrides=["sft.trainer.output_dir=x"]), "sft", "cpu",
+                       {"output_dir": "ckpt"})

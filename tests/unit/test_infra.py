@@ -23,7 +23,7 @@ def test_deployment_matches_flow(deployment: dict) -> None:
     flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
     params = deployment["parameters"]
     flow.validate_parameters(params)  # raises on unknown or mistyped parameters
-    profile = params.get("profile", "default")
+    profile = params.get("profile", params.get("settings", {}).get("profile", "default"))
     load_config(find_conf_dir(ROOT / "conf"), None if profile == "default" else profile)
     plan_stages(params.get("until"), params.get("from_stage"))
     for schedule in deployment.get("schedules", []):

@@ -1,6 +1,7 @@
 """RAG answers with a tiny in-process causal LM: the retrieved chunks go into the chat prompt, the sources
-come back, generation is deterministic, long contexts are cut to fit, and the policy resolves from --model,
-@champion or the newest registered version (with a clear error when there is none)."""
+come back, generation is deterministic, long contexts are cut to fit the model's own context, the model's
+default system prompt applies, and the model resolves from --model (folder or registry reference),
+@champion, then @candidate — never "the newest version" (with a clear error when there is none)."""
 
 from __future__ import annotations
 
@@ -13,28 +14,25 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lifecycle.config import TokenizeConfig
+from lifecycle.config import AnswerConfig, TokenizeConfig
 from lifecycle.errors import LifecycleError
-from lifecycle.rag.answer import (
-    answer_question,
-    fit_prompt,
-    load_policy,
-    resolve_policy,
-)
+from lifecycle.model import load_causal_lm
+from lifecycle.rag.answer import answer_question, fit_prompt, resolve_policy
 from lifecycle.rag.index import build_index
 from lifecycle.rag.search import Retriever, open_index
-from lifecycle.tokenizer import train_tokenizer
+from lifecycle.tokenizer import chat_template, train_tokenizer
 from lifecycle.tracking import setup_mlflow
-from tests.unit.test_rag_index import TOPICS, make_docs, rag_config
+from tests.unit.test_rag_index import TOPICS, make_docs, rag_config, search_config
 
 SYSTEM = "Answer using the context."
 
 
-def save_tiny_policy(out: Path, context_length: int = 512) -> Path:
+def save_tiny_policy(out: Path, context_length: int = 512, default_system: str | None = None) -> Path:
     texts = [f"{name}: {text}" for name, text in TOPICS.items()] * 20
     tok = train_tokenizer(TokenizeConfig(vocab_size=400, min_frequency=1, train_max_chars=10**6,
                                          context_length=context_length, num_proc=1, batch_size=100),
                           datasets.Dataset.from_dict({"text": texts}))
+    tok.chat_template = chat_template(default_system)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -52,18 +50,16 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def retriever(tmp_path_factory: pytest.TempPathFactory) -> Retriever:
-    cfg = rag_config()
-    info = build_index(make_docs(), cfg, str(tmp_path_factory.mktemp("rag") / "db"), "docs")
-    return open_index(info.to_dict(), cfg)
+    info = build_index(make_docs(), rag_config(), str(tmp_path_factory.mktemp("rag") / "db"), "docs")
+    return open_index(info.to_dict(), search_config())
 
 
-def answer_cfg(top_k: int = 3, max_new_tokens: int = 12):
-    return rag_config(f"rag_index.answer.top_k={top_k}", f"rag_index.answer.max_new_tokens={max_new_tokens}",
-                      f"rag_index.answer.system_prompt={SYSTEM}").answer
+def answer_cfg(top_k: int = 3, max_new_tokens: int = 12, system_prompt: str | None = SYSTEM) -> AnswerConfig:
+    return AnswerConfig(top_k=top_k, max_new_tokens=max_new_tokens, system_prompt=system_prompt)
 
 
 def test_answer_is_conditioned_on_retrieved_chunks_and_cites_them(policy_dir: Path, retriever: Retriever) -> None:
-    model, tok = load_policy(policy_dir)
+    model, tok = load_causal_lm(policy_dir)
     question = "How do I deserialize a JSON document?"
     answer = answer_question(question, retriever, model, tok, answer_cfg(), model_label="tiny")
     expected = retriever.search(question, k=3)
@@ -78,8 +74,29 @@ def test_answer_is_conditioned_on_retrieved_chunks_and_cites_them(policy_dir: Pa
     assert "json.loads" in answer.format()
 
 
+def test_the_models_default_system_prompt_applies_unless_one_is_configured(tmp_path: Path,
+                                                                          retriever: Retriever) -> None:
+    model, tok = load_causal_lm(save_tiny_policy(tmp_path / "p", default_system="Be brief, cite [n]."))
+    default = answer_question("What does json.loads do?", retriever, model, tok, answer_cfg(system_prompt=None))
+    assert default.prompt.startswith("<|im_start|>system\nBe brief, cite [n].<|im_end|>")
+    assert default.prompt.count("<|im_start|>system") == 1
+    configured = answer_question("What does json.loads do?", retriever, model, tok, answer_cfg())
+    assert configured.prompt.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>") and "Be brief" not in configured.prompt
+
+
+def test_the_models_own_context_sizes_the_answer(tmp_path: Path, retriever: Retriever) -> None:
+    """Settings meant for a larger model (64 new tokens) still answer with a small-context model: the
+    context length comes from the model, and the answer gets what is left (the README's `ask`)."""
+    model, tok = load_causal_lm(save_tiny_policy(tmp_path / "small", context_length=160))
+    answer = answer_question("What does json.loads do?", retriever, model, tok, answer_cfg(top_k=4, max_new_tokens=64))
+    assert len(tok(answer.prompt, add_special_tokens=False)["input_ids"]) <= 160 - 8
+    assert answer.sources and answer.sources[0].title == "json.loads"
+    with pytest.raises(LifecycleError, match="context tokens"):
+        answer_question("What does json.loads do? " * 30, retriever, model, tok, answer_cfg())
+
+
 def test_a_small_context_keeps_the_best_chunks_that_fit(policy_dir: Path, retriever: Retriever) -> None:
-    _, tok = load_policy(policy_dir)
+    _, tok = load_causal_lm(policy_dir)
     hits = retriever.search("a file", k=4)
     full, used_all, _ = fit_prompt(tok, "a file?", hits, SYSTEM, budget=10_000)
     assert used_all == hits
@@ -91,28 +108,38 @@ def test_a_small_context_keeps_the_best_chunks_that_fit(policy_dir: Path, retrie
     assert truncated and len(ids) <= len(bare) + 30
     assert used[0].chunk_id == hits[0].chunk_id and 0 < len(used[0].text) < len(hits[0].text)
     assert hits[0].text.startswith(used[0].text[:10])
-    with pytest.raises(LifecycleError, match="max_new_tokens"):
+    with pytest.raises(LifecycleError, match="question and system prompt take"):
         fit_prompt(tok, "a file?", hits, SYSTEM, budget=5)
 
 
-def test_policy_resolution_order_and_errors(policy_dir: Path, tmp_path: Path) -> None:
+def test_model_resolution_order_and_errors(policy_dir: Path, tmp_path: Path) -> None:
     assert resolve_policy(str(policy_dir), "m", tmp_path)[0] == policy_dir
     with pytest.raises(LifecycleError, match="--model"):
         resolve_policy(str(tmp_path / "missing"), "m", tmp_path)
-    with pytest.raises(LifecycleError, match="pretrain.*--model"):
+    with pytest.raises(LifecycleError, match="through sft.*--model"):
         resolve_policy(None, "tiny-policy", tmp_path / "empty-state")
 
     state = tmp_path / "state"
     experiment_id = setup_mlflow(state, "rag-test")  # artifacts under the state dir, not ./mlruns
-    model, tok = load_policy(policy_dir)
+    model, tok = load_causal_lm(policy_dir)
     for _ in range(2):
         with mlflow.start_run(experiment_id=experiment_id):
             mlflow.transformers.log_model({"model": model, "tokenizer": tok}, name="policy", task="text-generation",
                                           registered_model_name="tiny-policy", pip_requirements=["transformers"])
-    path, label = resolve_policy(None, "tiny-policy", state)
-    assert "version 2" in label and "latest" in label
-    MlflowClient().set_registered_model_alias("tiny-policy", "champion", "1")
-    path, label = resolve_policy(None, "tiny-policy", state)
-    assert label == "tiny-policy@champion (version 1)" and path.name == "tiny-policy-v1"
-    loaded, loaded_tok = load_policy(path)
+    with pytest.raises(LifecycleError, match="@champion.*@candidate"):  # two versions, no alias: no guessing
+        resolve_policy(None, "tiny-policy", state)
+    client = MlflowClient()
+    client.set_registered_model_alias("tiny-policy", "candidate", "2")
+    path, label, ref = resolve_policy(None, "tiny-policy", state)
+    assert label == "tiny-policy@candidate (version 2)" and str(ref) == "tiny-policy/2"
+    client.set_registered_model_alias("tiny-policy", "champion", "1")
+    path, label, ref = resolve_policy(None, "tiny-policy", state)
+    assert label == "tiny-policy@champion (version 1)" and path == state / "models" / "tiny-policy" / "1"
+    loaded, loaded_tok = load_causal_lm(path)
     assert loaded.config.vocab_size == model.config.vocab_size and loaded_tok.chat_template
+    assert resolve_policy("tiny-policy/2", "other", state)[2] == ref.__class__("tiny-policy", "2")
+    assert resolve_policy("models:/tiny-policy@candidate", "other", state)[2].version == "2"
+    with pytest.raises(LifecycleError, match="no version 7"):
+        resolve_policy("tiny-policy/7", "other", state)
+    with pytest.raises(LifecycleError, match="no alias @nope"):
+        resolve_policy("tiny-policy@nope", "other", state)

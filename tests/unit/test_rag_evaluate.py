@@ -24,7 +24,7 @@ from lifecycle.rag.evaluate import (
 from lifecycle.rag.index import build_index
 from lifecycle.rag.search import open_index
 from lifecycle.tracking import tracking_uri
-from tests.unit.test_rag_index import CONF, make_docs, rag_config
+from tests.unit.test_rag_index import CONF, make_docs, rag_config, search_config
 
 SQUAD = {"version": "v2.0", "data": [
     {"title": "Normans", "paragraphs": [
@@ -88,13 +88,13 @@ def test_hybrid_and_dense_find_the_right_documents_on_a_hand_built_set(tmp_path:
              "randomly reorder a list in place": "random.shuffle",
              "priority queue insertion": "heapq.heappush"}
     questions = [Question(q, frozenset([ids[o]])) for q, o in asked.items()]
-    report = evaluate_retrieval(open_index(info.to_dict(), cfg), questions, ks=[1, 3])
+    report = evaluate_retrieval(open_index(info.to_dict(), search_config()), questions, ks=[1, 3])
     assert set(report) == {"dense", "fts", "hybrid"}
     assert report["dense"]["recall_at_3"] == 1.0 and report["dense"]["mrr"] >= 0.8
     assert report["hybrid"]["recall_at_3"] >= 0.8
     assert all(0 <= r["recall_at_1"] <= r["recall_at_3"] <= 1 for r in report.values())
     wrong = [Question(q.text, frozenset(["no-such-doc"])) for q in questions]
-    assert evaluate_retrieval(open_index(info.to_dict(), cfg), wrong, ks=[3])["hybrid"]["recall_at_3"] == 0.0
+    assert evaluate_retrieval(open_index(info.to_dict(), search_config()), wrong, ks=[3])["hybrid"]["recall_at_3"] == 0.0
     table = report_markdown(report, "hand-built")
     assert "| dense |" in table and "recall@3" in table
 

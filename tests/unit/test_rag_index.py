@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lifecycle.config import RagIndexConfig, load_config
+from lifecycle.config import RagIndexConfig, SearchConfig, load_config
 from lifecycle.data.clean import text_id
 from lifecycle.rag.embed import Embedder, load_embedder
 from lifecycle.rag.index import build_index
@@ -45,6 +45,10 @@ def rag_config(*overrides: str) -> RagIndexConfig:
     return load_config(CONF, overrides=["rag_index.ann.min_rows=1000", *overrides]).rag_index
 
 
+def search_config(*overrides: str) -> SearchConfig:
+    return load_config(CONF, overrides=list(overrides)).serve.search
+
+
 class CountingEmbedder(Embedder):
     """Records every text it embeds."""
 
@@ -66,7 +70,7 @@ def test_tiny_index_answers_dense_fulltext_and_hybrid_queries(tmp_path: Path, em
     cfg = rag_config()
     info = build_index(make_docs(), cfg, str(tmp_path / "db"), "docs", embedder)
     assert (info.rows, info.documents, info.embedded_chunks, info.ann) == (12, 12, 12, "none")  # < min_rows
-    retriever = open_index(info.to_dict(), cfg)
+    retriever = open_index(info.to_dict(), search_config())
     for mode in ("dense", "fts", "hybrid"):
         hits = retriever.search("deserialize a JSON document", mode=mode, k=3)
         assert hits[0].title == "json.loads", mode
@@ -80,7 +84,8 @@ def test_tiny_index_answers_dense_fulltext_and_hybrid_queries(tmp_path: Path, em
 
 def test_filters_restrict_results_and_values_cannot_escape_the_literal(tmp_path: Path, embedder: Embedder) -> None:
     cfg = rag_config()
-    retriever = open_index(build_index(make_docs(), cfg, str(tmp_path / "db"), "docs", embedder).to_dict(), cfg)
+    info = build_index(make_docs(), cfg, str(tmp_path / "db"), "docs", embedder)
+    retriever = open_index(info.to_dict(), search_config())
     hits = retriever.search("file", mode="hybrid", k=10, where=build_where(source="extra"))
     assert hits and all(h.source == "extra" for h in hits)
     hits = retriever.search("object", mode="fts", k=10, where=build_where(title_prefix="csv."))
@@ -114,7 +119,8 @@ def test_incremental_update_embeds_only_changed_documents(tmp_path: Path, embedd
     assert after["time.sleep"]["chunk_id"] != before["time.sleep"]["chunk_id"]
     assert after["json.loads"]["chunk_id"] == before["json.loads"]["chunk_id"]
     assert np.array_equal(after["json.loads"]["vector"], before["json.loads"]["vector"])  # untouched: not re-embedded
-    assert open_index(second.to_dict(), cfg).search("pause the thread", "dense", 1)[0].title == "time.sleep"
+    found = open_index(second.to_dict(), search_config()).search("pause the thread", "dense", 1)
+    assert found[0].title == "time.sleep"
     assert open_table(uri, "docs", first.version).count_rows() == 12  # the previous version stays readable
 
     counting.seen.clear()
@@ -127,11 +133,11 @@ def test_new_chunk_settings_rebuild_and_large_tables_get_an_ann_index(tmp_path: 
     uri = str(tmp_path / "db")
     build_index(make_docs(), rag_config(), uri, "docs", embedder)
     cfg = rag_config("rag_index.chunk.unit=characters", "rag_index.chunk.size=48", "rag_index.chunk.overlap=8",
-                     "rag_index.ann.min_rows=16", "rag_index.ann.num_sub_vectors=8", "rag_index.ann.nprobes=4")
+                     "rag_index.ann.min_rows=16", "rag_index.ann.num_sub_vectors=8")
     info = build_index(make_docs(), cfg, uri, "docs", embedder)
     assert info.rebuilt and info.deleted_chunks == 12 and info.reused_chunks == 0
     assert info.rows > 16 and info.embedded_chunks == info.rows and info.ann == "ivf_pq"
-    retriever = open_index(info.to_dict(), cfg)
+    retriever = open_index(info.to_dict(), search_config("serve.search.nprobes=4"))
     assert retriever.search("regular expression pattern", "dense", 3)[0].title == "re.compile"
     with pytest.raises(Exception, match="num_sub_vectors"):
         build_index(make_docs(), rag_config("rag_index.ann.min_rows=1", "rag_index.ann.num_sub_vectors=7"),

@@ -1,27 +1,43 @@
-"""--until / --from planning over the stage DAG."""
+"""The stage graph: the --until/--from planner, cache keys, and the pipeline flow agreeing with the graph
+(every stage called in graph order, with exactly the inputs the graph declares, for every --until)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lifecycle.errors import ConfigError
-from lifecycle.stages import STAGES, plan_stages
+import flows.pipeline as pipeline_module
+from lifecycle.config import load_config
+from lifecycle.errors import ConfigError, LifecycleError
+from lifecycle.registry import ModelRef
+from lifecycle.stages import GRAPH, STAGES, Stage, ancestors, plan_stages, planned_keys, stage_key
+from lifecycle.store import StageOutput
 
 
 def test_until_runs_the_stage_and_its_ancestors_only() -> None:
-    plan = plan_stages(until="validate")
-    assert plan.run == ("ingest", "validate")
-    assert plan.reuse == () and plan.force == ()
+    assert plan_stages(until="ingest").run == ("ingest",)
+    assert plan_stages(until="validate").run == ("ingest", "validate")
+    assert plan_stages(until="rag_index").run == ("ingest", "validate", "rag_index")  # no training for a RAG rebuild
+    assert plan_stages(until="sft").run == ("ingest", "validate", "tokenize", "pretrain", "sft")
+    assert plan_stages(until="validate").reuse == () and plan_stages(until="validate").force == ()
 
 
-def test_full_plan_is_every_stage_in_order() -> None:
-    assert plan_stages().run == tuple(STAGES)
+def test_full_plan_is_every_stage_in_graph_order() -> None:
+    assert plan_stages().run == tuple(s.name for s in GRAPH)
 
 
 def test_from_reuses_ancestors_and_forces_dependants() -> None:
     plan = plan_stages(until="tokenize", from_stage="validate")
     assert plan.reuse == ("ingest",)
     assert plan.force == ("validate", "tokenize")  # tokenize runs only behind the validation gate
-    plan = plan_stages(until="tokenize", from_stage="tokenize")
-    assert plan.reuse == ("ingest", "validate") and plan.force == ("tokenize",)
+    plan = plan_stages(from_stage="pretrain")
+    assert plan.reuse == ("ingest", "validate", "tokenize")
+    assert plan.force == ("pretrain", "sft")  # rag_index does not depend on pretrain: it stays cached
 
 
 def test_bad_stage_names_are_errors() -> None:
@@ -29,3 +45,110 @@ def test_bad_stage_names_are_errors() -> None:
         plan_stages(until="nope")
     with pytest.raises(ConfigError, match="comes after"):
         plan_stages(until="ingest", from_stage="tokenize")
+
+
+# --- the pipeline flow calls the stages the graph declares, in its order, with its inputs ---------------
+
+@dataclass
+class Recorder:
+    calls: list[tuple[str, dict[str, Any]]]
+
+    def stage(self, name: str):
+        def call(ctx: Any = None, **inputs: Any) -> StageOutput:
+            self.calls.append((name, inputs))
+            model = ModelRef(f"model-of-{name}", "1") if STAGES[name].model else None
+            return StageOutput(stage=name, key=f"key-{name}", path=f"/{name}", run_id="r", model=model)
+        return call
+
+
+@dataclass
+class FakeContext:
+    plan: Any
+
+    def wants(self, stage: str) -> bool:
+        return stage in self.plan.run
+
+
+def run_pipeline(monkeypatch: pytest.MonkeyPatch, conf_dir: Path, **params: Any) -> Recorder:
+    recorder = Recorder([])
+    for stage in STAGES:
+        monkeypatch.setattr(pipeline_module, f"{stage}_flow", recorder.stage(stage))
+
+    @contextmanager
+    def fake_run(settings: Any, cfg: Any, plan: Any):
+        yield FakeContext(plan)
+
+    monkeypatch.setattr(pipeline_module, "pipeline_run", fake_run)
+    monkeypatch.setattr(pipeline_module, "check_trainer_sections", lambda cfg, stages: None)
+    monkeypatch.setattr(pipeline_module, "mark_candidate", lambda ctx, model: recorder.calls.append(
+        ("mark_candidate", {"model": model})))
+    pipeline_module.pipeline.fn(conf_dir=str(conf_dir), **params)
+    return recorder
+
+
+@pytest.mark.parametrize("until", [None, *STAGES])
+def test_pipeline_flow_agrees_with_the_graph(monkeypatch: pytest.MonkeyPatch, conf_dir: Path,
+                                             until: str | None) -> None:
+    calls = run_pipeline(monkeypatch, conf_dir, until=until).calls
+    stages = [name for name, _ in calls if name in STAGES]
+    wanted = set(STAGES) if until is None else ancestors(until) | {until}
+    assert stages == [s.name for s in GRAPH if s.name in wanted]  # exactly these, in graph order
+    for name, inputs in calls:
+        if name not in STAGES:
+            continue
+        spec = STAGES[name]
+        assert set(inputs) - {"model"} == set(spec.inputs), name  # reads what the graph declares, no more
+        assert all(inputs[i].stage == i for i in spec.inputs)
+        if spec.uses:  # a model from a stage of this run, by reference, never looked up
+            produced = [s for s in spec.uses if s in stages]
+            assert inputs["model"] == (ModelRef(f"model-of-{produced[-1]}", "1") if produced else None)
+    candidate = [c for name, c in calls if name == "mark_candidate"]
+    assert candidate == ([{"model": ModelRef("model-of-sft", "1")}] if "sft" in stages else [])
+
+
+def test_a_stage_given_inputs_the_graph_does_not_declare_is_refused(conf_dir: Path) -> None:
+    cfg = load_config(conf_dir)
+    with pytest.raises(LifecycleError, match="declares"):
+        stage_key(STAGES["tokenize"], cfg, {"ingest": "a", "pretrain": "b"})
+
+
+# --- cache keys ------------------------------------------------------------------------------------------
+
+def test_keys_change_with_their_section_and_inputs_only(conf_dir: Path) -> None:
+    base = planned_keys(load_config(conf_dir), "sft")
+    vocab = planned_keys(load_config(conf_dir, overrides=["tokenize.vocab_size=999"]), "sft")
+    assert vocab["ingest"] == base["ingest"]
+    assert vocab["tokenize"] != base["tokenize"] and vocab["pretrain"] != base["pretrain"]  # and what reads it
+    assert vocab["sft"] != base["sft"]
+    serve = planned_keys(load_config(conf_dir, overrides=["serve.answer.system_prompt=Be brief."]), "rag_index")
+    assert serve == planned_keys(load_config(conf_dir), "rag_index")  # query-time settings are in no key
+    seed = planned_keys(load_config(conf_dir, overrides=["run.seed=1"]), "sft")
+    assert seed["tokenize"] == base["tokenize"] and seed["pretrain"] != base["pretrain"]
+
+
+def test_a_changed_source_file_forces_a_cache_miss(tmp_path: Path, conf_dir: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("alpha beta gamma\n" * 50)
+
+    def ingest_key() -> str:
+        return planned_keys(load_config(conf_dir, sources=[str(corpus)]), "ingest")["ingest"]
+
+    first = ingest_key()
+    assert ingest_key() == first
+    corpus.write_text("alpha beta delta\n" * 50)  # same size, new content
+    assert ingest_key() != first
+
+
+def test_a_changed_stage_code_forces_a_cache_miss(tmp_path: Path, conf_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    module = tmp_path / "stage_code_probe.py"
+    module.write_text("STEP = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("stage_code_probe", None)
+    spec = Stage("tokenize", inputs=("ingest",), produces="", code=("stage_code_probe",))
+    cfg = load_config(conf_dir)
+    first = stage_key(spec, cfg, {"ingest": "k"})
+    module.write_text("STEP = 2\n")
+    assert stage_key(spec, cfg, {"ingest": "k"}) != first
+    module.write_text("STEP = 1\n")
+    assert stage_key(spec, cfg, {"ingest": "k"}) == first

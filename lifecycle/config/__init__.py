@@ -1,0 +1,93 @@
+"""One typed, validated configuration: a schema per section (a module each in this package), read by a
+small loader (loader.py). Unknown keys are rejected; every error names the key path, the value seen,
+what was expected and the file it came from. Sections that configure a third-party trainer pass through
+as mappings and are checked by constructing the trainer's own config (passthrough.py).
+
+    cfg = load_config(Path("conf"), profile="quickstart", overrides=["tokenize.vocab_size=512"])
+    cfg.tokenize.vocab_size, cfg.origin("tokenize.vocab_size")   # 512, "--set tokenize.vocab_size=512"
+
+Adding a section: a schema module here, its field on `Config`, and conf/<section>.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
+
+from lifecycle.config.base import Section
+from lifecycle.config.ingest import IngestConfig, NearDupConfig, SourceConfig
+from lifecycle.config.loader import Origins, deep_merge, explain, find_conf_dir, origin_of, read_layers
+from lifecycle.config.pretrain import (
+    DistributedConfig,
+    ModelArchConfig,
+    OptimConfig,
+    PretrainConfig,
+    SampleConfig,
+)
+from lifecycle.config.rag_index import (
+    RagAnnConfig,
+    RagChunkConfig,
+    RagEmbedConfig,
+    RagEvalConfig,
+    RagIndexConfig,
+    RagRetentionConfig,
+)
+from lifecycle.config.run import ModelNames, RunConfig
+from lifecycle.config.serve import AnswerConfig, SearchConfig, ServeConfig
+from lifecycle.config.sft import SftConfig, SftDataConfig, SftEvalConfig
+from lifecycle.config.tokenize import TokenizeConfig
+from lifecycle.config.validate import ValidateConfig
+from lifecycle.errors import ConfigError
+from lifecycle.hashing import hash_json
+
+__all__ = ["AnswerConfig", "Config", "ConfigError", "DistributedConfig", "IngestConfig", "ModelArchConfig",
+           "ModelNames", "NearDupConfig", "OptimConfig", "PretrainConfig", "RagAnnConfig", "RagChunkConfig",
+           "RagEmbedConfig", "RagEvalConfig", "RagIndexConfig", "RagRetentionConfig", "RunConfig", "SampleConfig",
+           "SearchConfig", "Section", "ServeConfig", "SftConfig", "SftDataConfig", "SftEvalConfig", "SourceConfig",
+           "TokenizeConfig", "ValidateConfig", "config_hash", "deep_merge", "find_conf_dir", "load_config"]
+
+
+class Config(Section):
+    run: RunConfig
+    ingest: IngestConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    tokenize: TokenizeConfig
+    pretrain: PretrainConfig
+    sft: SftConfig
+    rag_index: RagIndexConfig
+    serve: ServeConfig
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _origin: Origins = PrivateAttr(default_factory=dict)
+
+    def section(self, name: str) -> Section:
+        return getattr(self, "validate_" if name == "validate" else name)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def origin(self, path: str) -> str:
+        """Where the value at dotted `path` came from: a YAML file, a profile or a `--set` override."""
+        return origin_of(path, self._origin)
+
+
+SECTIONS = [f.alias or name for name, f in Config.model_fields.items()]
+
+
+def config_hash(cfg: Config) -> str:
+    return hash_json(cfg.dump())
+
+
+def load_config(conf_dir: Path, profile: str | None = None, overrides: list[str] | None = None,
+                sources: list[str] | None = None) -> Config:
+    """Read and validate every section; `sources` ('python-docs' or a file/dir/glob each) replace
+    ingest.sources."""
+    data, origin = read_layers(Path(conf_dir), SECTIONS, profile, overrides or [], sources or [])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(explain(err, origin)) from None
+    cfg._origin = origin
+    return cfg

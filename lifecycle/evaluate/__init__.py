@@ -1,0 +1,1 @@
+"""Evaluation metrics (text similarity now; the report card and promotion gate later)."""

@@ -1,0 +1,31 @@
+"""A two-stage pipeline that waits for a person between its stages, as the preferences stage will: with
+`suspend`, it frees its process (Prefect re-executes it from the top when resumed); otherwise it pauses
+in place. Served by tests/integration/test_parent_run.py."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+
+from flows.ingest import ingest_flow
+from flows.validate import validate_flow
+from lifecycle.runtime import RunSettings
+from lifecycle.stages import plan_stages
+from tasks.common import pipeline_run
+
+
+@flow(name="waits-for-people")
+def waits_for_people(state_dir: str, conf_dir: str, overrides: list[str], suspend: bool) -> str:
+    settings = RunSettings(overrides=overrides, state_dir=state_dir, conf_dir=conf_dir)
+    with pipeline_run(settings, settings.load(), plan_stages(until="validate")) as ctx:
+        docs = ingest_flow(ctx=ctx)
+        if suspend:
+            suspend_flow_run(timeout=300)
+        else:
+            pause_flow_run(timeout=300, poll_interval=1)
+        validate_flow(ctx=ctx, ingest=docs)
+    return ctx.parent_run_id
+
+
+if __name__ == "__main__":  # a runner for the test: `python suspend_probe.py` serves the flow
+    waits_for_people.serve(name="probe")
