@@ -1,7 +1,5 @@
 """The ingest stage as a flow: a subflow of the pipeline, or run alone (a deployment refreshing the corpus)."""
 
-from __future__ import annotations
-
 from prefect import flow
 
 from lifecycle.runtime import RunSettings

@@ -3,8 +3,6 @@
 graph in lifecycle/stages.py (tests/unit/test_stages.py checks that they agree). Run it with
 `lifecycle run`; deployments in infra/prefect.yaml."""
 
-from __future__ import annotations
-
 from dataclasses import asdict
 from typing import Any
 

@@ -1,8 +1,6 @@
 """The pretrain stage as a flow: a subflow of the pipeline, or run alone (e.g. on a GPU work pool) on
 the cached tokenize output."""
 
-from __future__ import annotations
-
 from prefect import flow
 
 from lifecycle.runtime import RunSettings

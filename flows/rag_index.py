@@ -2,8 +2,6 @@
 alone on the cached ingest output: a nightly RAG rebuild, paired with `model` when one is named
 (a registry reference such as "lifecycle-gpt@champion")."""
 
-from __future__ import annotations
-
 from prefect import flow
 
 from lifecycle.registry import ModelRef, resolve

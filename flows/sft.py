@@ -1,8 +1,6 @@
 """The sft stage as a flow: a subflow of the pipeline, or run alone on the cached pretrain and ingest
 outputs (the base model comes by reference from the pretrain output)."""
 
-from __future__ import annotations
-
 from prefect import flow
 
 from lifecycle.runtime import RunSettings

@@ -1,7 +1,5 @@
 """The validate stage as a flow: a subflow of the pipeline, or run alone on the cached ingest output."""
 
-from __future__ import annotations
-
 from prefect import flow
 
 from lifecycle.runtime import RunSettings

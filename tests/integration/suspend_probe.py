@@ -2,8 +2,6 @@
 `suspend`, it frees its process (Prefect re-executes it from the top when resumed); otherwise it pauses
 in place. Served by tests/integration/test_parent_run.py."""
 
-from __future__ import annotations
-
 from prefect import flow
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 

@@ -110,3 +110,8 @@ def test_trainer_sections_pass_through_and_are_checked_by_trl(conf_dir: Path, co
     with pytest.raises(ConfigError, match=r"sft.trainer.output_dir = \"x\": set by the sft stage"):
         trainer_config(trl.SFTConfig, load_config(conf_dir, overrides=["sft.trainer.output_dir=x"]), "sft", "cpu",
                        {"output_dir": "ckpt"})
+
+
+def test_numbers_in_scientific_notation_are_numbers(conf_dir: Path) -> None:
+    cfg = load_config(conf_dir, overrides=["sft.trainer.learning_rate=3e-3", "pretrain.optim.eps=1e-8"])
+    assert cfg.sft.trainer["learning_rate"] == 0.003 and cfg.pretrain.optim.eps == 1e-8
