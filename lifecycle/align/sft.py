@@ -59,7 +59,8 @@ class _Metrics(TrainerCallback):
             return
         shown = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items() if k in ("loss", "eval_loss", "learning_rate",
                                                                                "grad_norm", "mean_token_accuracy"))
-        log.info("sft: step %d/%d: %s", state.global_step, state.max_steps, shown)
+        log.info("sft: %s: %s", f"step {state.global_step}/{state.max_steps}" if state.max_steps else "before training",
+                 shown)
         if self.on_metrics:
             prefix = "sft/eval/" if any(k.startswith("eval_") for k in numbers) else "sft/train/"
             self.on_metrics({prefix + k.removeprefix("eval_"): v for k, v in numbers.items()}, state.global_step)
