@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle.align.sft import train_sft
 from lifecycle.data.ingest import read_documents
+from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
 from lifecycle.registry import local_copy, register_model
 from lifecycle.store import StageOutput
@@ -24,7 +25,7 @@ def sft(ctx: RunContext, base: StageOutput, docs: StageOutput) -> StageOutput:
     cfg = ctx.cfg
     logger = get_run_logger()
     if base.model is None:
-        raise ValueError("sft: the pretrain output carries no model reference")
+        raise LifecycleError(f"sft: the pretrain output {base.path} carries no model reference; re-run pretrain")
 
     def work(dirs: StageDirs) -> StageResult:
         run_id = mlflow.active_run().info.run_id

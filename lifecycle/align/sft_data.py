@@ -128,7 +128,8 @@ def _messages(value: Any, where: str, field: str, default_role: str = "") -> tup
     if isinstance(value, str) and default_role:
         value = [{"role": default_role, "content": value}]
     if not isinstance(value, list) or not value:
-        raise InputError(f"{where}: '{field}' must be a non-empty list of messages{' or a string' * bool(default_role)}")
+        alternative = " or a string" if default_role else ""
+        raise InputError(f"{where}: '{field}' must be a non-empty list of messages{alternative}")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):

@@ -81,7 +81,8 @@ def test_the_models_default_system_prompt_applies_unless_one_is_configured(tmp_p
     assert default.prompt.startswith("<|im_start|>system\nBe brief, cite [n].<|im_end|>")
     assert default.prompt.count("<|im_start|>system") == 1
     configured = answer_question("What does json.loads do?", retriever, model, tok, answer_cfg())
-    assert configured.prompt.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>") and "Be brief" not in configured.prompt
+    assert configured.prompt.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>")
+    assert "Be brief" not in configured.prompt
 
 
 def test_the_models_own_context_sizes_the_answer(tmp_path: Path, retriever: Retriever) -> None:

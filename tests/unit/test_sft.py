@@ -62,7 +62,8 @@ def test_python_docs_pairs_ask_about_objects_with_their_documents_and_hold_out_v
     assert dumps.answer.startswith("Serialize ``obj`` to a JSON formatted ``str``")
     assert dumps.answer == first_paragraph(next(d["text"] for d in documents if d["object"] == "json.dumps"))
     user = dumps.messages[0]["content"]
-    assert user.startswith("Context:\n[1] json.dumps\njson.dumps(") and user.endswith("Question: What does json.dumps do?")
+    assert user.startswith("Context:\n[1] json.dumps\njson.dumps(")
+    assert user.endswith("Question: What does json.dumps do?")
     held = {p.question for p in pairs if p.held_out}
     validation = {f"What does {d['object']} do?" for d in documents if d["split"] == "validation"}
     assert held and held <= validation  # held-out pairs come from validation documents only
