@@ -15,7 +15,7 @@ from typing import Any
 
 import datasets
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lifecycle.config import TokenizeConfig
 from lifecycle.data.ingest import load_documents
@@ -51,6 +51,20 @@ def chat_template(default_system: str | None = None) -> str:
 
 
 CHAT_TEMPLATE = chat_template()
+
+
+def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+             add_generation_prompt: bool = False) -> list[int]:
+    """The conversation rendered by the tokenizer's chat template, then encoded quietly (a text longer
+    than the model's context is expected here: callers measure it to cut it)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Where generation ends: the end of the assistant's turn, or EOS."""
+    return [t for t in (tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id)
+            if isinstance(t, int) and t != tokenizer.unk_token_id]
 
 
 def _text_sample(ds: datasets.Dataset, max_chars: int, batch: int = 1000) -> Iterator[list[str]]:

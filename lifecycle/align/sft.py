@@ -32,11 +32,10 @@ from lifecycle.evaluate.text import rouge_l
 from lifecycle.hashing import hash_json
 from lifecycle.model import context_window, load_causal_lm
 from lifecycle.progress import progress
-from lifecycle.tokenizer import chat_template
+from lifecycle.tokenizer import chat_template, stop_token_ids
 
 log = logging.getLogger("lifecycle.sft")
 MetricsHook = Callable[[dict[str, float], int], None]
-END_OF_TURN = "<|im_end|>"
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """Greedy answers, batched with left padding, stopped at the end of the assistant's turn."""
     window = context_window(model, tokenizer)
-    stop = [t for t in (tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id) if isinstance(t, int)]
+    stop = stop_token_ids(tokenizer)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[str] = []
     model.eval()

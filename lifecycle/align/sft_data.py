@@ -29,6 +29,7 @@ from lifecycle.config import SftDataConfig
 from lifecycle.errors import InputError
 from lifecycle.hashing import hash_json
 from lifecycle.rag.prompt import rag_messages
+from lifecycle.tokenizer import chat_ids
 
 log = logging.getLogger("lifecycle.sft")
 Message = dict[str, str]
@@ -172,8 +173,7 @@ def build_pairs(cfg: SftDataConfig, docs: list[dict[str, Any]]) -> tuple[list[Pa
 
 
 def conversation_length(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> int:
-    text = tokenizer.apply_chat_template(messages, tokenize=False)  # then encoded quietly: too long is expected here
-    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    return len(chat_ids(tokenizer, messages))
 
 
 def fit_pairs(pairs: list[Pair], tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[list[Pair], int]:

@@ -25,9 +25,9 @@ from lifecycle.model import context_window
 from lifecycle.rag.prompt import rag_messages
 from lifecycle.rag.search import Hit, Retriever
 from lifecycle.registry import CANDIDATE, CHAMPION, ModelRef, get_alias, local_copy, resolve
+from lifecycle.tokenizer import chat_ids, stop_token_ids
 
 log = logging.getLogger("lifecycle.rag.answer")
-END_OF_TURN = "<|im_end|>"
 MIN_NEW_TOKENS = 8
 
 
@@ -56,9 +56,7 @@ class Answer:
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
-    # rendered first, then encoded quietly: a prompt longer than the model's context is cut by the caller
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, return_dict=False)
-    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    return chat_ids(tokenizer, messages, add_generation_prompt=True)
 
 
 def _pairs(hits: list[Hit]) -> list[tuple[str, str]]:
@@ -92,8 +90,7 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, question: str, hits: list[Hit
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int], max_new_tokens: int) -> str:
     """Greedy continuation of `ids`, stopped at the end-of-turn token or EOS."""
-    stop = [t for t in (tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id)
-            if isinstance(t, int) and t != tokenizer.unk_token_id]
+    stop = stop_token_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else None)
     input_ids = torch.tensor([ids], device=model.device)
     with torch.inference_mode():
