@@ -84,9 +84,9 @@ def pipeline_run(settings: RunSettings, cfg: Config, plan: Plan) -> Iterator[Run
     It ends FINISHED or FAILED with the flow; a suspended flow (Prefect's Pause) leaves it RUNNING."""
     state_dir = settings.state(cfg)
     experiment_id = setup_mlflow(state_dir, cfg.run.experiment)
-    commit = git_commit(Path(__file__).resolve().parents[1])
+    commit, cfg_hash = git_commit(Path(__file__).resolve().parents[1]), config_hash(cfg)
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
-            "mlflow.source.git.commit": commit, "lifecycle.config_hash": config_hash(cfg),
+            "mlflow.source.git.commit": commit, "lifecycle.config_hash": cfg_hash,
             "lifecycle.profile": settings.profile, "lifecycle.stages": ",".join(plan.run)}
     name = f"{flow_run.flow_name}-{settings.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id, resumed = open_parent_run(experiment_id, str(flow_run.id), name, tags)
@@ -101,7 +101,7 @@ def pipeline_run(settings: RunSettings, cfg: Config, plan: Plan) -> Iterator[Run
     try:
         yield RunContext(cfg=cfg, settings=settings, state_dir=str(state_dir), experiment_id=experiment_id,
                          parent_run_id=run_id, flow_run_id=str(flow_run.id), git_commit=commit,
-                         config_hash=config_hash(cfg), plan=plan)
+                         config_hash=cfg_hash, plan=plan)
         status = "FINISHED"
     except Pause:
         status = None  # suspended: the same flow run comes back and re-attaches

@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
-from lifecycle.evaluate.text import rouge_l
+from lifecycle.evaluate.text import mean_rouge_l, rouge_l
 from lifecycle.hashing import hash_json
 from lifecycle.model import context_window, load_causal_lm
 from lifecycle.progress import progress
@@ -132,7 +132,7 @@ def score_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pa
     if not pairs:
         return 0.0, []
     answers = generate_answers(model, tokenizer, [p.prompt for p in pairs], max_new_tokens)
-    return sum(rouge_l(a, p.answer) for a, p in zip(answers, pairs, strict=True)) / len(pairs), answers
+    return mean_rouge_l(answers, [p.answer for p in pairs]), answers
 
 
 def train_sft(cfg: Config, base_dir: Path, documents: list[dict[str, Any]], out_dir: Path, ckpt_dir: Path,

@@ -142,9 +142,10 @@ def resolve_policy(model: str | None, name: str, state_dir: Path,
         ref = resolve(model)
         label = f"{ref} ({model})" if str(ref) != model else model
     else:
-        ref = get_alias(name, CHAMPION) or get_alias(name, CANDIDATE)
-        if ref is None:
+        for alias in (CHAMPION, CANDIDATE):
+            if (ref := get_alias(name, alias)) is not None:
+                break
+        else:
             raise LifecycleError(hint)
-        alias = CHAMPION if get_alias(name, CHAMPION) == ref else CANDIDATE
         label = f"{name}@{alias} (version {ref.version})"
     return (local_copy(ref, Path(state_dir) / "models") if download else Path()), label, ref

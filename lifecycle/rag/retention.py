@@ -27,10 +27,11 @@ from typing import Any
 import lancedb
 
 from lifecycle.errors import ConfigError, LifecycleError
+from lifecycle.rag.pairing import TABLE as TABLE_TAG
+from lifecycle.rag.pairing import VERSION as VERSION_TAG
 from lifecycle.registry import versions_tagged
 
 log = logging.getLogger("lifecycle.rag.retention")
-VERSION_TAG, TABLE_TAG = "lifecycle.rag_index_version", "lifecycle.rag_index_table"
 OWN_PREFIXES = ("stage-", "model-", "current")
 _TAG = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
