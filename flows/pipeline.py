@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow
 
 from flows.ingest import ingest_flow
+from flows.preferences import preferences_flow
 from flows.pretrain import pretrain_flow
 from flows.rag_index import rag_index_flow
 from flows.sft import sft_flow
@@ -42,6 +43,8 @@ def pipeline(profile: str = "default", overrides: list[str] | None = None, sourc
             out["pretrain"] = pretrain_flow(ctx=ctx, tokenize=out["tokenize"])
         if ctx.wants("sft"):
             out["sft"] = sft_flow(ctx=ctx, pretrain=out["pretrain"], ingest=out["ingest"])
+        if ctx.wants("preferences"):
+            out["preferences"] = preferences_flow(ctx=ctx, sft=out["sft"], ingest=out["ingest"])
         if ctx.wants("rag_index"):
             chat = out["sft"].model if "sft" in out else None
             out["rag_index"] = rag_index_flow(ctx=ctx, ingest=out["ingest"], model=chat)

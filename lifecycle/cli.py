@@ -9,6 +9,7 @@
     lifecycle eval-retrieval [--squad FILE]         # recall@k / MRR of dense, full-text and hybrid search
     lifecycle bench pretrain --layers 4 --heads 4 --dim 128 --context 128 --batch 16 --steps 30 --vocab-size 2048
     lifecycle ui mlflow|prefect                     # dashboards over the state directory
+    lifecycle annotate | annotators add NAME | preferences status|resume   # people's votes (preferences/cli.py)
 
 User errors (bad config, bad input, failed validation) print a message and exit with status 2, no traceback.
 """
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("model", nargs="?", help="NAME/VERSION or NAME@ALIAS (default: the chat model "
                                                   "@champion, else @candidate)")
     _rag_parsers(sub)
+    from lifecycle.preferences.cli import add_parsers
+
+    add_parsers(sub, _config_args)
     bench = sub.add_parser("bench", help="reproducible measurements, one JSON line (results: docs/BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from lifecycle.bench import add_pretrain_args
@@ -140,7 +144,7 @@ def cmd_stages(args: argparse.Namespace) -> int:
     for stage in GRAPH:
         reads = ", ".join(stage.inputs) or "-"
         extra = "".join(f"; {label} {', '.join(v)}" for label, v in (("after", stage.after), ("uses", stage.uses)) if v)
-        print(f"{stage.name:<10} reads {reads}{extra}\n{'':<10} -> {stage.produces}")
+        print(f"{stage.name:<12} reads {reads}{extra}\n{'':<12} -> {stage.produces}")
     return 0
 
 
@@ -258,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "config": cmd_config, "stages": cmd_stages, "lineage": cmd_lineage, "ui": cmd_ui,
                 "search": cmd_search, "ask": cmd_ask, "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
+    from lifecycle.preferences.cli import HANDLERS
+
     try:
+        if args.command in HANDLERS:
+            return HANDLERS[args.command](args, load)
         return handlers[args.command](args)
     except LifecycleError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -31,3 +31,16 @@ def hash_modules(names: Iterable[str]) -> str:
         digest.update(name.encode())
         digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def hash_file(path: Path) -> str:
+    """Content hash of one file (16 hex chars); a missing file is a user error naming the path."""
+    from lifecycle.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -13,10 +13,11 @@ flows/<stage>.py and one call in flows/pipeline.py (docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lifecycle.errors import ConfigError, LifecycleError
-from lifecycle.hashing import hash_json, hash_modules
+from lifecycle.hashing import hash_file, hash_json, hash_modules
 
 if TYPE_CHECKING:
     from lifecycle.config import Config
@@ -30,7 +31,7 @@ class Stage:
     code: tuple[str, ...]  # library modules whose source is part of its cache key
     after: tuple[str, ...] = ()  # gates: stages that must have passed first (not part of its key)
     uses: tuple[str, ...] = ()  # model stages whose reference it takes when they run too (not part of its key)
-    key_extras: tuple[str, ...] = ()  # "seed": run.seed; "sources": content hashes of the ingest sources
+    key_extras: tuple[str, ...] = ()  # "seed": run.seed; "sources" / "preference_files": content hashes of files
     model: bool = False  # registers a model version and hands on its reference
 
     @property
@@ -57,6 +58,11 @@ GRAPH: tuple[Stage, ...] = (
           produces="the instruction-tuned chat model, registered: its reference; held-out loss and ROUGE-L",
           code=("lifecycle.align.sft", "lifecycle.align.sft_data", "lifecycle.evaluate.text", "lifecycle.rag.prompt",
                 "lifecycle.tokenizer", "lifecycle.model", "lifecycle.config.passthrough")),
+    Stage("preferences", inputs=("sft", "ingest"), key_extras=("preference_files",),
+          produces="a preference set (TRL prompt/chosen/rejected, content-hashed) voted by people in the annotation "
+                   "app, by a simulated judge, or imported; its quality statistics",
+          code=("lifecycle.preferences.collect", "lifecycle.preferences.export", "lifecycle.preferences.importers",
+                "lifecycle.preferences.simulated", "lifecycle.preferences.stats")),
     Stage("rag_index", inputs=("ingest",), after=("validate",), uses=("sft",),
           produces="a version of the LanceDB chunk table and its retrieval metrics; paired with the run's model",
           code=("lifecycle.rag.chunk", "lifecycle.rag.embed", "lifecycle.rag.index", "lifecycle.rag.evaluate")),
@@ -130,6 +136,10 @@ def key_extras(stage: Stage, cfg: Config) -> dict[str, str]:
         from lifecycle.data.sources import fingerprint
 
         extras |= {f"source.{s.name}": fingerprint(s) for s in cfg.ingest.sources}
+    if "preference_files" in stage.key_extras:
+        files = [*cfg.preferences.prompts.files, *(cfg.preferences.import_.files if cfg.preferences.mode == "import"
+                                                   else [])]
+        extras |= {f"file.{name}": hash_file(Path(name).expanduser()) for name in files}
     return extras
 
 

@@ -32,6 +32,9 @@ TINY = [
     "tokenize.vocab_size=400",
     "tokenize.context_length=32",
     "tokenize.num_proc=1",
+    "preferences.mode=simulated",
+    "preferences.prompts.held_out=8",
+    "preferences.sampling.max_new_tokens=16",
 ]
 
 

@@ -103,8 +103,10 @@ def prepare(cfg: Config, base_dir: Path, documents: list[dict[str, Any]]) -> tup
 
 
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict[str, str]]],
-                     max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy answers, batched with left padding, stopped at the end of the assistant's turn."""
+                     max_new_tokens: int, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0,
+                     label: str = "sft: generate") -> list[str]:
+    """Answers, batched with left padding, stopped at the end of the assistant's turn: greedy, or sampled
+    at `temperature` > 0 (seed torch first for reproducible samples)."""
     window = context_window(model, tokenizer)
     stop = stop_token_ids(tokenizer)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -112,13 +114,15 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     model.eval()
     try:
         batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
-        for batch in progress(batches, "sft: generate", logger=log):
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+            "do_sample": False}
+        for batch in progress(batches, label, logger=log):
             texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
             enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
             new = max(1, min(max_new_tokens, window - enc["input_ids"].shape[1]))
             with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=new, do_sample=False, eos_token_id=stop,
-                                     pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(**enc, max_new_tokens=new, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
+                                     **sampling)
             answers += [tokenizer.decode(row, skip_special_tokens=True).strip()
                         for row in out[:, enc["input_ids"].shape[1]:]]
     finally:

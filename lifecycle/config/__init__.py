@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 from lifecycle.config.base import Section
 from lifecycle.config.ingest import IngestConfig, NearDupConfig, SourceConfig
 from lifecycle.config.loader import Origins, deep_merge, explain, find_conf_dir, origin_of, read_layers
+from lifecycle.config.preferences import AnnotateConfig, PreferencesConfig
 from lifecycle.config.pretrain import (
     DistributedConfig,
     ModelArchConfig,
@@ -42,8 +43,8 @@ from lifecycle.config.validate import ValidateConfig
 from lifecycle.errors import ConfigError
 from lifecycle.hashing import hash_json
 
-__all__ = ["AnswerConfig", "Config", "ConfigError", "DistributedConfig", "IngestConfig", "ModelArchConfig",
-           "ModelNames", "NearDupConfig", "OptimConfig", "PretrainConfig", "RagAnnConfig", "RagChunkConfig",
+__all__ = ["AnnotateConfig", "AnswerConfig", "Config", "ConfigError", "DistributedConfig", "IngestConfig", "ModelArchConfig",
+           "ModelNames", "NearDupConfig", "OptimConfig", "PreferencesConfig", "PretrainConfig", "RagAnnConfig", "RagChunkConfig",
            "RagEmbedConfig", "RagEvalConfig", "RagIndexConfig", "RagRetentionConfig", "RunConfig", "SampleConfig",
            "SearchConfig", "Section", "ServeConfig", "SftConfig", "SftDataConfig", "SftEvalConfig", "SourceConfig",
            "TokenizeConfig", "ValidateConfig", "config_hash", "deep_merge", "find_conf_dir", "load_config"]
@@ -56,8 +57,10 @@ class Config(Section):
     tokenize: TokenizeConfig
     pretrain: PretrainConfig
     sft: SftConfig
+    preferences: PreferencesConfig
     rag_index: RagIndexConfig
     serve: ServeConfig
+    annotate: AnnotateConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     _origin: Origins = PrivateAttr(default_factory=dict)

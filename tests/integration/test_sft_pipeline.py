@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHAIN = ["tokenize.context_length=128", "sft.device=cpu", "sft.trainer.max_steps=40", "sft.trainer.logging_steps=10",
          "sft.trainer.per_device_train_batch_size=8", "sft.trainer.learning_rate=3e-3", "sft.trainer.warmup_steps=2",
          "sft.eval.max_pairs=6", "sft.eval.max_new_tokens=12", "rag_index.evaluate.max_questions=10",
-         "rag_index.ann.min_rows=100000"]
+         "rag_index.ann.min_rows=100000", "ingest.val_fraction=0.3"]
 
 
 def tree_hash(path: Path) -> str:
@@ -51,7 +51,7 @@ def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
     first = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
     before = {stage: tree_hash(Path(out["path"])) for stage, out in first.items()}
     out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir))
-    assert list(out) == ["ingest", "validate", "tokenize", "pretrain", "sft", "rag_index"]
+    assert list(out) == ["ingest", "validate", "tokenize", "pretrain", "sft", "preferences", "rag_index"]
     assert all(out[s]["cached"] for s in before) and not out["sft"]["cached"]
     assert {stage: tree_hash(Path(out[stage]["path"])) for stage in before} == before  # immutable once stored
     assert not list(Path(out["ingest"]["path"]).rglob("cache-*.arrow"))

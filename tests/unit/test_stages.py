@@ -24,6 +24,7 @@ def test_until_runs_the_stage_and_its_ancestors_only() -> None:
     assert plan_stages(until="validate").run == ("ingest", "validate")
     assert plan_stages(until="rag_index").run == ("ingest", "validate", "rag_index")  # no training for a RAG rebuild
     assert plan_stages(until="sft").run == ("ingest", "validate", "tokenize", "pretrain", "sft")
+    assert plan_stages(until="preferences").run[-2:] == ("sft", "preferences")
     assert plan_stages(until="validate").reuse == () and plan_stages(until="validate").force == ()
 
 
@@ -37,7 +38,7 @@ def test_from_reuses_ancestors_and_forces_dependants() -> None:
     assert plan.force == ("validate", "tokenize")  # tokenize runs only behind the validation gate
     plan = plan_stages(from_stage="pretrain")
     assert plan.reuse == ("ingest", "validate", "tokenize")
-    assert plan.force == ("pretrain", "sft")  # rag_index does not depend on pretrain: it stays cached
+    assert plan.force == ("pretrain", "sft", "preferences")  # rag_index does not depend on pretrain: stays cached
 
 
 def test_bad_stage_names_are_errors() -> None:
@@ -137,6 +138,23 @@ def test_a_changed_source_file_forces_a_cache_miss(tmp_path: Path, conf_dir: Pat
     assert ingest_key() == first
     corpus.write_text("alpha beta delta\n" * 50)  # same size, new content
     assert ingest_key() != first
+
+
+def test_preference_files_key_the_preferences_stage_by_content(tmp_path: Path, conf_dir: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "yes", "rejected": "no"}\n')
+    sets = ["preferences.mode=import", f"preferences.import.files=[{pairs}]"]
+
+    def keys() -> dict[str, str]:
+        return planned_keys(load_config(conf_dir, overrides=sets), "preferences")
+
+    first = keys()
+    pairs.write_text('{"prompt": "p", "chosen": "yes!", "rejected": "no"}\n')
+    second = keys()
+    assert second["preferences"] != first["preferences"] and second["sft"] == first["sft"]
+    pairs.unlink()
+    with pytest.raises(LifecycleError, match="pairs.jsonl"):
+        keys()
 
 
 def test_a_changed_stage_code_forces_a_cache_miss(tmp_path: Path, conf_dir: Path,

@@ -1,0 +1,174 @@
+"""preferences tasks: publish the stage's batch of comparison items (answers sampled from the SFT model,
+passed by reference) to the preference store, and export the votes as the preference set: TRL
+prompt/chosen/rejected, content-hashed, logged to MLflow as a dataset with its quality statistics.
+
+The batch id derives from the stage's cache key, so a re-run (after a timeout, a crash, or a suspended
+flow run re-executed by its worker) finds the same batch with every vote already cast. Waiting for the
+votes happens in the flow (flows/preferences.py): Prefect pauses flow runs, not tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lifecycle.data.ingest import read_documents
+from lifecycle.errors import LifecycleError
+from lifecycle.model import context_window, load_causal_lm
+from lifecycle.preferences.collect import build_prompts, make_items, sample_answers
+from lifecycle.preferences.db import store_url
+from lifecycle.preferences.export import export_rows, pairs_to_rows, write_snapshot
+from lifecycle.preferences.importers import read_preference_file
+from lifecycle.preferences.simulated import judge, simulated_annotators
+from lifecycle.preferences.stats import BatchStats, batch_stats, plot_stats
+from lifecycle.preferences.store import NewBatch, PreferenceStore
+from lifecycle.registry import local_copy
+from lifecycle.stages import STAGES, stage_key
+from lifecycle.store import StageOutput
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
+
+SNAPSHOT = "preferences.jsonl"
+
+
+def open_store(ctx: RunContext) -> PreferenceStore:
+    return PreferenceStore.open(store_url(ctx.cfg.annotate.store_url, Path(ctx.state_dir)))
+
+
+def batch_id_for(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str:
+    key = stage_key(STAGES["preferences"], ctx.cfg, {"sft": sft.key, "ingest": docs.key})
+    return f"{ctx.cfg.preferences.mode[:5]}-{key}"
+
+
+@task(name="preferences-publish", cache_policy=NO_CACHE)
+def publish_batch(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str | None:
+    """The batch id to wait for and export, or None when nothing is to be collected (import mode, or the
+    stage's output is cached already)."""
+    cfg, logger = ctx.cfg, get_run_logger()
+    key = stage_key(STAGES["preferences"], cfg, {"sft": sft.key, "ingest": docs.key})
+    if cfg.preferences.mode == "import" or (ctx.store.lookup("preferences", key) and "preferences" not in
+                                            ctx.plan.force):
+        return None
+    if sft.model is None:
+        raise LifecycleError(f"preferences: the sft output {sft.path} carries no model reference; re-run sft")
+    batch_id, store = batch_id_for(ctx, sft, docs), open_store(ctx)
+    if store.batch(batch_id) is None:
+        model, tokenizer = load_causal_lm(local_copy(sft.model, ctx.models_dir))
+        prompts = build_prompts(cfg, read_documents(docs.path), tokenizer, context_window(model, tokenizer))
+        answers = sample_answers(model, tokenizer, prompts, cfg.preferences.sampling)
+        human = cfg.preferences.mode == "human"
+        items, skipped = make_items(prompts, answers, cfg.preferences.human.gold_items if human else 0,
+                                    meta={"model": str(sft.model)})
+        votes_per_item = cfg.preferences.human.votes_per_item if human else cfg.preferences.simulated.judges
+        store.publish_batch(NewBatch(batch_id, cfg.preferences.mode, votes_per_item, model=str(sft.model),
+                                     min_agreement=cfg.preferences.human.min_agreement if human else -1.0), items)
+        logger.info("preferences: batch %s: %d items from %d prompts x %d answers of %s (%d identical pairs "
+                    "skipped)", batch_id, len(items), len(prompts), cfg.preferences.sampling.responses, sft.model,
+                    skipped)
+    if cfg.preferences.mode == "simulated":
+        cast_simulated_votes(ctx, store, batch_id)
+    return batch_id
+
+
+def cast_simulated_votes(ctx: RunContext, store: PreferenceStore, batch_id: str) -> None:
+    """Every simulated judge votes on every item that has a reference answer (others get no vote)."""
+    from lifecycle.preferences.assign import cast_votes
+
+    sim = ctx.cfg.preferences.simulated
+    votes = [(name, item.id, judge(reference, item.response_a, item.response_b, name, sim.noise, batch_id))
+             for item in store.items(batch_id) if (reference := json.loads(item.meta).get("reference"))
+             for name in simulated_annotators(sim.judges)]
+    new = cast_votes(store, batch_id, votes)
+    get_run_logger().info("preferences: %d synthetic votes by %d simulated judges (%d new)", len(votes), sim.judges,
+                          new)
+
+
+@task(name="preferences", cache_policy=NO_CACHE)
+def export_preferences(ctx: RunContext, sft: StageOutput, docs: StageOutput, batch_id: str | None,
+                       resumed: dict | None = None) -> StageOutput:
+    cfg = ctx.cfg
+
+    def work(dirs: StageDirs) -> StageResult:
+        if cfg.preferences.mode == "import":
+            rows, stats, counts = import_rows(cfg.preferences.import_.files, dirs.out)
+            store = None
+        else:
+            if batch_id is None:
+                raise LifecycleError("preferences: no batch to export (the publish step did not run)")
+            store = open_store(ctx)
+            exp = cfg.preferences.export
+            rows, counts = export_rows(store.voted_items(batch_id), exp.ties, exp.min_agreement, exp.min_votes)
+            stats = batch_stats(store.judgements(batch_id))
+        if not rows:
+            raise LifecycleError(f"preferences: no pair survived the export ({counts}); every vote is kept in the "
+                                 "store: collect more votes or relax preferences.export")
+        set_hash = write_snapshot(rows, dirs.out / SNAPSHOT)
+        (dirs.out / "stats.json").write_text(json.dumps({"stats": stats.to_dict(), "counts": counts,
+                                                         "hash": set_hash, "batch": batch_id}, indent=2))
+        log_preference_set(dirs.out, rows, stats, set_hash, cfg.preferences.mode)
+        tags = {"lifecycle.preference_set_hash": set_hash, "lifecycle.preferences.mode": cfg.preferences.mode,
+                "lifecycle.preferences.synthetic": str(cfg.preferences.mode == "simulated").lower(),
+                "lifecycle.preferences.model": str(sft.model)}
+        if batch_id:
+            tags["lifecycle.preferences.batch"] = batch_id
+        if resumed:
+            tags["lifecycle.preferences.resumed_by"] = str(resumed.get("resumed_by", ""))[:200]
+        if store is not None and batch_id:
+            store.set_status(batch_id, "exported")
+        return StageResult({**counts, **stats.to_metrics()}, tags=tags)
+
+    return run_stage("preferences", ctx, {"sft": sft, "ingest": docs}, work)
+
+
+def import_rows(files: list[str], out: Path) -> tuple[list[dict], BatchStats, dict[str, int]]:
+    logger = get_run_logger()
+    pairs, refused = [], []
+    for name in files:
+        found, bad = read_preference_file(Path(name).expanduser())
+        pairs += found
+        refused += bad
+    for line in refused[:20]:
+        logger.warning("preferences: refused %s", line)
+    if refused:
+        (out / "refused.txt").write_text("\n".join(refused) + "\n")
+    rows = pairs_to_rows(pairs)
+    return rows, BatchStats(), {"items": len(pairs), "rows": len(rows), "refused_rows": len(refused)}
+
+
+def log_preference_set(out: Path, rows: list[dict], stats: BatchStats, set_hash: str, mode: str) -> None:
+    """The set as an MLflow dataset input (name and digest: its content hash), its statistics and plot."""
+    frame = pd.DataFrame([{"prompt": json.dumps(r["prompt"]), "chosen": r["chosen"][0]["content"],
+                           "rejected": r["rejected"][0]["content"], "source": r["source"], "votes": r["votes"],
+                           "agreement": r["agreement"]} for r in rows])
+    dataset = mlflow.data.from_pandas(frame, source=str(out / SNAPSHOT), name=f"preferences-{mode}",
+                                      digest=set_hash[:16])
+    mlflow.log_input(dataset, context="preferences")
+    mlflow.log_dict(stats.to_dict(), "preferences/stats.json")
+    mlflow.log_artifact(str(out / SNAPSHOT), "preferences")
+    if stats.votes:
+        mlflow.log_artifact(str(plot_stats(stats, out / "quality.png")), "preferences")
+    markdown = quality_markdown(stats, len(rows), set_hash, mode)
+    mlflow.log_text(markdown, "preferences/report.md")
+    create_markdown_artifact(key="preferences-report", markdown=markdown, description="preference set quality")
+
+
+def quality_markdown(stats: BatchStats, rows: int, set_hash: str, mode: str) -> str:
+    def show(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = [f"# Preference set ({mode}{', synthetic votes' if mode == 'simulated' else ''})", "",
+             f"{rows} pairs, content hash `{set_hash[:16]}`; {stats.votes} votes by {stats.annotators} annotators "
+             f"on {stats.items} items.", "", "| measure | value |", "|---|---:|"]
+    lines += [f"| {name} | {show(getattr(stats, field))} |" for name, field in (
+        ("Cohen's kappa (mean over pairs)", "cohen_kappa"), ("Fleiss' kappa", "fleiss_kappa"),
+        ("Krippendorff's alpha", "krippendorff_alpha"), ("majority agreement", "majority_agreement"),
+        ("ties", "tie_share"), ("left response wins (0.5: no position bias)", "position_bias"),
+        ("longer response wins (0.5: no length bias)", "length_bias"))]
+    lines += [f"| gold accuracy: {name} | {acc:.3f} |" for name, acc in sorted(stats.gold_accuracy.items())]
+    lines += [f"| self-contradictions: {name} | {n} |" for name, n in sorted(stats.contradictions.items()) if n]
+    return "\n".join(lines)
