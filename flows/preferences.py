@@ -10,11 +10,13 @@ suspends (the worker is freed) and is re-executed from the top when resumed: eve
 from the cache, the batch is found by its id, and the MLflow parent run is re-attached.
 """
 
+import logging
 import time
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_link_artifact
+from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
@@ -75,7 +77,7 @@ def wait_for_votes(ctx: RunContext, batch_id: str) -> dict | None:
     initial = BatchSummary.with_initial_data(batch_id=batch_id, votes=summary["votes"], quota=summary["quota"],
                                              agreement=summary["agreement"])
     try:
-        if flow_run.deployment_id:  # a worker runs this flow run: free the worker while people vote
+        if FlowRunContext.get().flow_run.deployment_id:  # a worker runs this flow run: free it while people vote
             answer = suspend_flow_run(wait_for_input=initial, timeout=human.timeout_s, key=f"votes-{batch_id}")
         else:
             answer = pause_flow_run(wait_for_input=initial, timeout=human.timeout_s,
@@ -114,6 +116,11 @@ def resume_batch(summary: dict, resumed_by: str, note: str = "", wait_s: float =
 
 
 def on_batch_complete(summary: dict) -> None:
-    """The annotation app's hook: the last vote of a batch resumes the flow run waiting for it."""
-    if ready(summary) and summary.get("flow_run_id"):
+    """The annotation app's hook: the last vote of a batch resumes the flow run waiting for it. With none
+    waiting (it timed out, or has not paused yet), the next run finds the batch complete and goes on."""
+    if not (ready(summary) and summary.get("flow_run_id")):
+        return
+    try:
         resume_batch(summary, "the annotation app (quota and agreement met)")
+    except LifecycleError as err:
+        logging.getLogger("lifecycle.preferences").info("batch complete; %s: the next run exports it", err)

@@ -29,7 +29,8 @@ from lifecycle.preferences.simulated import judge, simulated_annotators
 from lifecycle.preferences.stats import BatchStats, batch_stats, plot_stats
 from lifecycle.preferences.store import NewBatch, PreferenceStore
 from lifecycle.registry import local_copy
-from lifecycle.stages import STAGES, stage_key
+from lifecycle.hashing import hash_json
+from lifecycle.stages import STAGES, key_extras, stage_key
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, run_stage
 
@@ -41,8 +42,15 @@ def open_store(ctx: RunContext) -> PreferenceStore:
 
 
 def batch_id_for(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str:
-    key = stage_key(STAGES["preferences"], ctx.cfg, {"sft": sft.key, "ingest": docs.key})
-    return f"{ctx.cfg.preferences.mode[:5]}-{key}"
+    """What the batch holds, and only that: the model, the prompts, the sampling, the round and the votes
+    asked for (waiting, export and agreement settings may change without starting a new batch)."""
+    p = ctx.cfg.preferences
+    votes = p.human.model_dump() if p.mode == "human" else p.simulated.model_dump()
+    votes.pop("timeout_s", None), votes.pop("poll_interval_s", None), votes.pop("min_agreement", None)
+    what = {"sft": sft.key, "ingest": docs.key, "mode": p.mode, "round": p.round, "votes": votes,
+            "prompts": p.prompts.model_dump(), "sampling": p.sampling.model_dump(),
+            "files": key_extras(STAGES["preferences"], ctx.cfg)}
+    return f"{p.mode[:5]}-{hash_json(what)}"
 
 
 @task(name="preferences-publish", cache_policy=NO_CACHE)
