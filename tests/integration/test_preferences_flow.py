@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,6 +20,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
+from prefect import get_client
+from prefect.deployments import run_deployment
 
 from flows.pipeline import pipeline
 from flows.preferences import on_batch_complete
@@ -28,11 +33,13 @@ from lifecycle.preferences.export import read_snapshot
 from lifecycle.preferences.store import PreferenceStore
 from lifecycle.tracking import tracking_uri
 from tests.conftest import CONF, TINY
+from tests.integration.test_parent_run import wait_for_state
 from tests.integration.test_pretrain_stage import TINY_PRETRAIN
 from tests.integration.test_sft_pipeline import CHAIN
 
 pytestmark = pytest.mark.integration
 OVERRIDES = TINY + TINY_PRETRAIN + CHAIN
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +89,9 @@ def test_imported_hh_rlhf_transcripts(state: Path, tmp_path: Path) -> None:
 
 
 def vote_through_the_app(store: PreferenceStore, names: list[str], stop: threading.Event,
-                         max_votes: int | None = None) -> int:
-    """People signing in with their tokens and voting (always the left answer) until nothing is left."""
+                         max_votes: int | None = None, leave_when_done: bool = False) -> int:
+    """People signing in with their tokens and voting (always the left answer): until `stop`, `max_votes`,
+    or (`leave_when_done`) nothing is left for them."""
     client = TestClient(create_app(store, load_config(CONF).annotate, on_complete=on_batch_complete))
     cast = 0
     tokens = [store.add_annotator(n) for n in names]
@@ -102,6 +110,8 @@ def vote_through_the_app(store: PreferenceStore, names: list[str], stop: threadi
             if max_votes is not None and cast >= max_votes:
                 return cast
         if not progress:
+            if leave_when_done:
+                return cast
             time.sleep(0.2)
     return cast
 
@@ -153,3 +163,45 @@ def test_the_flow_waits_for_people_and_goes_on_by_itself(state: Path) -> None:
     tags = MlflowClient(tracking_uri(state)).get_run(out["run_id"]).data.tags
     assert tags["lifecycle.preferences.resumed_by"].startswith("the annotation app")
     assert tags["lifecycle.preferences.synthetic"] == "false"
+
+
+@pytest.mark.slow
+def test_under_a_runner_the_stage_suspends_and_resumes_under_the_same_parent_run(state: Path) -> None:
+    """A deployment's flow run frees its process while people vote; the last vote resumes it, the runner
+    re-executes it from the top (inputs from the cache, the batch found by its id) under the same MLflow
+    parent run."""
+    human = ["preferences.mode=human", "preferences.round=2", "preferences.human.votes_per_item=1",
+             "preferences.human.gold_items=0", "preferences.human.min_agreement=-1"]
+    settings = {"overrides": [*OVERRIDES, *human], "state_dir": str(state), "conf_dir": str(CONF)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PYTHONPATH": str(ROOT)}
+    runner = subprocess.Popen([sys.executable, str(ROOT / "tests" / "integration" / "preferences_runner.py")],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+    try:
+        with get_client(sync_client=True) as client:
+            for _ in range(240):
+                try:
+                    client.read_deployment_by_name("preferences/probe")
+                    break
+                except Exception:  # the runner has not registered it yet
+                    time.sleep(0.5)
+        flow_run = run_deployment("preferences/probe", timeout=0, parameters={"settings": settings})
+        assert wait_for_state(flow_run.id, {"Suspended"}, timeout=240) == "Suspended"  # its process is free
+        parents = [r for r in MlflowClient(tracking_uri(state)).search_runs(
+            [MlflowClient(tracking_uri(state)).get_experiment_by_name("llm-lifecycle").experiment_id],
+            filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}'")]
+        assert len(parents) == 1 and parents[0].info.status == "RUNNING"
+        store = wait_for_batch(default_url(state), stop)
+        assert vote_through_the_app(store, ["eve"], stop, leave_when_done=True) > 0  # the last vote resumes it
+        assert wait_for_state(flow_run.id, {"Completed", "Failed", "Crashed"}, timeout=240) == "Completed"
+    finally:
+        stop.set()
+        runner.terminate()
+        runner.wait(timeout=30)
+    client = MlflowClient(tracking_uri(state))
+    after = client.get_run(parents[0].info.run_id)
+    assert after.info.status == "FINISHED" and after.data.tags["lifecycle.resumed"] == "1"
+    stage = client.search_runs([after.info.experiment_id], filter_string=(
+        f"tags.`mlflow.parentRunId` = '{after.info.run_id}' and tags.`lifecycle.stage` = 'preferences'"))
+    assert len(stage) == 1 and stage[0].data.tags["lifecycle.preferences.synthetic"] == "false"

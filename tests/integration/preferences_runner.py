@@ -1,0 +1,8 @@
+"""Serves the preferences stage's flow as a deployment (a runner, like a worker), so a flow run of it can
+suspend while people vote and be re-executed when resumed. Used by tests/integration/test_preferences_flow.py:
+`python tests/integration/preferences_runner.py`."""
+
+from flows.preferences import preferences_flow
+
+if __name__ == "__main__":
+    preferences_flow.serve(name="probe")
