@@ -15,6 +15,7 @@ from lifecycle.preferences.assign import VoteRefused, cast_votes, next_item, sub
 from lifecycle.preferences.db import default_url, read
 from lifecycle.preferences.schema import Annotator, Vote
 from lifecycle.preferences.store import NewBatch, NewItem, PreferenceStore
+from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 
 def items(n: int, gold: int = 0) -> list[NewItem]:
@@ -24,8 +25,11 @@ def items(n: int, gold: int = 0) -> list[NewItem]:
                     for i in range(gold)]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> PreferenceStore:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> PreferenceStore:
+    """The same code on both backends: SQLite (WAL) by default, PostgreSQL by URL."""
+    if request.param == "postgres":
+        return PreferenceStore.open(request.getfixturevalue("postgres_url"))
     return PreferenceStore.open(default_url(tmp_path))
 
 
