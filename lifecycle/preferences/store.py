@@ -17,9 +17,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, bindparam, func, select
 
 from lifecycle.errors import LifecycleError
+from lifecycle.preferences.board import board_of
 from lifecycle.preferences.db import connect, read, write
 from lifecycle.preferences.export import VotedItem
 from lifecycle.preferences.schema import Annotator, Batch, Item, Secret, Vote
@@ -66,6 +67,11 @@ class Progress:
     @property
     def done(self) -> bool:
         return self.items > 0 and self.complete_items == self.items
+
+
+# hot statements, built once (values bound per call)
+_BY_TOKEN = select(Annotator.id, Annotator.name).where(Annotator.token_hash == bindparam("hash"), Annotator.active)
+_BATCH = select(Batch.status, Batch.votes_per_item).where(Batch.id == bindparam("batch"))
 
 
 def _sha(text: str) -> str:
@@ -115,9 +121,8 @@ class PreferenceStore:
         """(annotator id, name) for a valid token of an active annotator."""
         if not token or len(token) > 256:
             return None
-        with read(self.engine) as s:
-            row = s.execute(select(Annotator.id, Annotator.name).where(
-                Annotator.token_hash == hash_token(token), Annotator.active)).first()
+        with self.engine.connect() as c:  # on every request of the app: a plain connection, no ORM session
+            row = c.execute(_BY_TOKEN, {"hash": hash_token(token)}).first()
         return (row[0], row[1]) if row else None
 
     def synthetic_annotator(self, name: str) -> int:
@@ -177,14 +182,14 @@ class PreferenceStore:
             return list(s.scalars(select(Batch).order_by(Batch.created_at)))
 
     def progress(self, batch_id: str) -> Progress:
-        with read(self.engine) as s:
-            batch = self._batch(s, batch_id)
-            counts = select(Item.id, func.count(Vote.id).label("n")).outerjoin(Vote, Vote.item_id == Item.id).where(
-                Item.batch_id == batch_id, Item.gold.is_(None)).group_by(Item.id).subquery()
-            items, votes, complete = s.execute(select(
-                func.count(), func.coalesce(func.sum(counts.c.n), 0),
-                func.coalesce(func.sum(case((counts.c.n >= batch.votes_per_item, 1), else_=0)), 0))).one()
-        return Progress(batch_id, batch.status, items, batch.votes_per_item, int(votes), int(complete))
+        board = board_of(self.engine)  # counts kept in memory, checked against the database (board.py)
+        with board.lock, self.engine.connect() as c, c.begin():
+            row = c.execute(_BATCH, {"batch": batch_id}).first()
+            if row is None:
+                raise LifecycleError(f"no preference batch {batch_id!r}")
+            board.sync(c)
+            items, votes, complete = board.batch(c, batch_id).progress
+        return Progress(batch_id, row.status, items, row.votes_per_item, votes, complete)
 
     @staticmethod
     def _batch(s: Any, batch_id: str) -> Batch:
