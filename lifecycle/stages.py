@@ -12,6 +12,7 @@ flows/<stage>.py and one call in flows/pipeline.py (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,14 +155,16 @@ def stage_key(stage: Stage, cfg: Config, input_keys: dict[str, str], extras: dic
                       "code": hash_modules(stage.code), "extra": extras})
 
 
-def planned_keys(cfg: Config, stage: str) -> dict[str, str]:
-    """The cache keys of `stage` and of every stage it reads, computed without running anything."""
+def planned_keys(cfg: Config, stage: str, identity: Callable[[str, str], str] | None = None) -> dict[str, str]:
+    """The cache keys of `stage` and of every stage it reads, computed without running anything.
+    `identity(stage, key)` gives what a reader of that output keys on (its content hash, when the stored
+    output has one: lifecycle.store.StageOutput.identity); by default the key itself."""
     keys: dict[str, str] = {}
 
     def key(name: str) -> str:
         if name not in keys:
             spec = STAGES[name]
-            keys[name] = stage_key(spec, cfg, {i: key(i) for i in spec.inputs})
+            keys[name] = stage_key(spec, cfg, {i: identity(i, key(i)) if identity else key(i) for i in spec.inputs})
         return keys[name]
 
     key(stage)

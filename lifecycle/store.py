@@ -34,6 +34,13 @@ class StageOutput:
     cached: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     model: ModelRef | None = None  # the registered version, for stages that produce a model
+    digest: str | None = None  # a content hash of what it holds, when that is not fixed by its key (votes)
+
+    @property
+    def identity(self) -> str:
+        """What a stage reading this output puts in its own cache key: the content hash when there is one
+        (a preference set's votes), else the key."""
+        return self.digest or self.key
 
     def file(self, *parts: str) -> Path:
         return Path(self.path).joinpath(*parts)

@@ -75,6 +75,7 @@ class StageDirs:
 class StageResult:
     metrics: dict[str, float]
     model: ModelRef | None = None  # the version a model stage registered
+    digest: str | None = None  # a content hash of the output, when its key does not fix its content
     tags: dict[str, str] = field(default_factory=dict)  # extra tags for the stage's MLflow run
 
 
@@ -145,7 +146,7 @@ def cached_inputs(ctx: RunContext, stage: str) -> dict[str, StageOutput]:
     spec = STAGES[stage]
     found: dict[str, StageOutput] = {}
     for name in spec.inputs + spec.after:
-        key = planned_keys(ctx.cfg, name)[name]
+        key = planned_keys(ctx.cfg, name, _identity(ctx))[name]
         output = ctx.store.lookup(name, key)
         if output is None:
             raise LifecycleError(f"stage {stage} runs on the cached output of {name}, but there is none for this "
@@ -156,12 +157,20 @@ def cached_inputs(ctx: RunContext, stage: str) -> dict[str, StageOutput]:
     return found
 
 
+def _identity(ctx: RunContext) -> Callable[[str, str], str]:
+    def identity(stage: str, key: str) -> str:
+        found = ctx.store.lookup(stage, key)
+        return found.identity if found else key
+
+    return identity
+
+
 def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
               work: Callable[[StageDirs], StageResult]) -> StageOutput:
     """Return the stage's output: from the cache when nothing it depends on changed, else computed."""
     logger = get_run_logger()
     spec = STAGES[stage]
-    key_inputs = {name: out.key for name, out in inputs.items()}
+    key_inputs = {name: out.identity for name, out in inputs.items()}  # a content hash where the key is not enough
     extras = key_extras(spec, ctx.cfg)  # e.g. the sources' content hashes
     key = stage_key(spec, ctx.cfg, key_inputs, extras)  # refuses inputs the graph does not declare
     store = ctx.store
@@ -195,7 +204,8 @@ def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
             result = work(StageDirs(out=tmp, checkpoints=checkpoints, key=key))
             metrics = {k: float(v) for k, v in result.metrics.items()}
             output = store.commit(tmp, StageOutput(stage=stage, key=key, path=str(store.path(stage, key)),
-                                                   run_id=run.info.run_id, metrics=metrics, model=result.model))
+                                                   run_id=run.info.run_id, metrics=metrics, model=result.model,
+                                                   digest=result.digest))
         shutil.rmtree(checkpoints, ignore_errors=True)
         seconds = time.perf_counter() - started
         mlflow.log_metrics(_metric_names(stage, metrics) | {f"{stage}/seconds": seconds, f"{stage}/cache_hit": 0.0})

@@ -128,7 +128,7 @@ def export_preferences(ctx: RunContext, sft: StageOutput, docs: StageOutput, bat
             tags["lifecycle.preferences.resumed_by"] = str(resumed.get("resumed_by", ""))[:200]
         if store is not None and batch_id:
             store.set_status(batch_id, "exported")
-        return StageResult({**counts, **stats.to_metrics()}, tags=tags)
+        return StageResult({**counts, **stats.to_metrics()}, tags=tags, digest=set_hash[:16])
 
     return run_stage("preferences", ctx, {"sft": sft, "ingest": docs}, work)
 

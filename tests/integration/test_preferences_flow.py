@@ -25,6 +25,7 @@ from prefect.deployments import run_deployment
 
 from flows.pipeline import pipeline
 from flows.preferences import on_batch_complete
+from lifecycle.cli import main
 from lifecycle.config import load_config
 from lifecycle.errors import LifecycleError
 from lifecycle.preferences.app import create_app
@@ -64,6 +65,7 @@ def test_simulated_preferences_are_exported_hashed_and_tracked(state: Path) -> N
     assert stage_run.data.tags["lifecycle.preferences.synthetic"] == "true"
     set_hash = stage_run.data.tags["lifecycle.preference_set_hash"]
     assert json.loads((Path(out["path"]) / "stats.json").read_text())["hash"] == set_hash
+    assert out["digest"] == set_hash[:16]  # what the next stage keys on: the set's content, not the config
     inputs = stage_run.inputs.dataset_inputs
     assert [i.dataset.digest for i in inputs] == [set_hash[:16]]  # logged as a dataset, named by its content
     metrics = stage_run.data.metrics
@@ -205,3 +207,30 @@ def test_under_a_runner_the_stage_suspends_and_resumes_under_the_same_parent_run
     stage = client.search_runs([after.info.experiment_id], filter_string=(
         f"tags.`mlflow.parentRunId` = '{after.info.run_id}' and tags.`lifecycle.stage` = 'preferences'"))
     assert len(stage) == 1 and stage[0].data.tags["lifecycle.preferences.synthetic"] == "false"
+
+
+def test_a_person_resumes_with_the_votes_so_far(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lifecycle preferences resume` goes on with an incomplete batch; the export keeps what has votes."""
+    human = ["preferences.mode=human", "preferences.round=3", "preferences.human.votes_per_item=3",
+             "preferences.human.gold_items=0", "preferences.human.poll_interval_s=1"]
+    stop = threading.Event()
+
+    def vote_twice_then_resume() -> None:
+        store = wait_for_batch(default_url(state), stop)
+        vote_through_the_app(store, ["fay"], stop, max_votes=2)
+        for _ in range(120):  # the CLI waits a few seconds for the run to be paused; retry until it is
+            if main(["preferences", "resume", "--note", "enough for today", "--state-dir", str(state),
+                     "--conf", str(CONF)]) == 0:
+                return
+            time.sleep(1)
+
+    person = threading.Thread(target=vote_twice_then_resume, daemon=True)
+    person.start()
+    try:
+        out = run(state, *human)["preferences"]
+    finally:
+        stop.set()
+        person.join(timeout=30)
+    assert len(read_snapshot(Path(out["path"]) / "preferences.jsonl")) <= 2  # one vote each on two items
+    tags = MlflowClient(tracking_uri(state)).get_run(out["run_id"]).data.tags
+    assert tags["lifecycle.preferences.resumed_by"] == "lifecycle preferences resume"

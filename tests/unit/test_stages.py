@@ -140,6 +140,19 @@ def test_a_changed_source_file_forces_a_cache_miss(tmp_path: Path, conf_dir: Pat
     assert ingest_key() != first
 
 
+def test_a_reader_keys_on_the_content_hash_of_an_output_that_has_one(conf_dir: Path) -> None:
+    """A preference set's content (the votes) is not fixed by its key: what reads it keys on its hash."""
+    cfg = load_config(conf_dir)
+    plain = planned_keys(cfg, "sft")
+    hashed = planned_keys(cfg, "sft", lambda stage, key: "content-1" if stage == "pretrain" else key)
+    assert hashed["pretrain"] == plain["pretrain"] and hashed["sft"] != plain["sft"]
+    other = planned_keys(cfg, "sft", lambda stage, key: "content-2" if stage == "pretrain" else key)
+    assert other["sft"] != hashed["sft"]
+    out = StageOutput(stage="preferences", key="k", path="/p", run_id="r")
+    assert out.identity == "k" and StageOutput(stage="preferences", key="k", path="/p", run_id="r",
+                                               digest="d").identity == "d"
+
+
 def test_preference_files_key_the_preferences_stage_by_content(tmp_path: Path, conf_dir: Path) -> None:
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"prompt": "p", "chosen": "yes", "rejected": "no"}\n')
