@@ -35,6 +35,7 @@ from lifecycle.config.rag_index import (
     RagIndexConfig,
     RagRetentionConfig,
 )
+from lifecycle.config.rlhf import RlhfConfig
 from lifecycle.config.run import ModelNames, RunConfig
 from lifecycle.config.serve import AnswerConfig, SearchConfig, ServeConfig
 from lifecycle.config.sft import SftConfig, SftDataConfig, SftEvalConfig
@@ -45,7 +46,7 @@ from lifecycle.hashing import hash_json
 
 __all__ = ["AnnotateConfig", "AnswerConfig", "Config", "ConfigError", "DistributedConfig", "IngestConfig", "ModelArchConfig",
            "ModelNames", "NearDupConfig", "OptimConfig", "PreferencesConfig", "PretrainConfig", "RagAnnConfig", "RagChunkConfig",
-           "RagEmbedConfig", "RagEvalConfig", "RagIndexConfig", "RagRetentionConfig", "RunConfig", "SampleConfig",
+           "RagEmbedConfig", "RagEvalConfig", "RagIndexConfig", "RagRetentionConfig", "RlhfConfig", "RunConfig", "SampleConfig",
            "SearchConfig", "Section", "ServeConfig", "SftConfig", "SftDataConfig", "SftEvalConfig", "SourceConfig",
            "TokenizeConfig", "ValidateConfig", "config_hash", "deep_merge", "find_conf_dir", "load_config"]
 
@@ -58,6 +59,7 @@ class Config(Section):
     pretrain: PretrainConfig
     sft: SftConfig
     preferences: PreferencesConfig
+    rlhf: RlhfConfig
     rag_index: RagIndexConfig
     serve: ServeConfig
     annotate: AnnotateConfig

@@ -34,10 +34,15 @@ def device_defaults(device: str) -> dict[str, Any]:
 
 def trainer_config(cls: type, cfg: Config, section: str, device: str, forced: dict[str, Any],
                    defaults: dict[str, Any] | None = None) -> Any:
-    """`cls(**defaults, **cfg.<section>.trainer, **forced)`; a bad key or value is a ConfigError naming
-    `<section>.trainer.<key>`, its value and its file. `forced` keys belong to the stage."""
-    values: dict[str, Any] = getattr(cfg.section(section), "trainer")
-    where = f"{section}.trainer"
+    """`cls(**defaults, **cfg.<section>.trainer, **forced)` (or the mapping at a dotted `section` path, e.g.
+    "rlhf.policy.rloo"); a bad key or value is a ConfigError naming its path, value and file. `forced`
+    keys belong to the stage."""
+    first, *rest = section.split(".")  # a section ("sft") or a path to a trainer mapping ("rlhf.policy.rloo")
+    node: Any = cfg.section(first)
+    for part in rest:
+        node = getattr(node, part)
+    values: dict[str, Any] = node if isinstance(node, dict) else node.trainer
+    where = section if isinstance(node, dict) else f"{section}.trainer"
 
     def fail(key: str | None, what: str) -> ConfigError:
         path = f"{where}.{key}" if key else where
@@ -45,7 +50,7 @@ def trainer_config(cls: type, cfg: Config, section: str, device: str, forced: di
         return ConfigError("invalid configuration:\n" + describe(path, value, what, cfg._origin))
 
     for key in sorted(set(values) & set(forced)):
-        raise fail(key, f"set by the {section} stage itself (to {forced[key]!r}); remove it")
+        raise fail(key, f"set by the {first} stage itself (to {forced[key]!r}); remove it")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in fields:

@@ -1,0 +1,44 @@
+"""conf/rlhf.yaml: alignment with the preference set. A reward model (TRL RewardTrainer) and a policy
+optimised against it with a KL leash (RLOO or GRPO), or DPO straight on the pairs. Each `trainer`
+mapping passes through to TRL's own config class (RewardConfig, RLOOConfig, GRPOConfig, DPOConfig) and
+is checked by constructing it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from lifecycle.config.base import Section
+
+
+class RewardModelConfig(Section):
+    trainer: dict[str, Any]  # trl.RewardConfig keys
+    baseline_margin: float = Field(ge=0, le=1)  # flag a reward model not beating "longer wins" by this much
+    batch_size: int = Field(ge=1)  # scoring held-out pairs
+
+
+class PolicyConfig(Section):
+    max_prompts: int = Field(ge=1)  # prompts of the preference set the policy practises on
+    rloo: dict[str, Any]  # trl.RLOOConfig keys (beta: the KL coefficient, generation settings)
+    grpo: dict[str, Any]  # trl.GRPOConfig keys; beta must be > 0 (TRL's default 0 means no KL at all)
+
+
+class DpoConfig(Section):
+    trainer: dict[str, Any]  # trl.DPOConfig keys
+
+
+class HealthConfig(Section):
+    max_kl: float = Field(gt=0)  # mean KL to the reference model above this while reward rises: alarm
+    max_length_growth: float = Field(gt=1)  # mean completion length above this x its first value: alarm
+    min_reward_rise: float = Field(ge=0)  # reward "rises" when its last-quarter mean beats its first by this
+
+
+class RlhfConfig(Section):
+    method: Literal["rloo", "grpo", "dpo"]
+    device: Literal["auto", "cpu", "cuda"]
+    held_out_fraction: float = Field(gt=0, lt=1)  # preference pairs kept out of training (by content hash)
+    reward: RewardModelConfig
+    policy: PolicyConfig
+    dpo: DpoConfig
+    health: HealthConfig
