@@ -12,6 +12,7 @@ from flows.ingest import ingest_flow
 from flows.preferences import preferences_flow
 from flows.pretrain import pretrain_flow
 from flows.rag_index import rag_index_flow
+from flows.rlhf import rlhf_flow
 from flows.sft import sft_flow
 from flows.tokenize import tokenize_flow
 from flows.validate import validate_flow
@@ -45,9 +46,11 @@ def pipeline(profile: str = "default", overrides: list[str] | None = None, sourc
             out["sft"] = sft_flow(ctx=ctx, pretrain=out["pretrain"], ingest=out["ingest"])
         if ctx.wants("preferences"):
             out["preferences"] = preferences_flow(ctx=ctx, sft=out["sft"], ingest=out["ingest"])
+        if ctx.wants("rlhf"):
+            out["rlhf"] = rlhf_flow(ctx=ctx, sft=out["sft"], preferences=out["preferences"])
+        chat = next((out[s].model for s in ("rlhf", "sft") if s in out), None)  # the run's final chat model
         if ctx.wants("rag_index"):
-            chat = out["sft"].model if "sft" in out else None
             out["rag_index"] = rag_index_flow(ctx=ctx, ingest=out["ingest"], model=chat)
-        if "sft" in out and out["sft"].model:
-            mark_candidate(ctx, out["sft"].model)
+        if chat:
+            mark_candidate(ctx, chat)
     return {stage: asdict(output) for stage, output in out.items()}

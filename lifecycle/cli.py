@@ -10,6 +10,7 @@
     lifecycle bench pretrain --layers 4 --heads 4 --dim 128 --context 128 --batch 16 --steps 30 --vocab-size 2048
     lifecycle ui mlflow|prefect                     # dashboards over the state directory
     lifecycle annotate | annotators add NAME | preferences status|resume   # people's votes (preferences/cli.py)
+    lifecycle eval-reward --pairs FILE [--model REF]   # a reward model's accuracy on your pairs (align/cli.py)
 
 User errors (bad config, bad input, failed validation) print a message and exit with status 2, no traceback.
 """
@@ -62,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("model", nargs="?", help="NAME/VERSION or NAME@ALIAS (default: the chat model "
                                                   "@champion, else @candidate)")
     _rag_parsers(sub)
-    from lifecycle.preferences.cli import add_parsers
+    from lifecycle.align import cli as align_cli
+    from lifecycle.preferences import cli as preferences_cli
 
-    add_parsers(sub, _config_args)
+    preferences_cli.add_parsers(sub, _config_args)
+    align_cli.add_parsers(sub, _config_args)
     bench = sub.add_parser("bench", help="reproducible measurements, one JSON line (results: docs/BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from lifecycle.bench import add_pretrain_args
@@ -262,11 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "config": cmd_config, "stages": cmd_stages, "lineage": cmd_lineage, "ui": cmd_ui,
                 "search": cmd_search, "ask": cmd_ask, "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
-    from lifecycle.preferences.cli import HANDLERS
+    from lifecycle.align.cli import HANDLERS as ALIGN
+    from lifecycle.preferences.cli import HANDLERS as PREFERENCES
 
     try:
-        if args.command in HANDLERS:
-            return HANDLERS[args.command](args, load)
+        if args.command in PREFERENCES | ALIGN:
+            return (PREFERENCES | ALIGN)[args.command](args, load)
         return handlers[args.command](args)
     except LifecycleError as err:
         print(f"error: {err}", file=sys.stderr)

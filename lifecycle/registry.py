@@ -59,7 +59,11 @@ def register_model(model_dir: Path, name: str, tags: dict[str, str], task: str =
 
     from lifecycle.model import load_causal_lm
 
-    model, tokenizer = load_causal_lm(model_dir)
+    if task == "text-classification":  # a reward model: a sequence-classification head with one output
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    else:
+        model, tokenizer = load_causal_lm(model_dir)
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
     info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
                                          task=task, registered_model_name=name, pip_requirements=requirements)

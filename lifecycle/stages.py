@@ -64,7 +64,12 @@ GRAPH: tuple[Stage, ...] = (
                    "app, by a simulated judge, or imported; its quality statistics",
           code=("lifecycle.preferences.collect", "lifecycle.preferences.export", "lifecycle.preferences.importers",
                 "lifecycle.preferences.simulated", "lifecycle.preferences.stats")),
-    Stage("rag_index", inputs=("ingest",), after=("validate",), uses=("sft",),
+    Stage("rlhf", inputs=("sft", "preferences"), key_extras=("seed",), model=True,
+          produces="the aligned policy (RLOO/GRPO against a reward model with a KL leash, or DPO) and the reward "
+                   "model, registered: the policy's reference; health checks and the reward-hacking alarm",
+          code=("lifecycle.align.reward", "lifecycle.align.policy", "lifecycle.align.dpo", "lifecycle.align.health",
+                "lifecycle.align.pairs", "lifecycle.model", "lifecycle.config.passthrough")),
+    Stage("rag_index", inputs=("ingest",), after=("validate",), uses=("sft", "rlhf"),
           produces="a version of the LanceDB chunk table and its retrieval metrics; paired with the run's model",
           code=("lifecycle.rag.chunk", "lifecycle.rag.embed", "lifecycle.rag.index", "lifecycle.rag.evaluate")),
 )

@@ -135,10 +135,21 @@ def stage_scope(stage: str, ctx: RunContext | None, settings: RunSettings,
 def check_trainer_sections(cfg: Config, stages: tuple[str, ...]) -> None:
     """Construct the third-party trainer configs of the stages about to run: a bad key fails now, before
     any work, naming the key and its file."""
+    scratch = Path(cfg.run.state_dir) / "checkpoints"
     if "sft" in stages:
         from lifecycle.align.sft import sft_args
 
-        sft_args(cfg, Path(cfg.run.state_dir) / "checkpoints" / "sft", max_length=1)
+        sft_args(cfg, scratch / "sft", max_length=1)
+    if "rlhf" in stages:
+        from lifecycle.align.dpo import dpo_args
+        from lifecycle.align.policy import policy_args
+        from lifecycle.align.reward import reward_args
+
+        if cfg.rlhf.method == "dpo":
+            dpo_args(cfg, scratch / "rlhf", max_length=1)
+        else:
+            reward_args(cfg, scratch / "rlhf", max_length=1)
+            policy_args(cfg, scratch / "rlhf", cfg.rlhf.method)
 
 
 def cached_inputs(ctx: RunContext, stage: str) -> dict[str, StageOutput]:

@@ -35,6 +35,17 @@ TINY = [
     "preferences.mode=simulated",
     "preferences.prompts.held_out=8",
     "preferences.sampling.max_new_tokens=16",
+    "rlhf.device=cpu",
+    "rlhf.reward.trainer.max_steps=6",
+    "rlhf.reward.trainer.logging_steps=2",
+    "rlhf.policy.rloo.max_steps=3",
+    "rlhf.policy.rloo.num_generations=2",
+    "rlhf.policy.rloo.per_device_train_batch_size=4",
+    "rlhf.policy.rloo.max_completion_length=8",
+    "rlhf.policy.rloo.logging_steps=1",
+    "rlhf.dpo.trainer.max_steps=4",
+    "rlhf.dpo.trainer.logging_steps=2",
+    "rlhf.dpo.trainer.per_device_train_batch_size=4",
 ]
 
 

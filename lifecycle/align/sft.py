@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from lifecycle.align.callbacks import MetricsCallback as _Metrics
+from lifecycle.align.callbacks import MetricsHook
 from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
@@ -35,7 +36,6 @@ from lifecycle.progress import progress
 from lifecycle.tokenizer import chat_template, stop_token_ids
 
 log = logging.getLogger("lifecycle.sft")
-MetricsHook = Callable[[dict[str, float], int], None]
 
 
 @dataclass(frozen=True)
@@ -43,26 +43,6 @@ class SftResult:
     metrics: dict[str, float]
     data_hash: str  # of the training and held-out conversations: the instruction data's identity
     samples: list[dict[str, Any]]  # held-out questions with the reference, base and SFT answers
-
-
-class _Metrics(TrainerCallback):
-    """Trainer logs -> `on_metrics` (an explicit MLflow run id: Prefect runs tasks in threads) and one log
-    line each (instead of the Trainer printing dicts to stdout)."""
-
-    def __init__(self, on_metrics: MetricsHook | None) -> None:
-        self.on_metrics = on_metrics
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        if not numbers or not state.is_world_process_zero:
-            return
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items() if k in ("loss", "eval_loss", "learning_rate",
-                                                                               "grad_norm", "mean_token_accuracy"))
-        log.info("sft: %s: %s", f"step {state.global_step}/{state.max_steps}" if state.max_steps else "before training",
-                 shown)
-        if self.on_metrics:
-            prefix = "sft/eval/" if any(k.startswith("eval_") for k in numbers) else "sft/train/"
-            self.on_metrics({prefix + k.removeprefix("eval_"): v for k, v in numbers.items()}, state.global_step)
 
 
 def sft_args(cfg: Config, ckpt_dir: Path, max_length: int) -> Any:

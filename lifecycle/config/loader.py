@@ -52,12 +52,7 @@ def read_layers(conf_dir: Path, sections: list[str], profile: str | None, overri
             raise ConfigError(f"{path}: missing; every section needs a file (sections: {', '.join(sections)})")
         data[section] = read_yaml(path)
         _record(origin, section, data[section], str(path))
-    if profile:
-        path = conf_dir / "profiles" / f"{profile}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in (conf_dir / "profiles").glob("*.yaml"))
-            raise ConfigError(f"profile '{profile}': {path} does not exist (known profiles: {', '.join(known)})")
-        overlay = read_yaml(path)
+    for path, overlay in _profile_chain(conf_dir, profile):
         deep_merge(data, overlay)
         _record(origin, "", overlay, str(path))
     for item in overrides:
@@ -70,6 +65,22 @@ def read_layers(conf_dir: Path, sections: list[str], profile: str | None, overri
             {"name": f"cli-{i}", "kind": "files", "paths": [s]} for i, s in enumerate(sources, 1)]
         origin["ingest.sources"] = "--source"
     return data, origin
+
+
+def _profile_chain(conf_dir: Path, profile: str | None) -> list[tuple[Path, dict[str, Any]]]:
+    """The profile's overlays, base first: a profile may start from another with `extends: NAME`."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    while profile:
+        path = conf_dir / "profiles" / f"{profile}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (conf_dir / "profiles").glob("*.yaml"))
+            raise ConfigError(f"profile '{profile}': {path} does not exist (known profiles: {', '.join(known)})")
+        if any(p == path for p, _ in chain):
+            raise ConfigError(f"profile '{profile}': `extends` goes round in a circle ({path})")
+        overlay = read_yaml(path)
+        profile = overlay.pop("extends", None)
+        chain.insert(0, (path, overlay))
+    return chain
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -11,7 +11,8 @@ class ModelNames(Section):
     """Registered model names in the MLflow registry, one per kind of model."""
 
     base: str = Field(min_length=1)  # pretrain: the base language model
-    chat: str = Field(min_length=1)  # sft (later the RLHF policy): the line @candidate/@challenger/@champion live on
+    chat: str = Field(min_length=1)  # sft, then the RLHF policy: the line @candidate/@challenger/@champion live on
+    reward: str = Field(min_length=1)  # rlhf: the reward model
 
 
 class RunConfig(Section):

@@ -1,6 +1,6 @@
 """The whole chain on a tiny corpus and model, for real: ingest -> validate -> tokenize -> pretrain -> sft ->
-rag_index. The base model's reference flows into sft, the SFT model's into the index pairing and the
-`@candidate` alias; the SFT model beats the base model on held-out pairs; stored outputs are never
+preferences -> rlhf -> rag_index. The base model's reference flows into sft, the SFT model's into rlhf,
+the policy's into the index pairing and the `@candidate` alias; the SFT model beats the base model on held-out pairs; stored outputs are never
 written to by later stages; a stage runs alone as its own flow on the others' cached outputs; `ask`
 answers with the candidate and its paired index, with the model's own context length."""
 
@@ -51,7 +51,7 @@ def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
     first = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
     before = {stage: tree_hash(Path(out["path"])) for stage, out in first.items()}
     out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir))
-    assert list(out) == ["ingest", "validate", "tokenize", "pretrain", "sft", "preferences", "rag_index"]
+    assert list(out) == ["ingest", "validate", "tokenize", "pretrain", "sft", "preferences", "rlhf", "rag_index"]
     assert all(out[s]["cached"] for s in before) and not out["sft"]["cached"]
     assert {stage: tree_hash(Path(out[stage]["path"])) for stage in before} == before  # immutable once stored
     assert not list(Path(out["ingest"]["path"]).rglob("cache-*.arrow"))
@@ -59,12 +59,15 @@ def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
     use_tracking(state)
     client = MlflowClient(tracking_uri(state))
     base, chat = ModelRef(**out["pretrain"]["model"]), ModelRef(**out["sft"]["model"])
+    policy = ModelRef(**out["rlhf"]["model"])  # the run's final chat model
     assert (base.name, chat.name) == ("lifecycle-gpt-base", "lifecycle-gpt")
     tags = client.get_model_version(chat.name, chat.version).tags
     assert tags["lifecycle.base_model"] == str(base)  # trained from the version pretrain handed on
     assert tags["lifecycle.sft_data_hash"] and tags["lifecycle.stage_key"] == out["sft"]["key"]
-    assert tags["lifecycle.rag_index_key"] == out["rag_index"]["key"]  # paired with the index, by reference
-    assert get_alias(chat.name, "candidate") == chat and get_alias(base.name, "candidate") is None
+    policy_tags = client.get_model_version(policy.name, policy.version).tags
+    assert policy_tags["lifecycle.base_model"] == str(chat)  # the policy was aligned from the SFT version
+    assert policy_tags["lifecycle.rag_index_key"] == out["rag_index"]["key"]  # paired with the index, by reference
+    assert get_alias(chat.name, "candidate") == policy and get_alias(base.name, "candidate") is None
     history = lineage(chat)
     assert history["built_from"][0]["model"] == str(base)
     assert history["built_from"][0]["tags"]["lifecycle.tokenizer_key"] == out["tokenize"]["key"]
@@ -76,7 +79,7 @@ def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
     assert "sft/samples.json" in {a.path for a in client.list_artifacts(out["sft"]["run_id"], "sft")}
 
     # one stage as a flow of its own, on the cached outputs of the others (a nightly RAG rebuild)
-    alone = rag_index_flow(settings=settings, model=f"{chat.name}@candidate")
+    alone = rag_index_flow(settings=settings, model=f"{policy.name}@candidate")
     assert alone.cached and alone.key == out["rag_index"]["key"]
     alone_sft = sft_flow(settings=settings)
     assert alone_sft.cached and alone_sft.model == chat
@@ -84,9 +87,9 @@ def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
     # `ask` as the README writes it: the candidate model, its paired index, its own context length
     assert main(["ask", "What does json.dumps do?", "--state-dir", str(state), "--conf", str(conf_dir), "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
-    assert answer["model"] == f"{chat.name}@candidate (version {chat.version})" and answer["sources"]
+    assert answer["model"] == f"{policy.name}@candidate (version {policy.version})" and answer["sources"]
     assert main(["lineage", "--state-dir", str(state), "--conf", str(conf_dir)]) == 0
-    assert json.loads(capsys.readouterr().out)["model"] == str(chat)
+    assert json.loads(capsys.readouterr().out)["model"] == str(policy)
 
 
 def test_no_stage_looks_up_the_newest_model_version() -> None:

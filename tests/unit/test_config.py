@@ -115,3 +115,23 @@ def test_trainer_sections_pass_through_and_are_checked_by_trl(conf_dir: Path, co
 def test_numbers_in_scientific_notation_are_numbers(conf_dir: Path) -> None:
     cfg = load_config(conf_dir, overrides=["sft.trainer.learning_rate=3e-3", "pretrain.optim.eps=1e-8"])
     assert cfg.sft.trainer["learning_rate"] == 0.003 and cfg.pretrain.optim.eps == 1e-8
+
+
+def test_a_profile_extends_another(conf_dir: Path, conf_copy: Path) -> None:
+    cfg = load_config(conf_dir, "oasst", overrides=["preferences.import.files=[pairs.jsonl]"])
+    assert cfg.pretrain.max_steps == 400 and cfg.origin("pretrain.max_steps").endswith("quickstart.yaml")
+    assert cfg.preferences.mode == "import" and cfg.origin("preferences.mode").endswith("oasst.yaml")
+    (conf_copy / "profiles" / "a.yaml").write_text("extends: b\n")
+    (conf_copy / "profiles" / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ConfigError, match="circle"):
+        load_config(conf_copy, "a")
+    with pytest.raises(ConfigError, match="needs preferences.import.files"):
+        load_config(conf_dir, "oasst")
+
+
+def test_the_rlhf_trainers_are_checked_by_trl_with_their_path(conf_dir: Path) -> None:
+    from lifecycle.align.policy import policy_args
+
+    cfg = load_config(conf_dir, overrides=["rlhf.device=cpu", "rlhf.policy.grpo.num_generationz=4"])
+    with pytest.raises(ConfigError, match=r"rlhf\.policy\.grpo\.num_generationz.*did you mean num_generations"):
+        policy_args(cfg, Path("/tmp/unused"), "grpo")

@@ -38,7 +38,7 @@ def test_from_reuses_ancestors_and_forces_dependants() -> None:
     assert plan.force == ("validate", "tokenize")  # tokenize runs only behind the validation gate
     plan = plan_stages(from_stage="pretrain")
     assert plan.reuse == ("ingest", "validate", "tokenize")
-    assert plan.force == ("pretrain", "sft", "preferences")  # rag_index does not depend on pretrain: stays cached
+    assert plan.force == ("pretrain", "sft", "preferences", "rlhf")  # rag_index does not read pretrain: cached
 
 
 def test_bad_stage_names_are_errors() -> None:
@@ -104,7 +104,8 @@ def test_pipeline_flow_agrees_with_the_graph(monkeypatch: pytest.MonkeyPatch, co
             produced = [s for s in spec.uses if s in stages]
             assert inputs["model"] == (ModelRef(f"model-of-{produced[-1]}", "1") if produced else None)
     candidate = [c for name, c in calls if name == "mark_candidate"]
-    assert candidate == ([{"model": ModelRef("model-of-sft", "1")}] if "sft" in stages else [])
+    final = next((s for s in ("rlhf", "sft") if s in stages), None)  # the run's last model stage
+    assert candidate == ([{"model": ModelRef(f"model-of-{final}", "1")}] if final else [])
 
 
 def test_a_stage_given_inputs_the_graph_does_not_declare_is_refused(conf_dir: Path) -> None:

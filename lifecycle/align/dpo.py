@@ -1,0 +1,118 @@
+"""DPO: the SFT model trained straight on the preference pairs with TRL's DPOTrainer (no reward model in
+the loop); a frozen copy of the SFT model is the reference (ref_model=None: TRL loads it again from the
+SFT folder).
+
+The held-out pairs measure what DPO is meant to change: the policy's log-probability margin
+log p(chosen | prompt) - log p(rejected | prompt) (answer tokens summed, through the chat template, as
+TRL tokenises them), before and after training. Pairs longer than the model's context are dropped and
+counted. A killed run, re-run with the same checkpoint folder, resumes from its newest checkpoint.
+
+    result = train_dpo(cfg, sft_dir, rows, out_dir, ckpt_dir, on_metrics=hook)   # out_dir/policy
+    result.metrics["margin_after"] > result.metrics["margin_before"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from lifecycle.align.callbacks import MetricsCallback, MetricsHook
+from lifecycle.align.pairs import Row, trl_rows
+from lifecycle.align.reward import conversation_ids, prepare_rows
+from lifecycle.config import Config
+from lifecycle.config.passthrough import trainer_config
+from lifecycle.model import context_window, load_causal_lm
+
+log = logging.getLogger("lifecycle.rlhf")
+
+
+@dataclass(frozen=True)
+class DpoResult:
+    metrics: dict[str, float]
+
+
+def dpo_args(cfg: Config, ckpt_dir: Path, max_length: int) -> Any:
+    """trl.DPOConfig from `rlhf.dpo.trainer` (passed through) and what the stage owns."""
+    import trl
+
+    forced = {"output_dir": str(ckpt_dir), "report_to": "none", "seed": cfg.run.seed, "max_length": max_length}
+    return trainer_config(trl.DPOConfig, cfg, "rlhf.dpo", cfg.rlhf.device, forced)
+
+
+def answer_tokens(tokenizer: PreTrainedTokenizerBase, row: Row, side: str) -> tuple[list[int], int]:
+    """(prompt + answer ids, where the answer starts): the answer starts where the prompt with its
+    generation prompt and the whole conversation diverge, as in DPOTrainer."""
+    prompt = conversation_ids(tokenizer, row["prompt"], add_generation_prompt=True)
+    full = conversation_ids(tokenizer, row["prompt"] + row[side])
+    start = next((i for i, (a, b) in enumerate(zip(prompt, full, strict=False)) if a != b), min(len(prompt), len(full)))
+    return full, start
+
+
+def logprob_margins(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[Row],
+                    batch_size: int = 8) -> list[float]:
+    """log p(chosen | prompt) - log p(rejected | prompt) for each row under `model` (sums over answer tokens)."""
+    margins: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for begin in range(0, len(rows), batch_size):
+            batch = rows[begin:begin + batch_size]
+            seqs = [answer_tokens(tokenizer, r, side) for side in ("chosen", "rejected") for r in batch]
+            ids = torch.full((len(seqs), max(len(s) for s, _ in seqs)), tokenizer.pad_token_id, dtype=torch.long)
+            attention, answer = torch.zeros_like(ids), torch.zeros_like(ids)
+            for i, (seq, start) in enumerate(seqs):
+                ids[i, :len(seq)] = torch.tensor(seq)
+                attention[i, :len(seq)] = 1
+                answer[i, start:len(seq)] = 1
+            ids, attention, answer = ids.to(model.device), attention.to(model.device), answer.to(model.device)
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()  # (2b, t-1, vocab)
+            targets = ids[:, 1:]
+            token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (2b, t-1)
+            logps = (token_logps * answer[:, 1:]).sum(-1).cpu()  # (2b,)
+            chosen, rejected = logps.chunk(2)
+            margins += (chosen - rejected).tolist()
+    finally:
+        model.train(was_training)
+    return margins
+
+
+def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_dir: Path,
+              on_metrics: MetricsHook | None = None) -> DpoResult:
+    """DPO from the SFT model in `sft_dir` on `rows`; write out_dir/policy (model + tokenizer) and
+    out_dir/dpo_metrics.json."""
+    import trl
+
+    set_seed(cfg.run.seed)
+    model, tokenizer = load_causal_lm(sft_dir)
+    window = context_window(model, tokenizer)
+    train, held_out, dropped = prepare_rows(cfg, rows, tokenizer, window)
+    trainer = trl.DPOTrainer(model=model, ref_model=None, args=dpo_args(cfg, ckpt_dir, window),
+                             processing_class=tokenizer, train_dataset=datasets.Dataset.from_list(trl_rows(train)),
+                             eval_dataset=datasets.Dataset.from_list(trl_rows(held_out)),
+                             callbacks=[MetricsCallback(on_metrics, prefix="rlhf/dpo", logger=log)])
+    trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
+    before = float(np.mean(logprob_margins(trainer.model, tokenizer, held_out)))  # the SFT model, on its device
+    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if resume:
+        log.info("rlhf: dpo: resuming from %s", resume)
+    output = trainer.train(resume_from_checkpoint=resume)
+    after = float(np.mean(logprob_margins(trainer.model, tokenizer, held_out)))
+    metrics = {"train_pairs": len(train), "held_out_pairs": len(held_out), "dropped_pairs": dropped,
+               "train_loss": output.training_loss, "steps": output.global_step, "resumed": float(bool(resume)),
+               "margin_before": before, "margin_after": after, "margin_gain": after - before}
+    trainer.save_model(str(out_dir / "policy"))
+    tokenizer.save_pretrained(str(out_dir / "policy"))
+    (out_dir / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("rlhf: dpo: held-out log-probability margin chosen - rejected %.3f -> %.3f (%d pairs)", before, after,
+             len(held_out))
+    return DpoResult(metrics=metrics)

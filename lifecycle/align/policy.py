@@ -1,0 +1,184 @@
+"""Policy optimisation against the reward model with TRL's RLOOTrainer (default) or GRPOTrainer.
+
+The SFT model is the policy and, frozen (TRL loads a second copy from its folder when beta > 0), the
+reference the KL leash ties it to: a `beta` of 0 is refused, since without it nothing stops the policy from
+drifting wherever the reward model is wrong. It practises on the preference set's prompts (prompt-only
+conversations); each completion is scored by the reward model trained in the reward stage (or by Python
+reward functions, for tests). The run's health (reward vs KL, completion length, reward-length correlation)
+is assessed at the end: `PolicyResult.health.alarm` flags likely reward hacking. A killed run, re-run with
+the same checkpoint folder, resumes from its newest checkpoint.
+
+    result = train_policy(cfg, sft_dir, reward_dir, unique_prompts(train, 256), out_dir, ckpt_dir, hook)
+    result.metrics["reward_last"], result.health.alarm            # out_dir/policy: model + tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from lifecycle.align.callbacks import MetricsCallback, MetricsHook
+from lifecycle.align.health import HealthMonitor, HealthReport, LengthTracker, RewardFunc, assess
+from lifecycle.config import Config
+from lifecycle.config.loader import describe
+from lifecycle.config.passthrough import trainer_config
+from lifecycle.errors import ConfigError, InputError
+from lifecycle.model import context_window, load_causal_lm
+from lifecycle.tokenizer import chat_ids, stop_token_ids
+
+log = logging.getLogger("lifecycle.rlhf.policy")
+Messages = list[dict[str, str]]
+METHODS = ("rloo", "grpo")
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    metrics: dict[str, float]
+    health: HealthReport
+
+
+class RewardModelScore:
+    """A sequence-classification reward model as a TRL reward function: each prompt + completion rendered by
+    the reward model's chat template, scored at its last token (as TRL scores a model reward function; a
+    Python function lets `LengthTracker` see every score)."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+        self.model.config.pad_token_id = tokenizer.pad_token_id  # scores are read at the last non-pad token
+        self.max_length = context_window(model, tokenizer)
+
+    @classmethod
+    def load(cls, reward_dir: Path) -> RewardModelScore:
+        from lifecycle.align.reward import load_reward_model
+
+        return cls(*load_reward_model(reward_dir))
+
+    def to(self, device: torch.device | str) -> RewardModelScore:
+        self.model.to(device)
+        return self
+
+    def __call__(self, prompts: list[Messages], completions: list[Messages], **kwargs: Any) -> list[float]:
+        texts = [self.tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions,
+                                                                                          strict=True)]
+        side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"  # keep the answer's end
+        try:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                 add_special_tokens=False, return_tensors="pt").to(self.model.device)
+        finally:
+            self.tokenizer.truncation_side = side
+        with torch.inference_mode():
+            return self.model(**enc).logits[:, 0].float().tolist()  # (batch,)
+
+
+def policy_args(cfg: Config, ckpt_dir: Path, method: str) -> Any:
+    """trl.RLOOConfig or trl.GRPOConfig from `rlhf.policy.<method>` (passed through) and what the stage owns;
+    a beta <= 0 (no KL leash; GRPO's default) is a ConfigError."""
+    import trl
+
+    if method not in METHODS:
+        raise ConfigError("invalid configuration:\n" + describe(
+            "rlhf.method", method, f"policy optimisation runs one of {', '.join(METHODS)}", cfg._origin))
+    cls = trl.RLOOConfig if method == "rloo" else trl.GRPOConfig
+    forced = {"output_dir": str(ckpt_dir), "report_to": "none", "seed": cfg.run.seed}
+    args = trainer_config(cls, cfg, f"rlhf.policy.{method}", cfg.rlhf.device, forced)
+    if args.beta <= 0:
+        path = f"rlhf.policy.{method}.beta"
+        raise ConfigError("invalid configuration:\n" + describe(
+            path, args.beta, "the KL coefficient must be > 0: without the leash to the SFT model the policy is free "
+                             f"to exploit the reward model ({cls.__name__}'s default is {cls.beta})", cfg._origin))
+    return args
+
+
+def fit_prompts(prompts: list[Messages], tokenizer: PreTrainedTokenizerBase, window: int,
+                completion_length: int, limit: int) -> list[Messages]:
+    """The first `limit` prompts that leave room for a full completion in the model's context."""
+    fitting = [p for p in prompts if len(chat_ids(tokenizer, p, add_generation_prompt=True)) + completion_length
+               <= window]
+    if len(fitting) < len(prompts):
+        log.info("policy: %d of %d prompts dropped: longer than the context (%d) less max_completion_length (%d)",
+                 len(prompts) - len(fitting), len(prompts), window, completion_length)
+    if not fitting:
+        raise InputError(f"policy: none of the {len(prompts)} prompts fits the policy's context of {window} tokens "
+                         f"with max_completion_length {completion_length}")
+    return fitting[:limit]
+
+
+def build_trainer(cfg: Config, sft_dir: Path, reward_funcs: Sequence[RewardFunc], prompts: list[Messages],
+                  ckpt_dir: Path, on_metrics: MetricsHook | None = None) -> tuple[Any, HealthMonitor]:
+    import trl
+
+    method = cfg.rlhf.method
+    args = policy_args(cfg, ckpt_dir, method)
+    model, tokenizer = load_causal_lm(sft_dir)  # its folder is also where TRL loads the reference from
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)  # the assistant's turn ends at <|im_end|>
+    window = context_window(model, tokenizer)
+    prompts = fit_prompts(prompts, tokenizer, window, args.max_completion_length, cfg.rlhf.policy.max_prompts)
+    tracker = LengthTracker(args.reward_weights)
+    monitor = HealthMonitor(tracker, on_metrics)
+    cls = trl.RLOOTrainer if method == "rloo" else trl.GRPOTrainer
+    trainer = cls(model=model, reward_funcs=tracker.wrap(reward_funcs), args=args, processing_class=tokenizer,
+                  train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
+                  callbacks=[MetricsCallback(on_metrics, prefix="rlhf/policy", logger=log), monitor])
+    trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
+    for func in reward_funcs:
+        if isinstance(func, RewardModelScore):
+            func.to(trainer.accelerator.device)
+    return trainer, monitor
+
+
+def train_policy(cfg: Config, sft_dir: Path, reward_dir: Path | None, prompts: list[Messages], out_dir: Path,
+                 ckpt_dir: Path, on_metrics: MetricsHook | None = None,
+                 reward_funcs: Sequence[RewardFunc] | None = None) -> PolicyResult:
+    """Optimise the SFT model in `sft_dir` against the reward model in `reward_dir` (or `reward_funcs`);
+    write out_dir/policy (model + tokenizer) and out_dir/policy_health.json."""
+    if reward_funcs is None:
+        if reward_dir is None:
+            raise ConfigError("policy: no reward model folder and no reward functions were given")
+        reward_funcs = [RewardModelScore.load(reward_dir)]
+    trainer, monitor = build_trainer(cfg, sft_dir, reward_funcs, prompts, ckpt_dir, on_metrics)
+    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if resume:
+        log.info("policy: resuming from %s", resume)
+    output = trainer.train(resume_from_checkpoint=resume)
+    health = assess(monitor.history, cfg.rlhf.health)
+    metrics = {"steps": float(output.global_step), "resumed": float(bool(resume)),
+               "prompts": float(len(trainer.train_dataset))} | health.summary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final, partial = out_dir / "policy", out_dir / "policy.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.save_model(str(partial))
+    trainer.processing_class.save_pretrained(str(partial))  # with the chat template the policy answers in
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    report = {"metrics": metrics, "alarm": health.alarm, "reasons": health.reasons,
+              "history": [asdict(p) for p in monitor.history]}
+    (out_dir / "policy_health.json").write_text(json.dumps(_finite(report), indent=2))
+    log.info("policy (%s): reward %.4g -> %.4g, KL max %.4g, length %.4g -> %.4g%s", cfg.rlhf.method,
+             metrics["reward_first"], metrics["reward_last"], metrics["kl_max"], metrics["length_first"],
+             metrics["length_last"], ": ALARM" if health.alarm else "")
+    return PolicyResult(metrics=metrics, health=health)
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a metric that was never logged) -> null: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
