@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 MetricsHook = Callable[[dict[str, float], int], None]
 # the numbers worth a log line (with or without "eval_"); every number goes to on_metrics
 SHOWN = ("loss", "train_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "accuracy", "margin",
-         "rewards/accuracies", "rewards/margins")
+         "rewards/accuracies", "rewards/margins", "reward", "kl", "completions/mean_length")
 
 
 class MetricsCallback(TrainerCallback):
