@@ -155,3 +155,21 @@ def test_simulated_votes_are_synthetic_and_idempotent(store: PreferenceStore) ->
     assert cast_votes(store, "sim", votes) == 0
     assert all(j.synthetic for j in store.judgements("sim")) and store.progress("sim").done
     assert [v.votes for v in store.voted_items("sim")] == [("a", "a")] * 3
+
+
+def test_stores_opened_from_many_threads_at_once_migrate_safely(tmp_path: Path) -> None:
+    """The flow and the app's threads open the same store concurrently (Alembic's proxies are global)."""
+    errors: list[BaseException] = []
+
+    def open_one(i: int) -> None:
+        try:
+            PreferenceStore.open(default_url(tmp_path / f"s{i % 2}"))
+        except BaseException as err:  # noqa: BLE001 - collected for the assertion
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
