@@ -12,8 +12,11 @@ loading a trained one back, with its tokenizer, from any folder that holds them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -108,3 +111,24 @@ def context_window(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         if value:
             return int(value)
     return int(tokenizer.model_max_length)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no dropout) inside the block, then back to the mode the model had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), each (n, longest): the sequences left-aligned, padded with `pad_id`."""
+    ids = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, seq in enumerate(seqs):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        mask[i, :len(seq)] = 1
+    return ids, mask

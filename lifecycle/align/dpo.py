@@ -30,7 +30,7 @@ from lifecycle.align.pairs import Row, trl_rows
 from lifecycle.align.reward import conversation_ids, prepare_rows
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
-from lifecycle.model import context_window, load_causal_lm
+from lifecycle.model import context_window, evaluating, load_causal_lm, right_pad
 
 log = logging.getLogger("lifecycle.rlhf")
 
@@ -61,17 +61,13 @@ def logprob_margins(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     batch_size: int = 8) -> list[float]:
     """log p(chosen | prompt) - log p(rejected | prompt) for each row under `model` (sums over answer tokens)."""
     margins: list[float] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for begin in range(0, len(rows), batch_size):
             batch = rows[begin:begin + batch_size]
             seqs = [answer_tokens(tokenizer, r, side) for side in ("chosen", "rejected") for r in batch]
-            ids = torch.full((len(seqs), max(len(s) for s, _ in seqs)), tokenizer.pad_token_id, dtype=torch.long)
-            attention, answer = torch.zeros_like(ids), torch.zeros_like(ids)
+            ids, attention = right_pad([seq for seq, _ in seqs], tokenizer.pad_token_id)
+            answer = torch.zeros_like(ids)
             for i, (seq, start) in enumerate(seqs):
-                ids[i, :len(seq)] = torch.tensor(seq)
-                attention[i, :len(seq)] = 1
                 answer[i, start:len(seq)] = 1
             ids, attention, answer = ids.to(model.device), attention.to(model.device), answer.to(model.device)
             with torch.inference_mode():
@@ -81,8 +77,6 @@ def logprob_margins(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             logps = (token_logps * answer[:, 1:]).sum(-1).cpu()  # (2b,)
             chosen, rejected = logps.chunk(2)
             margins += (chosen - rejected).tolist()
-    finally:
-        model.train(was_training)
     return margins
 
 

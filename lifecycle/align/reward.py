@@ -38,7 +38,7 @@ from lifecycle.align.pairs import Row, split_pairs, trl_rows
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
 from lifecycle.errors import LifecycleError
-from lifecycle.model import context_window, find_hf_dirs
+from lifecycle.model import context_window, evaluating, find_hf_dirs, right_pad
 
 log = logging.getLogger("lifecycle.rlhf")
 
@@ -115,24 +115,16 @@ def score_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows
     """r(chosen) - r(rejected) for each row: prompt + answer through the chat template, right-padded, chosen
     and rejected in one batch, as RewardTrainer's collator feeds them."""
     margins: list[float] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
             seqs = [conversation_ids(tokenizer, r["prompt"] + r[side])
                     for side in ("chosen", "rejected") for r in batch]  # chosen first, as the collator
-            ids = torch.full((len(seqs), max(map(len, seqs))), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, seq in enumerate(seqs):
-                ids[i, :len(seq)] = torch.tensor(seq)
-                mask[i, :len(seq)] = 1
+            ids, mask = right_pad(seqs, tokenizer.pad_token_id)
             with torch.inference_mode():
                 rewards = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, 0]
             chosen, rejected = rewards.float().cpu().chunk(2)  # (batch,) each
             margins += (chosen - rejected).tolist()
-    finally:
-        model.train(was_training)
     return margins
 
 
