@@ -8,9 +8,11 @@ from typing import Any
 
 from prefect import flow
 
+from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.preferences import preferences_flow
 from flows.pretrain import pretrain_flow
+from flows.promote import promote_flow
 from flows.rag_index import rag_index_flow
 from flows.rlhf import rlhf_flow
 from flows.sft import sft_flow
@@ -20,7 +22,7 @@ from lifecycle.runtime import RunSettings
 from lifecycle.stages import plan_stages
 from lifecycle.store import StageOutput
 from tasks.common import check_trainer_sections, pipeline_run
-from tasks.registry import mark_candidate
+from tasks.registry import mark_challenger
 
 
 @flow(name="lifecycle-pipeline", flow_run_name="pipeline-{profile}")
@@ -52,5 +54,10 @@ def pipeline(profile: str = "default", overrides: list[str] | None = None, sourc
         if ctx.wants("rag_index"):
             out["rag_index"] = rag_index_flow(ctx=ctx, ingest=out["ingest"], model=chat)
         if chat:
-            mark_candidate(ctx, chat)
+            mark_challenger(ctx, chat, out)
+        if ctx.wants("evaluate"):
+            out["evaluate"] = evaluate_flow(ctx=ctx, ingest=out["ingest"], pretrain=out["pretrain"], sft=out["sft"],
+                                            rlhf=out["rlhf"], rag_index=out["rag_index"])
+        if ctx.wants("promote"):
+            out["promote"] = promote_flow(ctx=ctx, evaluate=out["evaluate"])
     return {stage: asdict(output) for stage, output in out.items()}

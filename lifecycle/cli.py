@@ -11,6 +11,8 @@
     lifecycle ui mlflow|prefect                     # dashboards over the state directory
     lifecycle annotate | annotators add NAME | preferences status|resume   # people's votes (preferences/cli.py)
     lifecycle eval-reward --pairs FILE [--model REF]   # a reward model's accuracy on your pairs (align/cli.py)
+    lifecycle models | promote VERSION --reason TEXT | rollback   # the registry and @champion (evaluate/cli.py)
+    lifecycle serve [--host 127.0.0.1] [--port 8000]   # OpenAI-shaped API + chat page over @champion (serve/cli.py)
 
 User errors (bad config, bad input, failed validation) print a message and exit with status 2, no traceback.
 """
@@ -64,10 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "@champion, else @candidate)")
     _rag_parsers(sub)
     from lifecycle.align import cli as align_cli
+    from lifecycle.evaluate import cli as evaluate_cli
     from lifecycle.preferences import cli as preferences_cli
+    from lifecycle.serve import cli as serve_cli
 
     preferences_cli.add_parsers(sub, _config_args)
+    serve_cli.add_parsers(sub, _config_args)
     align_cli.add_parsers(sub, _config_args)
+    evaluate_cli.add_parsers(sub, _config_args)
     bench = sub.add_parser("bench", help="reproducible measurements, one JSON line (results: docs/BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from lifecycle.bench import add_pretrain_args
@@ -132,8 +138,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     for stage, out in outputs.items():
         model = f"  -> {out['model']['name']}/{out['model']['version']}" if out.get("model") else ""
         print(f"  {stage:<10} {'cached ' if out['cached'] else 'computed'}  {out['path']}{model}")
-    print(f"MLflow UI:  lifecycle ui mlflow --state-dir {state_dir}")
+    _print_outcome(outputs, state_dir)
     return 0
+
+
+def _print_outcome(outputs: dict, state_dir: Path) -> None:
+    """The gate's verdict with its reasons, then how to use the model and where to look."""
+    if "promote" in outputs:
+        decision = json.loads((Path(outputs["promote"]["path"]) / "decision.json").read_text())
+        if decision["passed"]:
+            print(f"\n{decision['candidate']} passed the gate: it is @champion.")
+        else:
+            print(f"\n{decision['candidate']} was REFUSED by the gate; @champion is unchanged "
+                  f"({decision['champion'] or 'none yet'}). Failed rules:")
+            for rule in decision["rules"]:
+                if rule["passed"] is False:
+                    print(f"  - {rule['rule']}: {rule['metric']} {rule['value']:.4f} {rule['op']} "
+                          f"{rule['threshold']:.4f} ({rule['detail']})")
+            print("  (promote it anyway with: lifecycle promote VERSION --reason TEXT)")
+    where = f"--state-dir {state_dir}"
+    print(f"Ask it:     lifecycle ask \"What does json.dumps do?\" {where}")
+    print(f"Serve it:   lifecycle serve {where}   (OpenAI-shaped API + chat page)")
+    print(f"Versions:   lifecycle models {where}")
+    print(f"Dashboards: lifecycle ui mlflow {where}   (runs, the report card under the evaluate run, the registry)")
+    print(f"            lifecycle ui prefect {where}  (the flow run and its task runs)")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -266,11 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "config": cmd_config, "stages": cmd_stages, "lineage": cmd_lineage, "ui": cmd_ui,
                 "search": cmd_search, "ask": cmd_ask, "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
     from lifecycle.align.cli import HANDLERS as ALIGN
+    from lifecycle.evaluate.cli import HANDLERS as REGISTRY
     from lifecycle.preferences.cli import HANDLERS as PREFERENCES
+    from lifecycle.serve.cli import HANDLERS as SERVE
 
+    commands = PREFERENCES | ALIGN | REGISTRY | SERVE
     try:
-        if args.command in PREFERENCES | ALIGN:
-            return (PREFERENCES | ALIGN)[args.command](args, load)
+        if args.command in commands:
+            return commands[args.command](args, load)
         return handlers[args.command](args)
     except LifecycleError as err:
         print(f"error: {err}", file=sys.stderr)

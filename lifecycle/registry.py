@@ -2,9 +2,10 @@
 reference, fetch a version's files, and find what a version was built from. Every other module goes
 through here; nothing picks "the newest version": models move between stages as `ModelRef`s.
 
-Aliases on the chat model line (run.models.chat): `@candidate` (the final model of the latest pipeline
-run), `@challenger` (a candidate under evaluation), `@champion` (in production; moves only through the
-promotion gate).
+Aliases on the chat model line (run.models.chat): `@candidate` and `@challenger` (the final model of the
+latest pipeline run, under evaluation), `@champion` (in production; moves only through the promotion gate,
+a hand promotion or a rollback, one at a time under `promotion_lock`, each move recording the champion it
+replaced so `rollback_champion` can restore it).
 
     ref = register_model(model_dir, "lifecycle-gpt", tags={"lifecycle.base_model": "lifecycle-gpt-base/3"})
     set_alias(ref, CANDIDATE); get_alias("lifecycle-gpt", CANDIDATE) == ref
@@ -14,10 +15,14 @@ promotion gate).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from typing import Any
 from lifecycle.errors import LifecycleError
 
 CANDIDATE, CHALLENGER, CHAMPION = "candidate", "challenger", "champion"
+PREVIOUS = "lifecycle.previous_champion"  # on a champion: the version it replaced ("none" for the first)
 PARENT_TAGS = ("lifecycle.base_model",)  # version tags naming the model a version was trained from
 _REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
@@ -148,3 +154,61 @@ def versions_tagged(name: str, tag: str) -> dict[str, str]:
     if "'" in name:
         return {}
     return {v.version: v.tags[tag] for v in _client().search_model_versions(f"name = '{name}'") if tag in v.tags}
+
+
+def list_versions(name: str) -> list[dict[str, Any]]:
+    """Every version of `name` (oldest first) with its aliases and tags."""
+    if "'" in name:
+        raise LifecycleError(f"model name {name!r}: quotes are not allowed")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = _client().get_registered_model(name).aliases  # {alias: version}; searches leave aliases out
+    except MlflowException:
+        raise LifecycleError(f"no model named '{name}' is registered") from None
+    found = _client().search_model_versions(f"name = '{name}'")
+    return sorted(({"version": int(v.version), "aliases": sorted(a for a, ver in aliases.items() if str(ver) == str(v.version)),
+                    "created": v.creation_timestamp,
+                    "run_id": v.run_id, "tags": dict(v.tags)} for v in found), key=lambda v: v["version"])
+
+
+@contextmanager
+def promotion_lock(lock_dir: Path, name: str) -> Iterator[None]:
+    """One alias move of `name` at a time on this machine (an exclusive lock file under `lock_dir`). Callers
+    re-read the champion inside the lock, so a promotion decided on a stale view is refused, not applied."""
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(lock_dir) / f"promote-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def move_champion(ref: ModelRef, tags: dict[str, str]) -> ModelRef | None:
+    """Point `name@champion` at `ref` (hold `promotion_lock`), recording the version it replaced on `ref`;
+    returns that version (None for the first champion)."""
+    previous = get_alias(ref.name, CHAMPION)
+    stamp = {"lifecycle.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if previous != ref:
+        stamp[PREVIOUS] = str(previous) if previous else "none"
+    tag_version(ref, tags | stamp)
+    set_alias(ref, CHAMPION)
+    return previous
+
+
+def rollback_champion(name: str, tags: dict[str, str]) -> tuple[ModelRef, ModelRef]:
+    """(rolled back, restored): `name@champion` back to the version the current one replaced (hold
+    `promotion_lock`); the rolled-back version is tagged with `tags` and where the alias went."""
+    current = get_alias(name, CHAMPION)
+    if current is None:
+        raise LifecycleError(f"rollback: '{name}' has no @{CHAMPION}")
+    previous = version_tags(current).get(PREVIOUS, "none")
+    if previous == "none":
+        raise LifecycleError(f"rollback: {current} was the first champion of '{name}': there is no previous one "
+                             "(promote another version by hand instead)")
+    restored = resolve(previous)
+    set_alias(restored, CHAMPION)
+    tag_version(current, tags | {"lifecycle.rolled_back_to": str(restored),
+                                 "lifecycle.rolled_back_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return current, restored

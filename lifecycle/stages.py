@@ -32,7 +32,8 @@ class Stage:
     code: tuple[str, ...]  # library modules whose source is part of its cache key
     after: tuple[str, ...] = ()  # gates: stages that must have passed first (not part of its key)
     uses: tuple[str, ...] = ()  # model stages whose reference it takes when they run too (not part of its key)
-    key_extras: tuple[str, ...] = ()  # "seed": run.seed; "sources" / "preference_files": content hashes of files
+    key_extras: tuple[str, ...] = ()  # "seed": run.seed; "sources" / "preference_files": content hashes of files;
+    # "serve": the query-time settings it uses; DYNAMIC ones come from the running pipeline (registry, stores)
     model: bool = False  # registers a model version and hands on its reference
 
     @property
@@ -59,11 +60,11 @@ GRAPH: tuple[Stage, ...] = (
           produces="the instruction-tuned chat model, registered: its reference; held-out loss and ROUGE-L",
           code=("lifecycle.align.sft", "lifecycle.align.sft_data", "lifecycle.evaluate.text", "lifecycle.rag.prompt",
                 "lifecycle.tokenizer", "lifecycle.model", "lifecycle.config.passthrough")),
-    Stage("preferences", inputs=("sft", "ingest"), key_extras=("preference_files",),
+    Stage("preferences", inputs=("sft", "ingest"), key_extras=("preference_files", "feedback"),
           produces="a preference set (TRL prompt/chosen/rejected, content-hashed) voted by people in the annotation "
                    "app, by a simulated judge, or imported; its quality statistics",
           code=("lifecycle.preferences.collect", "lifecycle.preferences.export", "lifecycle.preferences.importers",
-                "lifecycle.preferences.simulated", "lifecycle.preferences.stats")),
+                "lifecycle.preferences.simulated", "lifecycle.preferences.stats", "lifecycle.preferences.feedback")),
     Stage("rlhf", inputs=("sft", "preferences"), key_extras=("seed",), model=True,
           produces="the aligned policy (RLOO/GRPO against a reward model with a KL leash, or DPO) and the reward "
                    "model, registered: the policy's reference; health checks and the reward-hacking alarm",
@@ -72,7 +73,16 @@ GRAPH: tuple[Stage, ...] = (
     Stage("rag_index", inputs=("ingest",), after=("validate",), uses=("sft", "rlhf"),
           produces="a version of the LanceDB chunk table and its retrieval metrics; paired with the run's model",
           code=("lifecycle.rag.chunk", "lifecycle.rag.embed", "lifecycle.rag.index", "lifecycle.rag.evaluate")),
+    Stage("evaluate", inputs=("ingest", "pretrain", "sft", "rlhf", "rag_index"), key_extras=("champion", "serve"),
+          produces="the candidate against @champion, the SFT and base models on held-out data: bits per byte, "
+                   "ROUGE-L with and without retrieval, reward-model win rates, recall@k, latency; the report card",
+          code=("lifecycle.evaluate.metrics", "lifecycle.evaluate.text", "lifecycle.evaluate.report",
+                "lifecycle.rag.answer", "lifecycle.rag.prompt", "lifecycle.align.reward", "lifecycle.align.sft")),
+    Stage("promote", inputs=("evaluate",),
+          produces="the gate's decision (each rule, value, threshold, verdict); @champion moves only on a pass",
+          code=("lifecycle.evaluate.gate",)),
 )
+DYNAMIC = ("champion", "feedback")  # key extras read from the registry and the preference store by the pipeline
 STAGES: dict[str, Stage] = {s.name: s for s in GRAPH}
 
 
@@ -134,8 +144,16 @@ def section_data(stage: Stage, cfg: Config) -> dict[str, Any]:
     return cfg.section(stage.section).model_dump(mode="json", by_alias=True)
 
 
-def key_extras(stage: Stage, cfg: Config) -> dict[str, str]:
+def key_extras(stage: Stage, cfg: Config, dynamic: Callable[[str], str] | None = None) -> dict[str, str]:
+    """The extras of `stage`'s key; `dynamic(name)` gives the DYNAMIC ones (the champion version a stage
+    compares with, the preference store's feedback digest): only a running pipeline can read those."""
     extras: dict[str, str] = {}
+    for name in (n for n in stage.key_extras if n in DYNAMIC):
+        if dynamic is None:
+            raise LifecycleError(f"stage {stage.name}: its key needs '{name}', which only the pipeline can read")
+        extras[name] = dynamic(name)
+    if "serve" in stage.key_extras:
+        extras["serve"] = hash_json(cfg.serve.model_dump(mode="json", include={"search", "answer"}))
     if "seed" in stage.key_extras:
         extras["seed"] = str(cfg.run.seed)
     if "sources" in stage.key_extras:
@@ -160,16 +178,21 @@ def stage_key(stage: Stage, cfg: Config, input_keys: dict[str, str], extras: dic
                       "code": hash_modules(stage.code), "extra": extras})
 
 
-def planned_keys(cfg: Config, stage: str, identity: Callable[[str, str], str] | None = None) -> dict[str, str]:
+def planned_keys(cfg: Config, stage: str, identity: Callable[[str, str], str] | None = None,
+                 dynamic: Callable[[str, str, dict[str, str]], str] | None = None) -> dict[str, str]:
     """The cache keys of `stage` and of every stage it reads, computed without running anything.
     `identity(stage, key)` gives what a reader of that output keys on (its content hash, when the stored
-    output has one: lifecycle.store.StageOutput.identity); by default the key itself."""
+    output has one: lifecycle.store.StageOutput.identity); by default the key itself. `dynamic(stage, extra,
+    input keys)` gives a DYNAMIC key extra (needed by the stages that have one)."""
     keys: dict[str, str] = {}
 
     def key(name: str) -> str:
         if name not in keys:
             spec = STAGES[name]
-            keys[name] = stage_key(spec, cfg, {i: identity(i, key(i)) if identity else key(i) for i in spec.inputs})
+            inputs = {i: key(i) for i in spec.inputs}
+            extras = key_extras(spec, cfg, (lambda extra: dynamic(name, extra, inputs)) if dynamic else None)
+            keys[name] = stage_key(spec, cfg, {i: identity(i, k) if identity else k for i, k in inputs.items()},
+                                   extras)
         return keys[name]
 
     key(stage)

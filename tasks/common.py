@@ -157,7 +157,7 @@ def cached_inputs(ctx: RunContext, stage: str) -> dict[str, StageOutput]:
     spec = STAGES[stage]
     found: dict[str, StageOutput] = {}
     for name in spec.inputs + spec.after:
-        key = planned_keys(ctx.cfg, name, _identity(ctx))[name]
+        key = planned_keys(ctx.cfg, name, _identity(ctx), _planned_dynamic(ctx))[name]
         output = ctx.store.lookup(name, key)
         if output is None:
             raise LifecycleError(f"stage {stage} runs on the cached output of {name}, but there is none for this "
@@ -176,14 +176,44 @@ def _identity(ctx: RunContext) -> Callable[[str, str], str]:
     return identity
 
 
+def _planned_dynamic(ctx: RunContext) -> Callable[[str, str, dict[str, str]], str]:
+    def value(stage: str, extra: str, input_keys: dict[str, str]) -> str:
+        found = {name: ctx.store.lookup(name, key) for name, key in input_keys.items()}
+        return dynamic_extra(ctx, extra, {name: out.model for name, out in found.items() if out is not None})
+
+    return value
+
+
+def dynamic_extra(ctx: RunContext, extra: str, models: dict[str, ModelRef | None]) -> str:
+    """A key extra only the running pipeline can read (lifecycle.stages.DYNAMIC): the champion the evaluate
+    stage compares with (given its candidate, the rlhf model), or the preference store's feedback digest."""
+    if extra == "champion":
+        from lifecycle.evaluate.promotion import champion_before
+
+        found = champion_before(ctx.cfg.run.models.chat, models.get("rlhf"))
+        return str(found) if found else "none"
+    if extra == "feedback":
+        from lifecycle.preferences.feedback import feedback_digest
+        from tasks.preferences import open_store
+
+        return feedback_digest(open_store(ctx))
+    raise LifecycleError(f"unknown dynamic key extra {extra!r}")
+
+
+def key_parts(ctx: RunContext, stage: str, inputs: dict[str, StageOutput]) -> tuple[str, dict[str, str],
+                                                                                    dict[str, str]]:
+    """(key, what it takes from each input, extras) of `stage` on these inputs in this run."""
+    key_inputs = {name: out.identity for name, out in inputs.items()}  # a content hash where the key is not enough
+    models = {name: out.model for name, out in inputs.items()}
+    extras = key_extras(STAGES[stage], ctx.cfg, lambda extra: dynamic_extra(ctx, extra, models))  # e.g. source hashes
+    return stage_key(STAGES[stage], ctx.cfg, key_inputs, extras), key_inputs, extras  # refuses undeclared inputs
+
+
 def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
               work: Callable[[StageDirs], StageResult]) -> StageOutput:
     """Return the stage's output: from the cache when nothing it depends on changed, else computed."""
-    logger = get_run_logger()
-    spec = STAGES[stage]
-    key_inputs = {name: out.identity for name, out in inputs.items()}  # a content hash where the key is not enough
-    extras = key_extras(spec, ctx.cfg)  # e.g. the sources' content hashes
-    key = stage_key(spec, ctx.cfg, key_inputs, extras)  # refuses inputs the graph does not declare
+    logger, spec = get_run_logger(), STAGES[stage]
+    key, key_inputs, extras = key_parts(ctx, stage, inputs)
     store = ctx.store
     cached = store.lookup(stage, key)
     if stage in ctx.plan.reuse:
@@ -220,7 +250,8 @@ def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
         shutil.rmtree(checkpoints, ignore_errors=True)
         seconds = time.perf_counter() - started
         mlflow.log_metrics(_metric_names(stage, metrics) | {f"{stage}/seconds": seconds, f"{stage}/cache_hit": 0.0})
-        mlflow.set_tags(result.tags | ({"lifecycle.model": str(result.model)} if result.model else {}))
+        mlflow.set_tags({"lifecycle.device": "cpu", "lifecycle.device_count": "1"} | result.tags |
+                        ({"lifecycle.model": str(result.model)} if result.model else {}))
     create_table_artifact(key=f"{_slug(stage)}-metrics", table=[{"metric": k, "value": v} for k, v in metrics.items()],
                           description=f"{stage} metrics (key {key})")
     logger.info("%s: done in %.1f s -> %s", stage, seconds, output.path)

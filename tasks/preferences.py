@@ -30,9 +30,9 @@ from lifecycle.preferences.stats import BatchStats, batch_stats, plot_stats
 from lifecycle.preferences.store import NewBatch, PreferenceStore
 from lifecycle.registry import local_copy
 from lifecycle.hashing import hash_json
-from lifecycle.stages import STAGES, key_extras, stage_key
+from lifecycle.stages import STAGES, key_extras
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, key_parts, run_stage
 
 SNAPSHOT = "preferences.jsonl"
 
@@ -49,7 +49,8 @@ def batch_id_for(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str:
     votes.pop("timeout_s", None), votes.pop("poll_interval_s", None), votes.pop("min_agreement", None)
     what = {"sft": sft.key, "ingest": docs.key, "mode": p.mode, "round": p.round, "votes": votes,
             "prompts": p.prompts.model_dump(), "sampling": p.sampling.model_dump(),
-            "files": key_extras(STAGES["preferences"], ctx.cfg)}
+            "files": {k: v for k, v in key_extras(STAGES["preferences"], ctx.cfg, lambda _: "").items()
+                      if k != "feedback"}}  # feedback joins the set at export, not the people's batch
     return f"{p.mode[:5]}-{hash_json(what)}"
 
 
@@ -58,7 +59,7 @@ def publish_batch(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str |
     """The batch id to wait for and export, or None when nothing is to be collected (import mode, or the
     stage's output is cached already)."""
     cfg, logger = ctx.cfg, get_run_logger()
-    key = stage_key(STAGES["preferences"], cfg, {"sft": sft.key, "ingest": docs.key})
+    key, _, _ = key_parts(ctx, "preferences", {"sft": sft, "ingest": docs})
     if cfg.preferences.mode == "import" or (ctx.store.lookup("preferences", key) and "preferences" not in
                                             ctx.plan.force):
         return None
@@ -112,6 +113,12 @@ def export_preferences(ctx: RunContext, sft: StageOutput, docs: StageOutput, bat
             exp = cfg.preferences.export
             rows, counts = export_rows(store.voted_items(batch_id), exp.ties, exp.min_agreement, exp.min_votes)
             stats = batch_stats(store.judgements(batch_id))
+        from lifecycle.preferences.feedback import feedback_rows
+
+        feedback = feedback_rows(open_store(ctx))  # what people said on the chat page (lifecycle serve)
+        rows, counts = rows + feedback, counts | {"feedback": len(feedback)}
+        if feedback:
+            get_run_logger().info("preferences: %d pairs from the chat page's feedback join the set", len(feedback))
         if not rows:
             raise LifecycleError(f"preferences: no pair survived the export ({counts}); every vote is kept in the "
                                  "store: collect more votes or relax preferences.export")

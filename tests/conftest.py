@@ -46,6 +46,11 @@ TINY = [
     "rlhf.dpo.trainer.max_steps=4",
     "rlhf.dpo.trainer.logging_steps=2",
     "rlhf.dpo.trainer.per_device_train_batch_size=4",
+    "evaluate.questions=6",
+    "evaluate.max_new_tokens=8",
+    "evaluate.text_bytes=20000",
+    "evaluate.latency_requests=2",
+    "evaluate.samples=2",
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from lifecycle.config.base import Section
+from lifecycle.config.evaluate import AgainstChampion, EvaluateConfig, Minimums, PromoteConfig
 from lifecycle.config.ingest import IngestConfig, NearDupConfig, SourceConfig
 from lifecycle.config.loader import Origins, deep_merge, explain, find_conf_dir, origin_of, read_layers
 from lifecycle.config.preferences import AnnotateConfig, PreferencesConfig
@@ -44,8 +45,8 @@ from lifecycle.config.validate import ValidateConfig
 from lifecycle.errors import ConfigError
 from lifecycle.hashing import hash_json
 
-__all__ = ["AnnotateConfig", "AnswerConfig", "Config", "ConfigError", "DistributedConfig", "IngestConfig", "ModelArchConfig",
-           "ModelNames", "NearDupConfig", "OptimConfig", "PreferencesConfig", "PretrainConfig", "RagAnnConfig", "RagChunkConfig",
+__all__ = ["AgainstChampion", "AnnotateConfig", "AnswerConfig", "Config", "ConfigError", "DistributedConfig", "EvaluateConfig", "IngestConfig", "Minimums", "ModelArchConfig",
+           "ModelNames", "NearDupConfig", "OptimConfig", "PreferencesConfig", "PretrainConfig", "PromoteConfig", "RagAnnConfig", "RagChunkConfig",
            "RagEmbedConfig", "RagEvalConfig", "RagIndexConfig", "RagRetentionConfig", "RlhfConfig", "RunConfig", "SampleConfig",
            "SearchConfig", "Section", "ServeConfig", "SftConfig", "SftDataConfig", "SftEvalConfig", "SourceConfig",
            "TokenizeConfig", "ValidateConfig", "config_hash", "deep_merge", "find_conf_dir", "load_config"]
@@ -61,6 +62,8 @@ class Config(Section):
     preferences: PreferencesConfig
     rlhf: RlhfConfig
     rag_index: RagIndexConfig
+    evaluate: EvaluateConfig
+    promote: PromoteConfig
     serve: ServeConfig
     annotate: AnnotateConfig
 

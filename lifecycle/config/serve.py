@@ -1,5 +1,6 @@
-"""conf/serve.yaml: query-time settings for `lifecycle search`, `lifecycle ask` (and later the serving
-API). Not part of any stage's cache key: editing them never rebuilds the index or retrains a model."""
+"""conf/serve.yaml: query-time settings for `lifecycle search`, `lifecycle ask` and `lifecycle serve` (the
+OpenAI-shaped API and chat page, `server:`). Not part of any stage's cache key: editing them never rebuilds
+the index or retrains a model."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ class AnswerConfig(Section):
     system_prompt: str | None = Field(min_length=1)  # null: the model's own default (set by the sft stage)
 
 
+class ServerConfig(Section):
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    public_url: str | None  # the address people open, when not http://host:port (a proxy)
+    reload_interval_s: float = Field(ge=0)  # how often the aliases are checked for a move (0: never)
+    compare_with_challenger: bool  # also serve NAME@challenger, for side-by-side comparisons on the chat page
+    max_body_bytes: int = Field(ge=1024)  # larger request bodies are refused (413)
+    max_prompt_chars: int = Field(ge=1)  # the question plus any system message, in characters
+    api_key_env: str = Field(min_length=1)  # when this environment variable is set, /v1/* need it as a bearer key
+    trace: bool  # one MLflow trace per completion (retrieve + generate spans)
+    recent_answers: int = Field(ge=1)  # answers kept in memory, so feedback can name them by id
+    feedback_annotator: str = Field(min_length=1, max_length=64)  # who chat-page votes are recorded as
+
+
 class ServeConfig(Section):
     search: SearchConfig
     answer: AnswerConfig
+    server: ServerConfig

@@ -90,3 +90,19 @@ class Secret(Base):
     __tablename__ = "secrets"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[str] = mapped_column(String(128))
+
+
+class Rating(Base):
+    """A thumbs up (+1) or down (-1) on one served answer, from the chat page (lifecycle/serve). Ratings of
+    different answers to the same prompt become preference pairs (lifecycle/preferences/feedback.py)."""
+
+    __tablename__ = "ratings"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # made by the client: a replay is recognised
+    model: Mapped[str] = mapped_column(String(256))  # the registry reference that answered, NAME/VERSION
+    prompt: Mapped[str] = mapped_column(Text)  # JSON list of chat messages, as in items.prompt
+    prompt_id: Mapped[str] = mapped_column(String(64), index=True)
+    answer: Mapped[str] = mapped_column(Text)
+    score: Mapped[int] = mapped_column(Integer)  # +1 | -1
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    meta: Mapped[str] = mapped_column(Text, default="{}")  # JSON: origin, trace id, sources, alias
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

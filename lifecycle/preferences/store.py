@@ -126,10 +126,15 @@ class PreferenceStore:
         return (row[0], row[1]) if row else None
 
     def synthetic_annotator(self, name: str) -> int:
+        return self.tokenless_annotator(name, synthetic=True)
+
+    def tokenless_annotator(self, name: str, synthetic: bool) -> int:
+        """The id of an annotator nobody signs in as (created on first use): a simulated judge (synthetic), or
+        the chat page of `lifecycle serve` recording people's feedback (not synthetic)."""
         with write(self.engine) as s:
             found = s.scalar(select(Annotator.id).where(Annotator.name == name))
             if found is None:
-                annotator = Annotator(name=name, synthetic=True)
+                annotator = Annotator(name=name, synthetic=synthetic)
                 s.add(annotator)
                 s.flush()
                 found = annotator.id

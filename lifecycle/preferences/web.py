@@ -7,6 +7,7 @@ a request body limit and security headers as pure ASGI middleware.
     guard.origin(request); guard.csrf(creds, request.headers.get("x-csrf-token"))   # 403 for a POST that fails
     cookie = guard.signer.session(annotator_id, token_hash)                          # "<id>.<issued>.<hmac>"
     app.add_middleware(BodyLimit, max_bytes=16384)      # 413 on a larger Content-Length or streamed body
+                                                        # (problem=fn(status, message) shapes the error body)
     app.add_middleware(SecurityHeaders)
 
 The session cookie signs the annotator id, the issue time and the annotator's token hash, so revoking the
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -107,8 +109,10 @@ class BodyLimit:
     """Refuse request bodies over `max_bytes` with 413: by Content-Length before the app runs, and by counting
     the bytes of a chunked (length-less) body as the app reads it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 problem: Callable[[int, str], dict[str, object]] | None = None) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.problem = problem or (lambda _status, message: {"detail": message})  # the error body's shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,10 +121,10 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                await send_json(send, 400, {"detail": "Content-Length is not a number"})
+                await send_json(send, 400, self.problem(400, "Content-Length is not a number"))
                 return
             if int(length) > self.max_bytes:
-                await send_json(send, 413, {"detail": f"request body over {self.max_bytes} bytes"})
+                await send_json(send, 413, self.problem(413, f"request body over {self.max_bytes} bytes"))
                 return
         seen, started = 0, False
 
@@ -142,7 +146,7 @@ class BodyLimit:
             await self.app(scope, counted, watched)
         except TooLarge as err:  # read outside FastAPI's body parsing (which answers it itself)
             if not started:
-                await send_json(send, 413, {"detail": err.detail})
+                await send_json(send, 413, self.problem(413, err.detail))
 
 
 class SecurityHeaders:

@@ -99,21 +99,33 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: li
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
 
+def answer_budget(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, question: str,
+                  system_prompt: str | None, max_new_tokens: int, exact: bool = False) -> tuple[int, int]:
+    """(context window, tokens the answer may take). The model's own context decides: by default the answer
+    gets at most half of what the question leaves (the retrieved context the rest); `exact` asks for
+    `max_new_tokens` itself (a client's max_tokens), refused when the question leaves less room than that."""
+    window = context_window(model, tokenizer)
+    bare = len(_encode(tokenizer, rag_messages(question, [], system_prompt)))
+    if exact:
+        if max_new_tokens > window - bare:
+            raise LifecycleError(f"max_tokens {max_new_tokens}: the question and system prompt take {bare} of the "
+                                 f"model's {window} context tokens, leaving {max(window - bare, 0)} for the answer")
+        return window, max_new_tokens
+    max_new = min(max_new_tokens, (window - bare) // 2)
+    if max_new < MIN_NEW_TOKENS:
+        raise LifecycleError(f"the question and system prompt take {bare} of the model's {window} context tokens, "
+                             f"leaving fewer than {MIN_NEW_TOKENS} for the answer: shorten the question or "
+                             "serve.answer.system_prompt")
+    return window, max_new
+
+
 def answer_question(question: str, retriever: Retriever, model: PreTrainedModel,
                     tokenizer: PreTrainedTokenizerBase, cfg: AnswerConfig, where: str | None = None,
                     model_label: str = "") -> Answer:
     if not getattr(tokenizer, "chat_template", None):
         raise LifecycleError(f"the model's tokenizer ({model_label or 'given'}) has no chat template")
     hits = retriever.search(question, k=cfg.top_k, where=where)
-    window = context_window(model, tokenizer)
-    bare = len(_encode(tokenizer, rag_messages(question, [], cfg.system_prompt)))
-    # the model's own context decides: the answer gets at most half of what the question leaves, the
-    # retrieved context the rest
-    max_new = min(cfg.max_new_tokens, (window - bare) // 2)
-    if max_new < MIN_NEW_TOKENS:
-        raise LifecycleError(f"the question and system prompt take {bare} of the model's {window} context tokens, "
-                             f"leaving fewer than {MIN_NEW_TOKENS} for the answer: shorten the question or "
-                             "serve.answer.system_prompt")
+    window, max_new = answer_budget(model, tokenizer, question, cfg.system_prompt, cfg.max_new_tokens)
     ids, used, truncated = fit_prompt(tokenizer, question, hits, cfg.system_prompt, window - max_new)
     if len(used) < len(hits):
         log.info("ask: %d of %d retrieved chunks fit the model's %d-token context", len(used), len(hits), window)

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
 
 from lifecycle.preferences.app import create_app
@@ -27,31 +23,11 @@ from lifecycle.preferences.db import default_url, read
 from lifecycle.preferences.schema import Vote
 from lifecycle.preferences.store import NewBatch, NewItem, PreferenceStore
 from tests.annotate_fixtures import annotate_config, serving
+from tests.browser.chrome import NEEDS_CHROMIUM, wait_for
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ROOT = Path(__file__).resolve().parents[2]
 MARKUP = "<script>alert(1)</script><b>bold</b>"
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs Debian chromium + chromium-driver; .ci/run installs them")]
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(driver: webdriver.Chrome, condition, message: str) -> None:  # noqa: ANN001 - a predicate on the driver
-    WebDriverWait(driver, 20, poll_frequency=0.05).until(condition, message)
+pytestmark = NEEDS_CHROMIUM
 
 
 def wait_votes(driver: webdriver.Chrome, n: int) -> None:

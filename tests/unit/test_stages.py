@@ -38,7 +38,7 @@ def test_from_reuses_ancestors_and_forces_dependants() -> None:
     assert plan.force == ("validate", "tokenize")  # tokenize runs only behind the validation gate
     plan = plan_stages(from_stage="pretrain")
     assert plan.reuse == ("ingest", "validate", "tokenize")
-    assert plan.force == ("pretrain", "sft", "preferences", "rlhf")  # rag_index does not read pretrain: cached
+    assert plan.force == ("pretrain", "sft", "preferences", "rlhf", "evaluate", "promote")  # not rag_index: cached
 
 
 def test_bad_stage_names_are_errors() -> None:
@@ -81,8 +81,8 @@ def run_pipeline(monkeypatch: pytest.MonkeyPatch, conf_dir: Path, **params: Any)
 
     monkeypatch.setattr(pipeline_module, "pipeline_run", fake_run)
     monkeypatch.setattr(pipeline_module, "check_trainer_sections", lambda cfg, stages: None)
-    monkeypatch.setattr(pipeline_module, "mark_candidate", lambda ctx, model: recorder.calls.append(
-        ("mark_candidate", {"model": model})))
+    monkeypatch.setattr(pipeline_module, "mark_challenger", lambda ctx, model, out: recorder.calls.append(
+        ("mark_challenger", {"model": model})))
     pipeline_module.pipeline.fn(conf_dir=str(conf_dir), **params)
     return recorder
 
@@ -103,7 +103,7 @@ def test_pipeline_flow_agrees_with_the_graph(monkeypatch: pytest.MonkeyPatch, co
         if spec.uses:  # a model from a stage of this run, by reference, never looked up
             produced = [s for s in spec.uses if s in stages]
             assert inputs["model"] == (ModelRef(f"model-of-{produced[-1]}", "1") if produced else None)
-    candidate = [c for name, c in calls if name == "mark_candidate"]
+    candidate = [c for name, c in calls if name == "mark_challenger"]
     final = next((s for s in ("rlhf", "sft") if s in stages), None)  # the run's last model stage
     assert candidate == ([{"model": ModelRef(f"model-of-{final}", "1")}] if final else [])
 
@@ -160,7 +160,7 @@ def test_preference_files_key_the_preferences_stage_by_content(tmp_path: Path, c
     sets = ["preferences.mode=import", f"preferences.import.files=[{pairs}]"]
 
     def keys() -> dict[str, str]:
-        return planned_keys(load_config(conf_dir, overrides=sets), "preferences")
+        return planned_keys(load_config(conf_dir, overrides=sets), "preferences", dynamic=lambda *_: "no-feedback")
 
     first = keys()
     pairs.write_text('{"prompt": "p", "chosen": "yes!", "rejected": "no"}\n')

@@ -1,0 +1,44 @@
+"""conf/evaluate.yaml (the evaluate stage: the candidate against the champion on the same held-out data)
+and conf/promote.yaml (the promotion gate's rules)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from lifecycle.config.base import Section
+
+
+class EvaluateConfig(Section):
+    questions: int = Field(ge=1)  # held-out python-docs questions (not among the preference prompts), answered
+    max_new_tokens: int = Field(ge=1)  # per answer (fewer when the model's context leaves less room)
+    batch_size: int = Field(ge=1)  # answers generated together
+    text_bytes: int = Field(ge=1024)  # validation text (UTF-8 bytes) for bits per byte and perplexity
+    latency_requests: int = Field(ge=1)  # single requests timed for latency and tokens/s
+    samples: int = Field(ge=0)  # answers shown side by side in the report card
+    device: str  # auto | cpu | cuda
+    prices: dict[str, float]  # per device-hour, by device ("cpu", "cuda", or "cuda:<GPU name>")
+    currency: str = Field(min_length=1)
+
+
+class AgainstChampion(Section):
+    """Rules that compare the candidate with the champion (skipped when there is none)."""
+
+    max_bpb_regression: float = Field(ge=0)  # candidate val_bpb <= champion's + this
+    min_win_rate: float = Field(ge=0, le=1)  # reward-model win rate against the champion (ties count half)
+    max_rouge_l_drop: float = Field(ge=0)  # candidate ROUGE-L with retrieval >= champion's - this
+
+
+class Minimums(Section):
+    """Absolute floors: every candidate must meet them (the only rules when there is no champion yet)."""
+
+    max_bpb: float = Field(gt=0)
+    min_rouge_l: float = Field(ge=0, le=1)  # ROUGE-L with retrieval against held-out references
+    min_rag_gain: float  # ROUGE-L with retrieval minus without
+    min_recall: float = Field(ge=0, le=1)  # retrieval recall@recall_k of the paired index
+    recall_k: int = Field(ge=1)
+    no_rlhf_alarm: bool  # refuse a policy whose RLHF run raised a health (reward-hacking) alarm
+
+
+class PromoteConfig(Section):
+    against_champion: AgainstChampion
+    minimums: Minimums

@@ -1,0 +1,208 @@
+"""The candidate against the champion (and the SFT and base models) on the same held-out data:
+
+- bits per byte and perplexity on validation text, each model reading it with its own tokenizer;
+- ROUGE-L of answers to held-out python-docs questions against their reference answers, asked with the
+  chunks retrieved from the run's index and without (the same metric: the gain from retrieval is a number);
+- the reward model's win rate of the candidate's answers against the champion's and the SFT model's;
+- generation latency (p50 of single requests) and tokens/s;
+- a table of answers side by side.
+
+    questions = held_out_questions(cfg, documents, tokenizer)
+    result = evaluate_models(cfg, {"candidate": dir, "champion": dir2, "sft": dir3, "base": dir4}, questions,
+                             documents, retriever, reward_dir)   # evaluation.json (docs/ARCHITECTURE.md)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lifecycle.align.sft import generate_answers
+from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
+from lifecycle.config import Config
+from lifecycle.errors import LifecycleError
+from lifecycle.evaluate.text import mean_rouge_l
+from lifecycle.model import context_window, evaluating, load_causal_lm
+from lifecycle.rag.answer import fit_prompt
+from lifecycle.rag.prompt import rag_messages
+from lifecycle.rag.search import Hit, Retriever
+from lifecycle.tokenizer import chat_template, stop_token_ids
+
+log = logging.getLogger("lifecycle.evaluate")
+ROLES = ("candidate", "champion", "sft", "base")
+TURN_END = 4  # tokens closing an assistant turn in the chat template
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Answers:
+    rag: list[str]
+    rag_prompts: list[Messages]
+    no_rag: list[str] | None = None
+
+
+def held_out_questions(cfg: Config, documents: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
+                       window: int) -> list[Pair]:
+    """Held-out python-docs pairs (their documents are in the validation split: never trained on), minus the
+    ones the preferences stage asked as prompts (the reward model learnt from those)."""
+    _, held_out = build_pairs(cfg.sft.data, documents)
+    fitted, _ = fit_pairs([p for p in held_out if p.source == "python-docs"], tokenizer, window)
+    ranked = sorted(fitted, key=lambda p: p.id)
+    rest = ranked[cfg.preferences.prompts.held_out:]
+    if len(rest) < cfg.evaluate.questions:
+        log.warning("evaluate: only %d held-out questions are not preference prompts; %d of them overlap",
+                    len(rest), min(len(ranked), cfg.evaluate.questions) - len(rest))
+        rest = (rest + ranked)[:cfg.evaluate.questions]
+    if not rest:
+        raise LifecycleError("evaluate: no held-out python-docs questions (the ingested corpus has no python-docs "
+                             "documents in its validation split)")
+    return rest[:cfg.evaluate.questions]
+
+
+def text_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+              batch_size: int) -> dict[str, float]:
+    """{"val_bpb", "perplexity"}: the texts (EOS-separated) in blocks of the model's context, every token after
+    a block's first predicted; bits per byte uses the UTF-8 bytes of the texts, so tokenizers compare."""
+    window = context_window(model, tokenizer)
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
+    blocks = [ids[i:i + window] for i in range(0, len(ids), window)]
+    blocks = [b for b in blocks if len(b) > 1]
+    nats, predicted = 0.0, 0
+    with evaluating(model), torch.inference_mode():
+        for start in range(0, len(blocks), batch_size):
+            for length in sorted({len(b) for b in blocks[start:start + batch_size]}):  # the last block is short
+                x = torch.tensor([b for b in blocks[start:start + batch_size] if len(b) == length],
+                                 device=model.device)
+                logits = model(input_ids=x).logits[:, :-1].float()
+                nats += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                                x[:, 1:].reshape(-1), reduction="sum"))
+                predicted += x[:, 1:].numel()
+    n_bytes = sum(len(t.encode("utf-8")) + 1 for t in texts)
+    per_token = nats / max(predicted, 1)
+    return {"val_bpb": per_token * len(ids) / n_bytes / math.log(2), "perplexity": math.exp(per_token) if per_token < 700 else math.inf}
+
+
+def rag_prompts(tokenizer: PreTrainedTokenizerBase, window: int, questions: list[Pair], hits: list[list[Hit]],
+                system_prompt: str | None, max_new_tokens: int) -> list[Messages]:
+    """Each question with as many of its retrieved chunks as fit the model's context (lifecycle ask's prompt)."""
+    prompts = []
+    for pair, found in zip(questions, hits, strict=True):
+        # room for the answer and the end-of-turn markup the reward model reads after it
+        _, used, _ = fit_prompt(tokenizer, pair.question, found, system_prompt, window - max_new_tokens - TURN_END)
+        prompts.append(rag_messages(pair.question, [(h.title, h.text) for h in used], system_prompt))
+    return prompts
+
+
+def answer_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Config, questions: list[Pair],
+               hits: list[list[Hit]], without: bool, label: str) -> Answers:
+    window, ev = context_window(model, tokenizer), cfg.evaluate
+    system = cfg.serve.answer.system_prompt
+    prompts = rag_prompts(tokenizer, window, questions, hits, system, ev.max_new_tokens)
+    out = Answers(rag=generate_answers(model, tokenizer, prompts, ev.max_new_tokens, ev.batch_size,
+                                       label=f"evaluate: {label} answers with retrieval"), rag_prompts=prompts)
+    if without:
+        bare = [rag_messages(p.question, [], system) for p in questions]
+        out.no_rag = generate_answers(model, tokenizer, bare, ev.max_new_tokens, ev.batch_size,
+                                      label=f"evaluate: {label} answers without retrieval")
+    return out
+
+
+def time_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Messages],
+                    max_new_tokens: int) -> dict[str, float]:
+    """{"latency_p50_ms", "tokens_per_s"} of single greedy requests (a served request's generation)."""
+    stop = stop_token_ids(tokenizer)
+    window = context_window(model, tokenizer)
+    times, tokens = [], 0
+    with evaluating(model), torch.inference_mode():
+        for messages in prompts:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            x = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+            started = time.perf_counter()
+            out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, eos_token_id=stop,
+                                 max_new_tokens=max(1, min(max_new_tokens, window - x.shape[1])),
+                                 pad_token_id=tokenizer.pad_token_id)
+            times.append(time.perf_counter() - started)
+            tokens += out.shape[1] - x.shape[1]
+    return {"latency_p50_ms": 1000 * statistics.median(times), "tokens_per_s": tokens / sum(times)}
+
+
+def win_rate(reward_dir: Path, prompts: list[Messages], ours: list[str], theirs: list[str]) -> float | None:
+    """Share of prompts where the reward model scores our answer above theirs (ties count half); None when
+    no pair fits the reward model's context."""
+    from lifecycle.align.reward import fit_rows, load_reward_model, score_pairs
+
+    model, tokenizer = load_reward_model(reward_dir)
+    rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": a}],
+             "rejected": [{"role": "assistant", "content": b}]} for p, a, b in zip(prompts, ours, theirs, strict=True)]
+    rows, _ = fit_rows(rows, tokenizer, context_window(model, tokenizer))
+    if not rows:
+        log.warning("evaluate: no answer pair fits the reward model's context: no win rate")
+        return None
+    margins = score_pairs(model, tokenizer, rows, batch_size=16)
+    return sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)
+
+
+def load_model(path: Path, device: torch.device, system_prompt: str | None) -> tuple[PreTrainedModel,
+                                                                                    PreTrainedTokenizerBase]:
+    model, tokenizer = load_causal_lm(path)
+    if not getattr(tokenizer, "chat_template", None):  # the base model: SFT's template, as the sft stage compares
+        tokenizer.chat_template = chat_template(system_prompt)
+    return model.to(device), tokenizer
+
+
+def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair], texts: list[str],
+                    retriever: Retriever, reward_dir: Path | None, device: torch.device) -> dict[str, Any]:
+    """{"metrics": {role: {...}}, "samples": [...], "prompts": n} for the roles in `models` (ROLES)."""
+    hits = [retriever.search(p.question, k=cfg.serve.answer.top_k) for p in questions]
+    references = [p.answer for p in questions]
+    metrics: dict[str, dict[str, float]] = {}
+    answers: dict[str, Answers] = {}
+    for role in (r for r in ROLES if r in models):
+        model, tokenizer = load_model(models[role], device, cfg.sft.data.system_prompt)
+        found = text_loss(model, tokenizer, texts, cfg.evaluate.batch_size)
+        answers[role] = answer_all(model, tokenizer, cfg, questions, hits, role in ("candidate", "champion"), role)
+        found["rouge_l_rag"] = mean_rouge_l(answers[role].rag, references)
+        if answers[role].no_rag is not None:
+            found["rouge_l_no_rag"] = mean_rouge_l(answers[role].no_rag, references)
+            found["rag_gain"] = found["rouge_l_rag"] - found["rouge_l_no_rag"]
+            found |= time_generation(model, tokenizer, answers[role].rag_prompts[:cfg.evaluate.latency_requests],
+                                     cfg.evaluate.max_new_tokens)
+        metrics[role] = found
+        log.info("evaluate: %s: %s", role, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
+        del model
+    if reward_dir is not None:
+        prompts = answers["candidate"].rag_prompts
+        for other in (r for r in ("champion", "sft") if r in answers):
+            rate = win_rate(reward_dir, prompts, answers["candidate"].rag, answers[other].rag)
+            if rate is not None:
+                metrics["candidate"][f"win_rate_vs_{other}"] = rate
+    samples = []
+    for i, pair in enumerate(questions[:cfg.evaluate.samples]):
+        row = {"question": pair.question, "reference": pair.answer} | {role: a.rag[i] for role, a in answers.items()}
+        if answers["candidate"].no_rag is not None:
+            row["candidate_no_rag"] = answers["candidate"].no_rag[i]
+        samples.append(row)
+    return {"metrics": metrics, "samples": samples, "prompts": len(questions)}
+
+
+def validation_texts(documents: list[dict[str, Any]], max_bytes: int) -> list[str]:
+    """Validation-split documents in id order, up to `max_bytes` of UTF-8: the same text for every model."""
+    texts, total = [], 0
+    for doc in sorted((d for d in documents if d["split"] == "validation"), key=lambda d: d["id"]):
+        if total >= max_bytes:
+            break
+        texts.append(doc["text"])
+        total += len(doc["text"].encode("utf-8"))
+    if not texts:
+        raise LifecycleError("evaluate: the ingested corpus has no validation documents")
+    return texts

@@ -1,0 +1,188 @@
+"""The serving app: the OpenAI-shaped API over the served chat model(s), a health endpoint, the chat page and
+its feedback endpoint.
+
+    app = create_app(models, cfg.serve, store, experiment_id, api_key=os.environ.get(...))
+    run_server(app, host, port)                  # lifecycle/preferences/app.py: `lifecycle serve` does both
+
+Routes: GET / (chat page), GET /health, GET /v1/models, POST /v1/chat/completions (stream or not),
+POST /v1/feedback (ratings and comparisons, into the preference store), GET /openapi.json.
+With an API key, /v1/* need `Authorization: Bearer <key>` (compared in constant time, never logged); the
+page asks for it. POSTs from a browser must be same-origin. Errors come in OpenAI's shape.
+While the app runs, a thread follows the served aliases (lifecycle/serve/models.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException
+
+from lifecycle.config.serve import ServeConfig
+from lifecycle.preferences.feedback import Answered, FeedbackRefused, record_comparison, record_rating
+from lifecycle.preferences.store import PreferenceStore
+from lifecycle.preferences.web import BodyLimit, SecurityHeaders, same_origin
+from lifecycle.registry import CHALLENGER
+from lifecycle.serve import api
+from lifecycle.serve.completions import Completions
+from lifecycle.serve.models import ServedModels
+from lifecycle.serve.tracing import log_rating
+
+log = logging.getLogger("lifecycle.serve")
+HERE = Path(__file__).parent
+BEARER = HTTPBearer(auto_error=False, description="the key in the environment variable serve.server.api_key_env")
+
+
+class Handlers:
+    def __init__(self, models: ServedModels, cfg: ServeConfig, store: PreferenceStore | None,
+                 experiment_id: str | None, api_key: str | None, reload: bool) -> None:
+        self.models, self.cfg, self.store, self.api_key, self.reload = models, cfg, store, api_key, reload
+        self.chat = Completions(models, cfg, experiment_id)
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+        self.pages = Jinja2Templates(env=env)
+
+    async def auth(self, creds: HTTPAuthorizationCredentials | None = Security(BEARER)) -> None:
+        if self.api_key is None:
+            return
+        given = creds.credentials if creds is not None else ""
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            raise api.ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                               code="invalid_api_key")
+
+    def same_site(self, request: Request) -> None:
+        if not same_origin(request.headers.get("origin"), request.headers.get("sec-fetch-site"), request.url.scheme,
+                           request.headers.get("host"), self.cfg.server.public_url):
+            raise api.ApiError(403, f"cross-origin POST from {request.headers.get('origin')} refused")
+
+    def page(self, request: Request) -> Response:
+        return self.pages.TemplateResponse(request, "chat.html", {"name": self.models.name,
+                                                                  "needs_key": self.api_key is not None})
+
+    def health(self) -> dict[str, Any]:
+        served = self.models.all()
+        challenger = served.get("challenger")
+        return {"status": "ok", "model": self.models.name,
+                "served": {s.alias or "pinned": s.describe() for s in served.values()},
+                "models": {"primary": served["primary"].label, "challenger": challenger.label if challenger else None},
+                "reload": {"follows": self.models.primary if self.models.follow else None, "enabled": self.reload,
+                           "interval_s": self.cfg.server.reload_interval_s, "last_error": self.models.last_error},
+                "tracing": self.chat.experiment_id is not None, "feedback": self.store is not None,
+                "auth": self.api_key is not None}
+
+    def list_models(self) -> dict[str, Any]:
+        served = self.models.all()
+        cards = {self.models.name: api.model_card(self.models.name, served["primary"].created)}
+        for s in served.values():
+            for model_id in (s.label, str(s.ref)):
+                cards.setdefault(model_id, api.model_card(model_id, s.created))
+        return {"object": "list", "data": list(cards.values())}
+
+    def completions(self, request: Request, body: api.ChatRequest) -> Response:
+        self.same_site(request)
+        if body.stream:
+            return StreamingResponse(self.chat.stream(body), media_type="text/event-stream",
+                                     headers={"X-Accel-Buffering": "no"})
+        return JSONResponse(self.chat.complete(body))
+
+    def _answer(self, cid: str) -> Answered:
+        found = self.chat.recall(cid)
+        if found is None:
+            raise api.ApiError(404, f"completion {cid!r} is not held here (the last "
+                                    f"{self.cfg.server.recent_answers} answers are): ask again", "completion_id")
+        return found
+
+    def feedback(self, request: Request, body: api.RatingIn | api.CompareIn) -> dict[str, Any]:
+        self.same_site(request)
+        if self.store is None:
+            raise api.ApiError(503, "this server has no preference store to record feedback in")
+        who = self.cfg.server.feedback_annotator
+        try:
+            if isinstance(body, api.RatingIn):
+                answer = self._answer(body.completion_id)
+                status = record_rating(self.store, body.feedback_id, who, answer, body.score)
+                if status == "created":
+                    log_rating(answer.trace_id, "user_rating", body.score, who)
+                return {"status": status, "feedback_id": body.feedback_id}
+            left, right = self._answer(body.left), self._answer(body.right)
+            swap = left.alias == CHALLENGER and right.alias != CHALLENGER  # canonical a: the champion's answer
+            a, b = (right, left) if swap else (left, right)
+            picked = {"left": left, "right": right}.get(body.choice)
+            choice = "tie" if picked is None else "a" if picked is a else "b"
+            status = record_comparison(self.store, body.feedback_id, who, a, b, "b" if swap else "a", choice,
+                                       self.models.name)
+        except FeedbackRefused as err:
+            raise api.ApiError(err.status, str(err)) from None
+        if status == "created":
+            for answer, letter in ((a, "a"), (b, "b")):
+                log_rating(answer.trace_id, "chat_compare", "tie" if choice == "tie" else
+                           "won" if choice == letter else "lost", who)
+        return {"status": status, "feedback_id": body.feedback_id}
+
+
+def _handlers(app: FastAPI) -> None:
+    async def api_error(_request: Request, err: api.ApiError) -> Response:
+        return JSONResponse(err.body(), err.status)
+
+    async def http_error(_request: Request, err: HTTPException) -> Response:
+        return JSONResponse(api.error_body(err.status_code, str(err.detail)), err.status_code, err.headers)
+
+    async def invalid(_request: Request, err: RequestValidationError) -> Response:
+        first = (err.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return JSONResponse(api.error_body(400, f"{where or 'body'}: {first.get('msg', 'invalid')}", where), 400)
+
+    async def failed(_request: Request, err: Exception) -> Response:
+        log.error("request failed: %s: %s", type(err).__name__, err)
+        return JSONResponse(api.error_body(500, f"the server failed: {type(err).__name__}", code="server_error"), 500)
+
+    app.add_exception_handler(api.ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, failed)
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
+
+
+def create_app(models: ServedModels, cfg: ServeConfig, store: PreferenceStore | None = None,
+               experiment_id: str | None = None, api_key: str | None = None, reload: bool = True) -> FastAPI:
+    """The serving app over loaded `models`; traces go to `experiment_id` (None: no tracing), feedback to
+    `store` (None: refused with 503). With `reload`, the aliases are followed while the app runs."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if reload:
+            models.start_polling(cfg.server.reload_interval_s)
+        try:
+            yield
+        finally:
+            models.stop_polling()
+
+    app = FastAPI(title="llm-lifecycle chat", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=cfg.server.max_body_bytes, problem=api.error_body)
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static/shared", StaticFiles(directory=HERE.parent / "preferences" / "static"), name="shared")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    h = Handlers(models, cfg, store, experiment_id, api_key or None, reload)
+    _handlers(app)
+    authed: dict[str, Any] = {"dependencies": [Depends(h.auth)]}
+    app.get("/", include_in_schema=False, response_class=HTMLResponse)(h.page)
+    app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
+    app.get("/health", summary="What is served: versions per alias, their RAG index, when loaded")(h.health)
+    app.get("/v1/models", summary="The model ids requests may name", **authed)(h.list_models)
+    app.post("/v1/chat/completions", summary="A RAG answer in OpenAI's chat.completion shape (+ sources)",
+             **authed)(h.completions)
+
+    def feedback(request: Request, body: api.Feedback) -> dict[str, Any]:
+        return h.feedback(request, body)
+
+    app.post("/v1/feedback", summary="Rate an answer, or say which of two was better", **authed)(feedback)
+    return app

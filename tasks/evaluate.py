@@ -1,0 +1,103 @@
+"""evaluate task: the run's candidate (the rlhf policy, by reference) against the champion it would replace,
+the SFT model and the base model, on the same held-out data (lifecycle/evaluate/metrics.py); the report
+card with its plots and costs (lifecycle/evaluate/report.py), logged to MLflow and as a Prefect artifact.
+The champion's version is part of the stage's key: a new champion means a new evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lifecycle.data.ingest import read_documents
+from lifecycle.errors import LifecycleError
+from lifecycle.registry import ModelRef, local_copy, tag_version
+from lifecycle.store import StageOutput
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.rlhf import reward_model_of
+
+EVALUATION = "evaluation.json"
+TAGGED = ("val_bpb", "rouge_l_rag", "rouge_l_no_rag", "win_rate_vs_champion")  # on the version, for `lifecycle models`
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOutput, rlhf: StageOutput,
+             rag: StageOutput) -> StageOutput:
+    cfg, logger = ctx.cfg, get_run_logger()
+    for out in (base, sft, rlhf):
+        if out.model is None:
+            raise LifecycleError(f"evaluate: the {out.stage} output {out.path} carries no model reference; re-run it")
+
+    def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.evaluate.metrics import evaluate_models, held_out_questions, load_model, validation_texts
+        from lifecycle.evaluate.promotion import champion_before
+        from lifecycle.evaluate.report import build_report, report_markdown_for_prefect
+        from lifecycle.model import context_window
+        from lifecycle.rag.search import open_index
+        from lifecycle.train.distributed import resolve_device
+
+        candidate = rlhf.model
+        champion = champion_before(cfg.run.models.chat, candidate)
+        refs = {"candidate": candidate, "champion": champion, "sft": sft.model, "base": base.model}
+        dirs_by_role = {role: local_copy(ref, ctx.models_dir) for role, ref in refs.items() if ref is not None}
+        reward = reward_model_of(candidate)
+        device = resolve_device(cfg.evaluate.device)
+        documents = read_documents(docs.path)
+        model, tokenizer = load_model(dirs_by_role["candidate"], device, cfg.sft.data.system_prompt)
+        questions = held_out_questions(cfg, documents, tokenizer, context_window(model, tokenizer))
+        retriever = open_index(json.loads(rag.file("index.json").read_text()), cfg.serve.search)
+        logger.info("evaluate: %s against %s (sft %s, base %s) on %d held-out questions", candidate,
+                    champion or "no champion", sft.model, base.model, len(questions))
+        mlflow.log_params({f"{role}_model": str(ref) for role, ref in refs.items()} |
+                          {"reward_model": str(reward), "questions": len(questions), "device": str(device)})
+        result = evaluate_models(cfg, dirs_by_role, questions, validation_texts(documents, cfg.evaluate.text_bytes),
+                                 retriever, local_copy(reward, ctx.models_dir) if reward else None, device)
+        result["metrics"]["candidate"] |= retrieval_metrics(cfg, rag.metrics)
+        if champion is not None and "champion" in result["metrics"]:
+            result["metrics"]["champion"] |= retrieval_metrics(cfg, champion_index_metrics(ctx, champion))
+        evaluation = {"models": {role: str(ref) if ref else None for role, ref in refs.items()}} | result
+        (dirs.out / EVALUATION).write_text(json.dumps(evaluation, indent=2))
+        mlflow.log_table(pd.DataFrame(evaluation["samples"]), "evaluate/samples.json")
+        card = build_report(ctx.parent_run_id, evaluation, dirs.out, cfg.evaluate.prices, cfg.evaluate.currency)
+        mlflow.log_artifacts(str(dirs.out), "evaluate")
+        create_markdown_artifact(key="report-card", markdown=report_markdown_for_prefect(card), description=f"{candidate} report card")
+        cand = evaluation["metrics"]["candidate"]
+        tag_version(candidate, {f"lifecycle.eval.{k}": f"{cand[k]:.4f}" for k in TAGGED if k in cand} |
+                    {"lifecycle.eval.run_id": mlflow.active_run().info.run_id, "lifecycle.eval.against": str(champion)})
+        metrics = {f"{role}/{k}": v for role, found in evaluation["metrics"].items() for k, v in found.items()}
+        return StageResult(metrics | {"questions": len(questions), "cost": card.total_cost},
+                           tags={"lifecycle.candidate": str(candidate), "lifecycle.champion": str(champion),
+                                 "lifecycle.device": device.type, "lifecycle.device_count": "1"})
+
+    return run_stage("evaluate", ctx, {"ingest": docs, "pretrain": base, "sft": sft, "rlhf": rlhf, "rag_index": rag},
+                     work)
+
+
+def retrieval_metrics(cfg: Any, metrics: dict[str, float]) -> dict[str, float]:
+    """recall@k and MRR of the serving search mode, from a rag_index output's metrics."""
+    mode = cfg.serve.search.mode
+    return {k.removeprefix(f"{mode}_"): v for k, v in metrics.items()
+            if k.startswith(f"{mode}_recall_at_") or k == f"{mode}_mrr"}
+
+
+def champion_index_metrics(ctx: RunContext, champion: ModelRef) -> dict[str, float]:
+    """The retrieval metrics of the index the champion serves with (its rag_index output, when still stored)."""
+    from lifecycle.rag.pairing import KEY
+    from lifecycle.registry import version_tags
+
+    key = version_tags(champion).get(KEY)
+    found = ctx.store.lookup("rag_index", key) if key else None
+    return found.metrics if found else {}
+
+
+def read_evaluation(output: StageOutput) -> dict[str, Any]:
+    path = Path(output.file(EVALUATION))
+    if not path.is_file():
+        raise LifecycleError(f"promote: {path} is missing: re-run evaluate (`lifecycle run --from evaluate`)")
+    return json.loads(path.read_text())

@@ -1,0 +1,64 @@
+"""promote task: the gate (lifecycle/evaluate/gate.py) over the evaluate stage's result. The candidate
+becomes @champion only when every rule passes; the decision (each rule, value, threshold, verdict) is
+decision.json on this stage's MLflow run, tags on the version and a Prefect artifact. Cached like every
+stage: the same evaluation under the same rules is decided once (a later hand rollback is respected)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lifecycle.evaluate.gate import Decision, decide
+from lifecycle.registry import resolve, version_tags
+from lifecycle.store import StageOutput
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.evaluate import read_evaluation
+from tasks.rlhf import ALARM_TAG
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(ctx: RunContext, evaluation: StageOutput) -> StageOutput:
+    cfg, logger = ctx.cfg, get_run_logger()
+
+    def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.evaluate.promotion import apply_decision
+
+        found = read_evaluation(evaluation)
+        candidate = resolve(found["models"]["candidate"])
+        expected = resolve(found["models"]["champion"]) if found["models"].get("champion") else None
+        decision = decide(cfg.promote, found, version_tags(candidate).get(ALARM_TAG, "none"))
+        run_id = mlflow.active_run().info.run_id
+        record = decision.to_dict() | {"evaluation_run_id": evaluation.run_id, "promote_run_id": run_id,
+                                       "rag_index_version": version_tags(candidate).get("lifecycle.rag_index_version")}
+        (dirs.out / "decision.json").write_text(json.dumps(record, indent=2))
+        champion = apply_decision(Path(ctx.state_dir), decision, candidate, expected,
+                                  {"lifecycle.decision.run_id": run_id})
+        mlflow.log_dict(record, "promote/decision.json")
+        markdown = decision_markdown(decision, str(champion) if champion else "none")
+        mlflow.log_text(markdown, "promote/decision.md")
+        create_markdown_artifact(key="promotion-decision", markdown=markdown, description=decision.summary()[:500])
+        log = logger.info if decision.passed else logger.warning
+        log("promote: %s: %s", candidate, decision.summary())
+        return StageResult({"passed": float(decision.passed), "rules": len(decision.rules),
+                            "failed_rules": len(decision.failed)},
+                           tags={"lifecycle.decision": "promoted" if decision.passed else "refused",
+                                 "lifecycle.candidate": str(candidate), "lifecycle.champion": str(champion)})
+
+    return run_stage("promote", ctx, {"evaluate": evaluation}, work)
+
+
+def decision_markdown(decision: Decision, champion: str) -> str:
+    lines = [f"# Promotion decision: {decision.candidate}", "",
+             f"**{'PROMOTED' if decision.passed else 'REFUSED'}** ({decision.mode}; compared with "
+             f"{decision.champion or 'no champion'}). @champion is now {champion}.", "",
+             "| rule | metric | value | threshold | verdict |", "|---|---|---:|---:|---|"]
+    for r in decision.rules:
+        value = "n/a" if r.value is None else f"{r.value:.4f}"
+        verdict = {True: "pass", False: "**FAIL**", None: "skipped"}[r.passed]
+        lines.append(f"| {r.rule} | {r.metric} | {value} | {r.op} {r.threshold:.4f} | {verdict} |")
+    return "\n".join(lines + ["", *(f"- {r.rule}: {r.detail}" for r in decision.rules)])

@@ -1,0 +1,86 @@
+"""evaluate and promote for real on the tiny chain: the first candidate passes the (relaxed) minimums and
+becomes @champion with its lineage, its report card and its decision record; a deliberately broken
+candidate is measured against that champion, refused with its failed rules, and the champion stays; a
+fully cached re-run decides nothing new; feedback from the chat page joins the next preference set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.pipeline import pipeline
+from lifecycle.preferences.db import store_url
+from lifecycle.preferences.feedback import Answered, record_comparison
+from lifecycle.preferences.export import read_snapshot
+from lifecycle.preferences.store import PreferenceStore
+from lifecycle.registry import CHALLENGER, CHAMPION, ModelRef, get_alias, version_tags
+from lifecycle.tracking import tracking_uri, use_tracking
+from tests.conftest import CONF
+from tests.integration.test_preferences_flow import OVERRIDES
+
+pytestmark = pytest.mark.integration
+RELAXED = [*OVERRIDES, "promote.minimums.max_bpb=100", "promote.minimums.min_rouge_l=0",
+           "promote.minimums.min_rag_gain=-1", "promote.minimums.min_recall=0"]  # tiny models answer badly
+LINEAGE = ("lifecycle.data_key", "lifecycle.validation", "lifecycle.tokenizer_key", "lifecycle.preference_set_hash",
+           "lifecycle.reward_model", "lifecycle.rag_index_version", "lifecycle.pipeline_config_hash",
+           "mlflow.source.git.commit", "lifecycle.decision", "lifecycle.gate.max_bpb")
+
+
+def test_the_gate_promotes_then_refuses_a_worse_candidate(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    out = pipeline(overrides=RELAXED, state_dir=str(state), conf_dir=str(CONF))
+    assert list(out)[-2:] == ["evaluate", "promote"]
+    use_tracking(state)
+    first = ModelRef(**out["rlhf"]["model"])
+    assert get_alias(first.name, CHAMPION) == first and get_alias(first.name, CHALLENGER) == first
+    tags = version_tags(first)
+    assert all(tag in tags for tag in LINEAGE), sorted(set(LINEAGE) - set(tags))
+    assert tags["lifecycle.validation"].startswith("passed") and tags["lifecycle.decision"] == "promoted"
+    evaluated = Path(out["evaluate"]["path"])
+    evaluation = json.loads((evaluated / "evaluation.json").read_text())
+    assert evaluation["models"]["champion"] is None and evaluation["models"]["candidate"] == str(first)
+    assert {"val_bpb", "rouge_l_rag", "rouge_l_no_rag", "win_rate_vs_sft", "recall_at_5", "latency_p50_ms",
+            "tokens_per_s"} <= set(evaluation["metrics"]["candidate"])
+    report = (evaluated / "report.md").read_text()
+    plots = sorted(p.name for p in (evaluated / "plots").glob("*.png"))
+    assert plots and all(f"plots/{name}" in report for name in plots) and "cost" in report.lower()
+    client = MlflowClient(tracking_uri(state))
+    logged = [a.path for a in client.list_artifacts(out["evaluate"]["run_id"], "evaluate")]
+    assert "evaluate/report.md" in logged and "evaluate/plots" in logged
+    assert [a.path for a in client.list_artifacts(out["promote"]["run_id"], "promote")] == [
+        "promote/decision.json", "promote/decision.md"]
+
+    again = pipeline(overrides=RELAXED, state_dir=str(state), conf_dir=str(CONF))
+    assert again["evaluate"]["cached"] and again["promote"]["cached"]  # the champion it measured against: none
+
+    broken = pipeline(overrides=[*RELAXED, "rlhf.policy.rloo.learning_rate=5.0"], state_dir=str(state),
+                      conf_dir=str(CONF))
+    second = ModelRef(**broken["rlhf"]["model"])
+    decision = json.loads((Path(broken["promote"]["path"]) / "decision.json").read_text())
+    assert decision["candidate"] == str(second) and decision["champion"] == str(first)
+    assert decision["passed"] is False and decision["mode"] == "champion"
+    assert "bpb_regression" in {r["rule"] for r in decision["rules"] if r["passed"] is False}
+    assert get_alias(first.name, CHAMPION) == first  # the champion stays
+    assert version_tags(second)["lifecycle.decision"] == "refused"
+
+
+def test_chat_feedback_joins_the_next_preference_set(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="preferences")
+    store = PreferenceStore.open(store_url(None, state))
+    question = "What does json.loads do?"
+    a = Answered("chatcmpl-1", question, "Deserialize a JSON document.", "lifecycle-gpt/2", "champion", "tr-1")
+    b = Answered("chatcmpl-2", question, "It bakes bread.", "lifecycle-gpt/1", "challenger", "tr-2")
+    record_comparison(store, "fb-1", "chat", a, b, left="b", choice="a", name="lifecycle-gpt")
+    second = pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="preferences")
+    assert first["sft"]["cached"] is False and second["sft"]["cached"]
+    assert not second["preferences"]["cached"] and second["preferences"]["digest"] != first["preferences"]["digest"]
+    rows = read_snapshot(Path(second["preferences"]["path"]) / "preferences.jsonl")
+    fed = [r for r in rows if r["source"] == "feedback"]
+    assert len(fed) == 1 and fed[0]["chosen"][0]["content"] == "Deserialize a JSON document."
+    assert second["preferences"]["metrics"]["feedback"] == 1
+    third = pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="preferences")
+    assert third["preferences"]["cached"]  # no new feedback: nothing to redo

@@ -1,0 +1,142 @@
+"""The promotion gate and the champion's moves on a real MLflow registry: a worse candidate is refused
+and the champion stays; every rule is recorded with its value and threshold; a hand promotion and a
+rollback restore the right versions, on the record; concurrent promotions leave exactly one champion and
+an intact rollback chain; a decision made against a champion that has since moved is refused."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lifecycle.config import load_config
+from lifecycle.errors import LifecycleError
+from lifecycle.evaluate.gate import decide
+from lifecycle.evaluate.promotion import apply_decision, champion_before, promote_by_hand, rollback
+from lifecycle.registry import CHAMPION, PREVIOUS, ModelRef, get_alias, list_versions, version_tags
+from lifecycle.tracking import setup_mlflow
+from tests.conftest import CONF
+
+NAME = "lifecycle-gpt"
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> tuple[Path, list[ModelRef]]:
+    """Five versions of the chat model in a fresh MLflow registry under tmp_path."""
+    setup_mlflow(tmp_path, "llm-lifecycle")
+    client = MlflowClient()
+    client.create_registered_model(NAME)
+    refs = [ModelRef(NAME, str(client.create_model_version(NAME, source=str(tmp_path)).version)) for _ in range(5)]
+    return tmp_path, refs
+
+
+def evaluation(candidate: ModelRef, champion: ModelRef | None, **changes: float) -> dict[str, Any]:
+    good = {"val_bpb": 2.0, "rouge_l_rag": 0.20, "rouge_l_no_rag": 0.12, "rag_gain": 0.08, "recall_at_5": 0.9,
+            "mrr": 0.7}
+    metrics = {"candidate": good | changes | ({"win_rate_vs_champion": changes.get("win", 0.6)} if champion else {})}
+    if champion:
+        metrics["champion"] = dict(good)
+    return {"models": {"candidate": str(candidate), "champion": str(champion) if champion else None},
+            "metrics": metrics, "samples": [], "prompts": 8}
+
+
+def test_rules_pass_a_sound_candidate_and_name_what_a_worse_one_fails() -> None:
+    cfg = load_config(CONF).promote
+    a, b = ModelRef(NAME, "1"), ModelRef(NAME, "2")
+    first = decide(cfg, evaluation(a, None), alarm="none")
+    assert first.passed and first.mode == "absolute" and {r.rule for r in first.rules} == {
+        "max_bpb", "min_rouge_l", "min_rag_gain", "min_recall", "no_rlhf_alarm"}
+    worse = decide(cfg, evaluation(b, a, val_bpb=2.3, rouge_l_rag=0.15, win=0.3), alarm="none")
+    assert not worse.passed and worse.mode == "champion"
+    assert {r.rule for r in worse.failed} == {"bpb_regression", "win_rate", "rouge_l_drop"}
+    bpb = next(r for r in worse.rules if r.rule == "bpb_regression")
+    assert bpb.value == 2.3 and bpb.threshold == pytest.approx(2.0 + cfg.against_champion.max_bpb_regression)
+    assert "FAIL: bpb_regression: val_bpb 2.3000 <= 2.0500" in worse.summary()
+    assert decide(cfg, evaluation(b, None), alarm="reward rose while KL exploded").failed[0].rule == "no_rlhf_alarm"
+    no_reward = evaluation(b, a)
+    del no_reward["metrics"]["candidate"]["win_rate_vs_champion"]  # DPO: no reward model to judge with
+    skipped = decide(cfg, no_reward, alarm="none")
+    assert skipped.passed and next(r for r in skipped.rules if r.rule == "win_rate").passed is None
+    tags = worse.tags()
+    assert tags["lifecycle.decision"] == "refused" and tags["lifecycle.gate.win_rate"].startswith("FAIL")
+
+
+def test_a_worse_candidate_is_refused_and_the_champion_stays(registry: tuple[Path, list[ModelRef]]) -> None:
+    state, (v1, v2, *_) = registry
+    cfg = load_config(CONF)
+    assert apply_decision(state, decide(cfg.promote, evaluation(v1, None), "none"), v1, None, {}) == v1
+    assert get_alias(NAME, CHAMPION) == v1 and version_tags(v1)[PREVIOUS] == "none"
+    refused = decide(cfg.promote, evaluation(v2, v1, val_bpb=3.0), "none")
+    assert apply_decision(state, refused, v2, v1, {}) == v1
+    assert get_alias(NAME, CHAMPION) == v1
+    tags = version_tags(v2)
+    assert tags["lifecycle.decision"] == "refused" and tags["lifecycle.gate.bpb_regression"].startswith("FAIL")
+    assert champion_before(NAME, v1) is None and champion_before(NAME, v2) == v1  # the key the evaluation used
+
+
+def test_hand_promotion_and_rollback_restore_the_right_versions(registry: tuple[Path, list[ModelRef]]) -> None:
+    state, (v1, v2, v3, *_) = registry
+    cfg = load_config(CONF)
+    with pytest.raises(LifecycleError, match="--reason"):
+        promote_by_hand(cfg, state, "1", reason=" ")
+    promote_by_hand(cfg, state, "1", reason="first production model")
+    promote_by_hand(cfg, state, f"{NAME}/2", reason="better answers")
+    found = promote_by_hand(cfg, state, "3", reason="hotfix")
+    assert get_alias(NAME, CHAMPION) == v3 and found["champion"] == str(v2)
+    tags = version_tags(v3)
+    assert tags["lifecycle.decision"] == "promoted by hand" and tags["lifecycle.decision.reason"] == "hotfix"
+    record = MlflowClient().get_run(tags["lifecycle.decision.run_id"])
+    assert record.data.tags["lifecycle.manual"] == "true"
+    assert rollback(cfg, state, reason="hotfix broke search")["champion"] == str(v2)
+    assert get_alias(NAME, CHAMPION) == v2 and version_tags(v3)["lifecycle.rolled_back_to"] == str(v2)
+    rollback(cfg, state, reason="again")
+    assert get_alias(NAME, CHAMPION) == v1
+    with pytest.raises(LifecycleError, match="first champion"):
+        rollback(cfg, state, reason="nothing before it")
+    assert get_alias(NAME, CHAMPION) == v1
+    listed = {v["version"]: v for v in list_versions(NAME)}
+    assert listed[1]["aliases"] == [CHAMPION] and listed[3]["tags"]["lifecycle.decision"] == "rolled back"
+
+
+def test_concurrent_promotions_leave_exactly_one_champion(registry: tuple[Path, list[ModelRef]]) -> None:
+    state, refs = registry
+    cfg = load_config(CONF)
+    promote_by_hand(cfg, state, "1", reason="start")
+    barrier, errors = threading.Barrier(4), []
+
+    def promote(version: str) -> None:
+        barrier.wait()
+        try:
+            promote_by_hand(cfg, state, version, reason=f"race {version}")
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=promote, args=(r.version,)) for r in refs[1:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    champion = get_alias(NAME, CHAMPION)
+    assert [v["version"] for v in list_versions(NAME) if CHAMPION in v["aliases"]] == [int(champion.version)]
+    chain, current = [], champion  # each promotion replaced exactly the one before it: rollbacks visit all
+    while current is not None:
+        chain.append(current.version)
+        previous = version_tags(current)[PREVIOUS]
+        current = None if previous == "none" else ModelRef(*previous.split("/"))
+    assert sorted(chain) == sorted(r.version for r in refs) and chain[-1] == "1"
+
+
+def test_a_decision_against_a_champion_that_moved_is_refused(registry: tuple[Path, list[ModelRef]]) -> None:
+    state, (v1, v2, v3, *_) = registry
+    cfg = load_config(CONF)
+    promote_by_hand(cfg, state, "1", reason="start")
+    stale = decide(cfg.promote, evaluation(v3, v1), "none")
+    promote_by_hand(cfg, state, "2", reason="someone else was faster")
+    with pytest.raises(LifecycleError, match="moved from lifecycle-gpt/1 to lifecycle-gpt/2"):
+        apply_decision(state, stale, v3, v1, {})
+    assert get_alias(NAME, CHAMPION) == v2 and mlflow.get_tracking_uri().startswith("sqlite")
