@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nstate directory: {state_dir}")
     for stage, out in outputs.items():
         model = f"  -> {out['model']['name']}/{out['model']['version']}" if out.get("model") else ""
-        print(f"  {stage:<10} {'cached ' if out['cached'] else 'computed'}  {out['path']}{model}")
+        print(f"  {stage:<11} {'cached ' if out['cached'] else 'computed'}  {out['path']}{model}")
     _print_outcome(outputs, state_dir)
     return 0
 

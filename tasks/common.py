@@ -258,6 +258,20 @@ def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
     return replace(output, cached=False)
 
 
+def device_tags(preference: str, count: int = 1) -> dict[str, str]:
+    """`lifecycle.device` ("cpu", "cuda:<GPU name>") and `lifecycle.device_count` of a stage's run: what the
+    report card prices its wall time by."""
+    from lifecycle.train.distributed import resolve_device
+
+    device = resolve_device(preference)
+    name = "cpu"
+    if device.type == "cuda":
+        import torch
+
+        name = f"cuda:{torch.cuda.get_device_name(device)}"
+    return {"lifecycle.device": name, "lifecycle.device_count": str(count)}
+
+
 def _metric_names(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
     return {f"{stage}/{k}": float(v) for k, v in metrics.items()}
 

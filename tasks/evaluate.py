@@ -19,7 +19,7 @@ from lifecycle.data.ingest import read_documents
 from lifecycle.errors import LifecycleError
 from lifecycle.registry import ModelRef, local_copy, tag_version
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
 from tasks.rlhf import reward_model_of
 
 EVALUATION = "evaluation.json"
@@ -66,14 +66,15 @@ def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOu
         mlflow.log_table(pd.DataFrame(evaluation["samples"]), "evaluate/samples.json")
         card = build_report(ctx.parent_run_id, evaluation, dirs.out, cfg.evaluate.prices, cfg.evaluate.currency)
         mlflow.log_artifacts(str(dirs.out), "evaluate")
-        create_markdown_artifact(key="report-card", markdown=report_markdown_for_prefect(card), description=f"{candidate} report card")
+        create_markdown_artifact(key="report-card", markdown=report_markdown_for_prefect(card),
+                                 description=f"{candidate} report card")
         cand = evaluation["metrics"]["candidate"]
         tag_version(candidate, {f"lifecycle.eval.{k}": f"{cand[k]:.4f}" for k in TAGGED if k in cand} |
                     {"lifecycle.eval.run_id": mlflow.active_run().info.run_id, "lifecycle.eval.against": str(champion)})
         metrics = {f"{role}/{k}": v for role, found in evaluation["metrics"].items() for k, v in found.items()}
         return StageResult(metrics | {"questions": len(questions), "cost": card.total_cost},
-                           tags={"lifecycle.candidate": str(candidate), "lifecycle.champion": str(champion),
-                                 "lifecycle.device": device.type, "lifecycle.device_count": "1"})
+                           tags={"lifecycle.candidate": str(candidate), "lifecycle.champion": str(champion)}
+                           | device_tags(cfg.evaluate.device))
 
     return run_stage("evaluate", ctx, {"ingest": docs, "pretrain": base, "sft": sft, "rlhf": rlhf, "rag_index": rag},
                      work)

@@ -18,7 +18,7 @@ from lifecycle.store import StageOutput
 from lifecycle.train.distributed import launch_torchrun
 from lifecycle.train.pretrain import train
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
@@ -56,6 +56,7 @@ def pretrain(ctx: RunContext, tokens: StageOutput) -> StageOutput:
             "mlflow.source.git.commit": ctx.git_commit})
         logger.info("pretrain: registered %s (val %.3f bits/byte, unigram baseline %.3f)", ref, metrics["val_bpb"],
                     metrics["unigram_bpb"])
-        return StageResult({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, model=ref)
+        return StageResult({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, model=ref,
+                           tags=device_tags(cfg.pretrain.device, int(metrics.get("world_size", 1))))
 
     return run_stage("pretrain", ctx, {"tokenize": tokens}, work)

@@ -27,6 +27,7 @@ def promote(ctx: RunContext, evaluation: StageOutput) -> StageOutput:
 
     def work(dirs: StageDirs) -> StageResult:
         from lifecycle.evaluate.promotion import apply_decision
+        from lifecycle.evaluate.report import build_report, report_markdown_for_prefect
 
         found = read_evaluation(evaluation)
         candidate = resolve(found["models"]["candidate"])
@@ -42,6 +43,11 @@ def promote(ctx: RunContext, evaluation: StageOutput) -> StageOutput:
         markdown = decision_markdown(decision, str(champion) if champion else "none")
         mlflow.log_text(markdown, "promote/decision.md")
         create_markdown_artifact(key="promotion-decision", markdown=markdown, description=decision.summary()[:500])
+        card = build_report(ctx.parent_run_id, found, dirs.out / "report", cfg.evaluate.prices, cfg.evaluate.currency,
+                            decision=record)  # the report card again, now with the decision and every stage's cost
+        mlflow.log_artifacts(str(dirs.out / "report"), "promote/report")
+        create_markdown_artifact(key="report-card", markdown=report_markdown_for_prefect(card),
+                                 description=f"{candidate}: {decision.summary()[:200]}")
         log = logger.info if decision.passed else logger.warning
         log("promote: %s: %s", candidate, decision.summary())
         return StageResult({"passed": float(decision.passed), "rules": len(decision.rules),

@@ -18,7 +18,7 @@ from lifecycle.preferences.export import read_snapshot
 from lifecycle.registry import ModelRef, local_copy, register_model
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
 from tasks.preferences import SNAPSHOT
 
 ALARM_TAG = "lifecycle.rlhf.alarm"
@@ -48,7 +48,7 @@ def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
         policy = register_model(dirs.out / "policy", cfg.run.models.chat, tags=lineage | tags)
         logger.info("rlhf: registered %s (%s on %d preference pairs, from %s)", policy, cfg.rlhf.method, len(rows),
                     sft.model)
-        return StageResult(metrics, model=policy, tags=tags)
+        return StageResult(metrics, model=policy, tags=tags | device_tags(cfg.rlhf.device))
 
     return run_stage("rlhf", ctx, {"sft": sft, "preferences": prefs}, work)
 

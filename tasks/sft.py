@@ -17,7 +17,7 @@ from lifecycle.hashing import hash_json
 from lifecycle.registry import local_copy, register_model
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
 
 
 @task(name="sft", cache_policy=NO_CACHE)
@@ -44,7 +44,8 @@ def sft(ctx: RunContext, base: StageOutput, docs: StageOutput) -> StageOutput:
             "lifecycle.sft_config_hash": hash_json(cfg.sft.model_dump(mode="json")),
             "mlflow.source.git.commit": ctx.git_commit})
         logger.info("sft: registered %s, trained from %s", ref, base.model)
-        return StageResult(result.metrics, model=ref, tags={"lifecycle.sft_data_hash": result.data_hash})
+        return StageResult(result.metrics, model=ref,
+                           tags={"lifecycle.sft_data_hash": result.data_hash} | device_tags(cfg.sft.device))
 
     return run_stage("sft", ctx, {"pretrain": base, "ingest": docs}, work)
 

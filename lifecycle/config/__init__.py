@@ -45,11 +45,13 @@ from lifecycle.config.validate import ValidateConfig
 from lifecycle.errors import ConfigError
 from lifecycle.hashing import hash_json
 
-__all__ = ["AgainstChampion", "AnnotateConfig", "AnswerConfig", "Config", "ConfigError", "DistributedConfig", "EvaluateConfig", "IngestConfig", "Minimums", "ModelArchConfig",
-           "ModelNames", "NearDupConfig", "OptimConfig", "PreferencesConfig", "PretrainConfig", "PromoteConfig", "RagAnnConfig", "RagChunkConfig",
-           "RagEmbedConfig", "RagEvalConfig", "RagIndexConfig", "RagRetentionConfig", "RlhfConfig", "RunConfig", "SampleConfig",
-           "SearchConfig", "Section", "ServeConfig", "SftConfig", "SftDataConfig", "SftEvalConfig", "SourceConfig",
-           "TokenizeConfig", "ValidateConfig", "config_hash", "deep_merge", "find_conf_dir", "load_config"]
+__all__ = ["AgainstChampion", "AnnotateConfig", "AnswerConfig", "Config", "ConfigError", "DistributedConfig",
+           "EvaluateConfig", "IngestConfig", "Minimums", "ModelArchConfig", "ModelNames", "NearDupConfig",
+           "OptimConfig", "PreferencesConfig", "PretrainConfig", "PromoteConfig", "RagAnnConfig", "RagChunkConfig",
+           "RagEmbedConfig", "RagEvalConfig", "RagIndexConfig", "RagRetentionConfig", "RlhfConfig", "RunConfig",
+           "SampleConfig", "SearchConfig", "Section", "ServeConfig", "SftConfig", "SftDataConfig", "SftEvalConfig",
+           "SourceConfig", "TokenizeConfig", "ValidateConfig", "config_hash", "deep_merge", "find_conf_dir",
+           "load_config"]
 
 
 class Config(Section):

@@ -34,6 +34,7 @@ class Minimums(Section):
     max_bpb: float = Field(gt=0)
     min_rouge_l: float = Field(ge=0, le=1)  # ROUGE-L with retrieval against held-out references
     min_rag_gain: float  # ROUGE-L with retrieval minus without
+    min_gain_over_base: float  # ROUGE-L with retrieval minus the base model's (same retrieval)
     min_recall: float = Field(ge=0, le=1)  # retrieval recall@recall_k of the paired index
     recall_k: int = Field(ge=1)
     no_rlhf_alarm: bool  # refuse a policy whose RLHF run raised a health (reward-hacking) alarm

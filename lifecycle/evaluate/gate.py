@@ -81,12 +81,17 @@ def decide(cfg: PromoteConfig, evaluation: dict[str, Any], alarm: str) -> Decisi
     cand, champ = metrics["candidate"], metrics.get("champion")
     floor, rel = cfg.minimums, cfg.against_champion
     recall = cand.get(f"recall_at_{floor.recall_k}")
+    base = metrics.get("base", {}).get("rouge_l_rag")
+    over_base = cand["rouge_l_rag"] - base if base is not None and "rouge_l_rag" in cand else None
     rules = [
         Rule("max_bpb", "val_bpb", cand.get("val_bpb"), floor.max_bpb, "<=", "bits per byte on validation text"),
         Rule("min_rouge_l", "rouge_l_rag", cand.get("rouge_l_rag"), floor.min_rouge_l, ">=",
              "ROUGE-L with retrieval against held-out references"),
         Rule("min_rag_gain", "rag_gain", cand.get("rag_gain"), floor.min_rag_gain, ">=",
              "ROUGE-L with retrieval minus without"),
+        Rule("min_gain_over_base", "rouge_l_gain_over_base", over_base, floor.min_gain_over_base, ">=",
+             "ROUGE-L with retrieval minus the base model's" + (f" ({base:.4f})" if base is not None
+                                                                else ": not measured")),
         Rule("min_recall", f"recall_at_{floor.recall_k}", recall, floor.min_recall, ">=",
              "retrieval recall of the paired index"),
     ]

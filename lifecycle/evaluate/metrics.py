@@ -89,7 +89,8 @@ def text_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts:
                 predicted += x[:, 1:].numel()
     n_bytes = sum(len(t.encode("utf-8")) + 1 for t in texts)
     per_token = nats / max(predicted, 1)
-    return {"val_bpb": per_token * len(ids) / n_bytes / math.log(2), "perplexity": math.exp(per_token) if per_token < 700 else math.inf}
+    return {"val_bpb": per_token * len(ids) / n_bytes / math.log(2),
+            "perplexity": math.exp(per_token) if per_token < 700 else math.inf}  # a broken model overflows exp
 
 
 def rag_prompts(tokenizer: PreTrainedTokenizerBase, window: int, questions: list[Pair], hits: list[list[Hit]],

@@ -120,10 +120,10 @@ def rollback(cfg: Config, state_dir: Path, reason: str) -> dict[str, Any]:
 
 def model_table(versions: list[dict[str, Any]]) -> str:
     """`lifecycle models`: one line per version with its aliases, stage, decision and key measurements."""
-    lines = [f"{'version':>7}  {'aliases':<30} {'stage':<6} {'decision':<18} {'rouge_l':>7} {'bpb':>6}  reason"]
+    lines = [f"{'version':>7}  {'aliases':<34} {'stage':<6} {'decision':<18} {'rouge_l':>7} {'bpb':>6}  reason"]
     for v in versions:
         tags = v["tags"]
-        lines.append(f"{v['version']:>7}  {','.join('@' + a for a in v['aliases']) or '-':<30} "
+        lines.append(f"{v['version']:>7}  {','.join('@' + a for a in v['aliases']) or '-':<34} "
                      f"{tags.get('lifecycle.stage', '?'):<6} {tags.get('lifecycle.decision', '-'):<18} "
                      f"{tags.get('lifecycle.eval.rouge_l_rag', '-'):>7} {tags.get('lifecycle.eval.val_bpb', '-'):>6}  "
                      f"{tags.get('lifecycle.decision.reason', '')[:90]}")

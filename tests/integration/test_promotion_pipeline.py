@@ -23,7 +23,8 @@ from tests.integration.test_preferences_flow import OVERRIDES
 
 pytestmark = pytest.mark.integration
 RELAXED = [*OVERRIDES, "promote.minimums.max_bpb=100", "promote.minimums.min_rouge_l=0",
-           "promote.minimums.min_rag_gain=-1", "promote.minimums.min_recall=0"]  # tiny models answer badly
+           "promote.minimums.min_rag_gain=-1", "promote.minimums.min_gain_over_base=-1",
+           "promote.minimums.min_recall=0"]  # tiny models answer badly
 LINEAGE = ("lifecycle.data_key", "lifecycle.validation", "lifecycle.tokenizer_key", "lifecycle.preference_set_hash",
            "lifecycle.reward_model", "lifecycle.rag_index_version", "lifecycle.pipeline_config_hash",
            "mlflow.source.git.commit", "lifecycle.decision", "lifecycle.gate.max_bpb")
@@ -51,7 +52,8 @@ def test_the_gate_promotes_then_refuses_a_worse_candidate(tmp_path: Path) -> Non
     logged = [a.path for a in client.list_artifacts(out["evaluate"]["run_id"], "evaluate")]
     assert "evaluate/report.md" in logged and "evaluate/plots" in logged
     assert [a.path for a in client.list_artifacts(out["promote"]["run_id"], "promote")] == [
-        "promote/decision.json", "promote/decision.md"]
+        "promote/decision.json", "promote/decision.md", "promote/report"]
+    assert "promoted" in (Path(out["promote"]["path"]) / "report" / "report.md").read_text().lower()
 
     again = pipeline(overrides=RELAXED, state_dir=str(state), conf_dir=str(CONF))
     assert again["evaluate"]["cached"] and again["promote"]["cached"]  # the champion it measured against: none

@@ -51,7 +51,9 @@ def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
     first = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
     before = {stage: tree_hash(Path(out["path"])) for stage, out in first.items()}
     out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir))
-    assert list(out) == ["ingest", "validate", "tokenize", "pretrain", "sft", "preferences", "rlhf", "rag_index"]
+    assert list(out) == ["ingest", "validate", "tokenize", "pretrain", "sft", "preferences", "rlhf", "rag_index",
+                         "evaluate", "promote"]
+    assert out["promote"]["metrics"]["passed"] == 0.0  # tiny models miss the default minimums: no champion
     assert all(out[s]["cached"] for s in before) and not out["sft"]["cached"]
     assert {stage: tree_hash(Path(out[stage]["path"])) for stage in before} == before  # immutable once stored
     assert not list(Path(out["ingest"]["path"]).rglob("cache-*.arrow"))

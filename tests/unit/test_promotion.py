@@ -38,6 +38,7 @@ def evaluation(candidate: ModelRef, champion: ModelRef | None, **changes: float)
     good = {"val_bpb": 2.0, "rouge_l_rag": 0.20, "rouge_l_no_rag": 0.12, "rag_gain": 0.08, "recall_at_5": 0.9,
             "mrr": 0.7}
     metrics = {"candidate": good | changes | ({"win_rate_vs_champion": changes.get("win", 0.6)} if champion else {})}
+    metrics["base"] = {"val_bpb": 1.9, "rouge_l_rag": 0.11}
     if champion:
         metrics["champion"] = dict(good)
     return {"models": {"candidate": str(candidate), "champion": str(champion) if champion else None},
@@ -49,10 +50,11 @@ def test_rules_pass_a_sound_candidate_and_name_what_a_worse_one_fails() -> None:
     a, b = ModelRef(NAME, "1"), ModelRef(NAME, "2")
     first = decide(cfg, evaluation(a, None), alarm="none")
     assert first.passed and first.mode == "absolute" and {r.rule for r in first.rules} == {
-        "max_bpb", "min_rouge_l", "min_rag_gain", "min_recall", "no_rlhf_alarm"}
+        "max_bpb", "min_rouge_l", "min_rag_gain", "min_gain_over_base", "min_recall", "no_rlhf_alarm"}
     worse = decide(cfg, evaluation(b, a, val_bpb=2.3, rouge_l_rag=0.15, win=0.3), alarm="none")
     assert not worse.passed and worse.mode == "champion"
     assert {r.rule for r in worse.failed} == {"bpb_regression", "win_rate", "rouge_l_drop"}
+    assert decide(cfg, evaluation(a, None, rouge_l_rag=0.105), "none").failed[0].rule == "min_gain_over_base"
     bpb = next(r for r in worse.rules if r.rule == "bpb_regression")
     assert bpb.value == 2.3 and bpb.threshold == pytest.approx(2.0 + cfg.against_champion.max_bpb_regression)
     assert "FAIL: bpb_regression: val_bpb 2.3000 <= 2.0500" in worse.summary()
@@ -140,3 +142,20 @@ def test_a_decision_against_a_champion_that_moved_is_refused(registry: tuple[Pat
     with pytest.raises(LifecycleError, match="moved from lifecycle-gpt/1 to lifecycle-gpt/2"):
         apply_decision(state, stale, v3, v1, {})
     assert get_alias(NAME, CHAMPION) == v2 and mlflow.get_tracking_uri().startswith("sqlite")
+
+
+def test_the_cli_lists_promotes_and_rolls_back(registry: tuple[Path, list[ModelRef]],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from lifecycle.cli import main
+
+    state, (v1, v2, *_) = registry
+    where = ["--state-dir", str(state), "--conf", str(CONF)]
+    assert main(["promote", "1", "--reason", "first", *where]) == 0
+    assert main(["promote", f"{NAME}/2", "--reason", "better", *where]) == 0
+    assert main(["promote", "2", "--reason", "again", *where]) == 2  # already the champion: a user error
+    capsys.readouterr()
+    assert main(["models", *where]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "@champion" in next(line for line in table if line.split()[0] == "2") and "better" in table[2]
+    assert main(["rollback", "--reason", "regressed", *where]) == 0
+    assert "back on lifecycle-gpt/1" in capsys.readouterr().out and get_alias(NAME, CHAMPION) == v1
