@@ -41,15 +41,32 @@ class BatchSummary(RunInput):
     note: str = ""
 
 
+SET_EXPORTED = "lifecycle.preference-set.exported"
+
+
 @flow(name="preferences", flow_run_name="preferences")
 def preferences_flow(settings: RunSettings = RunSettings(), ctx: RunContext | None = None,
                      sft: StageOutput | None = None, ingest: StageOutput | None = None) -> StageOutput:
+    alone = ctx is None  # a deployment collecting preferences on its own: its set triggers the alignment
     with stage_scope("preferences", ctx, settings, {"sft": sft, "ingest": ingest}) as (ctx, inputs):
         batch_id = publish_batch(ctx, inputs["sft"], inputs["ingest"])
         resumed = None
         if batch_id and ctx.cfg.preferences.mode == "human":
             resumed = wait_for_votes(ctx, batch_id)
-        return export_preferences(ctx, inputs["sft"], inputs["ingest"], batch_id, resumed)
+        output = export_preferences(ctx, inputs["sft"], inputs["ingest"], batch_id, resumed)
+    if alone:
+        announce_set(output, settings)
+    return output
+
+
+def announce_set(output: StageOutput, settings: RunSettings) -> None:
+    """The event infra/prefect.yaml's align-and-promote deployment is triggered by: a new preference set."""
+    from prefect.events import emit_event
+
+    emit_event(event=SET_EXPORTED, resource={"prefect.resource.id": f"lifecycle.preference-set.{output.identity}",
+                                             "lifecycle.profile": settings.profile},
+               payload={"path": output.path, "run_id": output.run_id, "cached": output.cached,
+                        "rows": output.metrics.get("rows", 0)})
 
 
 def app_url(ctx: RunContext) -> str:

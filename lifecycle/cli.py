@@ -8,7 +8,7 @@
     lifecycle lineage [NAME/VERSION|NAME@ALIAS]     # what a registered model was built from (JSON)
     lifecycle eval-retrieval [--squad FILE]         # recall@k / MRR of dense, full-text and hybrid search
     lifecycle bench pretrain --layers 4 --heads 4 --dim 128 --context 128 --batch 16 --steps 30 --vocab-size 2048
-    lifecycle ui mlflow|prefect                     # dashboards over the state directory
+    lifecycle ui [mlflow|prefect] | deploy | worker # dashboards over the state dir; deployments (ops/cli.py)
     lifecycle annotate | annotators add NAME | preferences status|resume   # people's votes (preferences/cli.py)
     lifecycle eval-reward --pairs FILE [--model REF]   # a reward model's accuracy on your pairs (align/cli.py)
     lifecycle models | promote VERSION --reason TEXT | rollback   # the registry and @champion (evaluate/cli.py)
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -68,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     from lifecycle.align import cli as align_cli
     from lifecycle.evaluate import cli as evaluate_cli
     from lifecycle.preferences import cli as preferences_cli
+    from lifecycle.ops import cli as ops_cli
     from lifecycle.serve import cli as serve_cli
 
+    ops_cli.add_parsers(sub, _config_args)
     preferences_cli.add_parsers(sub, _config_args)
     serve_cli.add_parsers(sub, _config_args)
     align_cli.add_parsers(sub, _config_args)
@@ -80,10 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pretrain_args(bench_sub.add_parser("pretrain", help="pretraining tokens/s, step time and MFU vs a "
                                                             "minimal reference loop, on random tokens"))
-    ui = sub.add_parser("ui", help="start a dashboard over the state directory")
-    ui.add_argument("which", choices=["mlflow", "prefect"])
-    ui.add_argument("--state-dir")
-    ui.add_argument("--port", type=int)
     return parser
 
 
@@ -193,23 +190,6 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    from lifecycle.config import find_conf_dir, load_config
-    from lifecycle.runtime import prepare_environment, resolve_state_dir
-    from lifecycle.tracking import tracking_uri
-
-    state_dir = resolve_state_dir(args.state_dir, load_config(find_conf_dir(None)).run.state_dir)
-    prepare_environment(state_dir)
-    if args.which == "mlflow":
-        argv = ["mlflow", "ui", "--backend-store-uri", tracking_uri(state_dir), "--host", "127.0.0.1",
-                "--port", str(args.port or 5000)]
-    else:
-        argv = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port or 4200)]
-    print(" ".join(argv), file=sys.stderr)
-    os.execvp(argv[0], argv)
-    return 0
-
-
 def _rag_setup(args: argparse.Namespace):  # -> (Config, state dir, where-clause)
     from lifecycle.rag.search import build_where
     from lifecycle.runtime import quiet_environment, resolve_state_dir
@@ -291,14 +271,15 @@ def _hide_user_error_tracebacks() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "config": cmd_config, "stages": cmd_stages, "lineage": cmd_lineage, "ui": cmd_ui,
+    handlers = {"run": cmd_run, "config": cmd_config, "stages": cmd_stages, "lineage": cmd_lineage,
                 "search": cmd_search, "ask": cmd_ask, "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
     from lifecycle.align.cli import HANDLERS as ALIGN
     from lifecycle.evaluate.cli import HANDLERS as REGISTRY
     from lifecycle.preferences.cli import HANDLERS as PREFERENCES
+    from lifecycle.ops.cli import HANDLERS as OPS
     from lifecycle.serve.cli import HANDLERS as SERVE
 
-    commands = PREFERENCES | ALIGN | REGISTRY | SERVE
+    commands = PREFERENCES | ALIGN | REGISTRY | SERVE | OPS
     try:
         if args.command in commands:
             return commands[args.command](args, load)

@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lifecycle.evaluate.gate import Decision, decide
-from lifecycle.registry import resolve, version_tags
+from lifecycle.registry import ModelRef, resolve, version_tags
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, run_stage
 from tasks.evaluate import read_evaluation
@@ -48,6 +48,8 @@ def promote(ctx: RunContext, evaluation: StageOutput) -> StageOutput:
         mlflow.log_artifacts(str(dirs.out / "report"), "promote/report")
         create_markdown_artifact(key="report-card", markdown=report_markdown_for_prefect(card),
                                  description=f"{candidate}: {decision.summary()[:200]}")
+        if decision.passed and expected != candidate:
+            announce_champion(candidate, expected)
         log = logger.info if decision.passed else logger.warning
         log("promote: %s: %s", candidate, decision.summary())
         return StageResult({"passed": float(decision.passed), "rules": len(decision.rules),
@@ -68,3 +70,15 @@ def decision_markdown(decision: Decision, champion: str) -> str:
         verdict = {True: "pass", False: "**FAIL**", None: "skipped"}[r.passed]
         lines.append(f"| {r.rule} | {r.metric} | {value} | {r.op} {r.threshold:.4f} | {verdict} |")
     return "\n".join(lines + ["", *(f"- {r.rule}: {r.detail}" for r in decision.rules)])
+
+
+CHAMPION_MOVED = "lifecycle.champion.promoted"
+
+
+def announce_champion(champion: ModelRef, previous: ModelRef | None) -> None:
+    """The event infra/prefect.yaml's RAG rebuild check is triggered by: a new champion."""
+    from prefect.events import emit_event
+
+    emit_event(event=CHAMPION_MOVED, resource={"prefect.resource.id": f"lifecycle.model.{champion.name}",
+                                               "lifecycle.model": str(champion)},
+               payload={"champion": str(champion), "previous": str(previous) if previous else None})

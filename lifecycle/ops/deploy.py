@@ -1,0 +1,99 @@
+"""Register infra/prefect.yaml's deployments against the Prefect server in PREFECT_API_URL, and run a
+worker for their pool. The code location is resolved when deploying (the repository this package runs
+from, or `--repo`), not left to an environment variable on the worker's machine.
+
+    deploy_all(repo=Path("."), api_url="http://127.0.0.1:4200/api")   # creates the work pool if needed
+    run_worker("lifecycle-pool", api_url)                              # blocks; Ctrl-C stops it
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lifecycle.errors import LifecycleError
+
+log = logging.getLogger("lifecycle.ops")
+PREFECT_FILE = Path("infra") / "prefect.yaml"
+
+
+def repo_root() -> Path:
+    """The checkout holding flows/ and tasks/ next to this package (an editable install or the image's /app)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def prefect_command(*args: str) -> list[str]:
+    """`prefect ...` through this interpreter: works from a venv that is not activated."""
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def server_env(api_url: str | None) -> dict[str, str]:
+    url = api_url or os.environ.get("PREFECT_API_URL")
+    if not url:
+        raise LifecycleError("no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api, started with "
+                             "`lifecycle ui` or `prefect server start`) or pass --api-url")
+    return os.environ | {"PREFECT_API_URL": url}
+
+
+def resolved_spec(repo: Path, prefect_file: Path) -> dict[str, Any]:
+    """infra/prefect.yaml with the pull step pointing at `repo` (absolute) instead of a runtime variable."""
+    path = prefect_file if prefect_file.is_absolute() else repo / prefect_file
+    if not path.is_file():
+        raise LifecycleError(f"deploy: {path} does not exist (run from the repository, or pass --repo)")
+    spec = yaml.safe_load(path.read_text())
+    spec["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(repo.resolve())}}]
+    return spec
+
+
+def pools_of(spec: dict[str, Any]) -> set[str]:
+    return {d["work_pool"]["name"] for d in spec.get("deployments", []) if d.get("work_pool")}
+
+
+def ensure_pool(name: str, env: dict[str, str]) -> None:
+    """Create the process work pool `name` unless it exists."""
+    found = subprocess.run(prefect_command("work-pool", "inspect", name), env=env, capture_output=True, text=True)
+    if found.returncode == 0:
+        return
+    made = subprocess.run(prefect_command("work-pool", "create", name, "--type", "process"), env=env,
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        raise LifecycleError(f"deploy: could not create work pool {name!r}: {made.stderr.strip()[-500:]}")
+    log.info("created work pool %s (process)", name)
+
+
+def deploy_all(repo: Path, api_url: str | None = None, prefect_file: Path = PREFECT_FILE,
+               names: list[str] | None = None) -> list[str]:
+    """Register the deployments of `prefect_file` (all, or `names`); returns their names."""
+    env = server_env(api_url)
+    spec = resolved_spec(repo, prefect_file)
+    wanted = [d["name"] for d in spec["deployments"] if not names or d["name"] in names]
+    missing = sorted(set(names or []) - set(wanted))
+    if missing:
+        raise LifecycleError(f"deploy: no deployment named {missing} in {prefect_file} "
+                             f"(there are: {', '.join(d['name'] for d in spec['deployments'])})")
+    for pool in sorted(pools_of(spec)):
+        ensure_pool(pool, env)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=repo, prefix=".prefect-deploy-", delete=False) as f:
+        yaml.safe_dump(spec, f, sort_keys=False)
+    try:
+        selection = [a for n in wanted for a in ("--name", n)] if names else ["--all"]
+        done = subprocess.run(prefect_command("--no-prompt", "deploy", "--prefect-file", f.name, *selection),
+                              cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    if done.returncode != 0:
+        raise LifecycleError(f"deploy: `prefect deploy` failed:\n{(done.stdout + done.stderr).strip()[-2000:]}")
+    return wanted
+
+
+def run_worker(pool: str, api_url: str | None = None, run_once: bool = False) -> int:
+    """`prefect worker start --pool POOL --type process` in the repository (blocks until stopped)."""
+    args = ["worker", "start", "--pool", pool, "--type", "process"] + (["--run-once"] if run_once else [])
+    return subprocess.run(prefect_command(*args), cwd=repo_root(), env=server_env(api_url)).returncode

@@ -1,0 +1,89 @@
+"""`lifecycle ui`: the Prefect server and the MLflow UI together, on loopback, over the state directory the
+embedded defaults wrote (Prefect's SQLite database under <state>/prefect, MLflow's under <state>/mlflow).
+Both are children of this process: Ctrl-C (or either one dying) stops both.
+
+    with dashboards(state_dir, 4200, 5000, tracking_uri(state_dir)) as ui:   # returns once both answer
+        ui.urls["prefect"], ui.urls["mlflow"]; ui.wait()                      # until one exits or Ctrl-C
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from lifecycle.errors import LifecycleError
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Dashboards:
+    urls: dict[str, str]
+    procs: dict[str, subprocess.Popen]
+
+    def wait(self, poll_s: float = 1.0) -> str:
+        """Block until one server exits; return its name (Ctrl-C raises KeyboardInterrupt)."""
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    return name
+            time.sleep(poll_s)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def _server(name: str, argv: list[str], env: dict[str, str], health: str, log_path: Path,
+            timeout_s: float) -> Iterator[subprocess.Popen]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _answers(health):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-1500:]
+                raise LifecycleError(f"ui: the {name} server did not start ({' '.join(argv[2:6])}...); its log "
+                                     f"{log_path} ends with:\n{tail}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextmanager
+def dashboards(state_dir: Path, prefect_port: int, mlflow_port: int, tracking_uri: str,
+               timeout_s: float = 120) -> Iterator[Dashboards]:
+    """Start both servers (a port of 0 leaves that one out) and yield them once they answer; stop them on exit."""
+    env = os.environ | {"PREFECT_HOME": str(Path(state_dir) / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "PREFECT_UI_API_URL": f"http://{HOST}:{prefect_port}/api"}
+    env.pop("PREFECT_API_URL", None)  # the server serves the state dir's database, not another server's
+    logs = Path(state_dir) / "logs"
+    prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)]
+    mlflow = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", HOST,
+              "--port", str(mlflow_port), "--workers", "1"]
+    servers = {"prefect": (prefect_port, prefect, "/api/health"), "mlflow": (mlflow_port, mlflow, "/health")}
+    with ExitStack() as stack:
+        procs = {name: stack.enter_context(_server(name, argv, env, f"http://{HOST}:{port}{health}",
+                                                   logs / f"{name}-server.log", timeout_s))
+                 for name, (port, argv, health) in servers.items() if port}  # port 0: not this one
+        yield Dashboards({name: f"http://{HOST}:{servers[name][0]}" for name in procs}, procs)

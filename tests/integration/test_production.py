@@ -1,0 +1,160 @@
+"""Production mode without containers, on loopback: PostgreSQL (Debian's binaries, a throwaway cluster)
+behind a real Prefect server and a real MLflow server, MLflow's artifacts on an S3-compatible store (the
+`moto` server), `lifecycle deploy` registering every deployment of infra/prefect.yaml with its schedules,
+and the quickstart deployment run (with the test's tiny parameters) by `lifecycle worker`. Then the flow
+run, the MLflow runs, the artifacts in the bucket and the registry are checked on those servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import CONF, ROOT
+from tests.integration.test_preferences_flow import OVERRIDES
+from tests.postgres import postgres_server  # noqa: F401 - the fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BUCKET = "lifecycle-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url}: the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer in {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def servers(tmp_path: Path, postgres_server: str) -> Iterator[dict[str, str]]:  # noqa: F811
+    """Prefect and MLflow servers on fresh Postgres databases, and an S3 bucket on a moto server."""
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    suffix = tmp_path.name[-8:].replace("-", "_").lower()
+    urls = {}
+    with admin.connect() as conn:
+        for db in ("prefect", "mlflow"):
+            conn.execute(text(f'CREATE DATABASE "{db}_{suffix}"'))
+            urls[db] = postgres_server.rsplit("/", 1)[0] + f"/{db}_{suffix}"
+    ports = {name: free_port() for name in ("prefect", "mlflow", "s3")}
+    s3 = f"http://127.0.0.1:{ports['s3']}"
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": s3}
+    env.pop("PREFECT_API_URL", None)
+    commands = {
+        "s3": ([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])], f"{s3}/moto-api/"),
+        "prefect": ([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                     str(ports["prefect"])], f"http://127.0.0.1:{ports['prefect']}/api/health"),
+        "mlflow": ([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", urls["mlflow"],
+                    "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port",
+                    str(ports["mlflow"]), "--workers", "1"], f"http://127.0.0.1:{ports['mlflow']}/health"),
+    }
+    server_env = {"prefect": env | {"PREFECT_API_DATABASE_CONNECTION_URL": urls["prefect"].replace(
+        "postgresql+psycopg", "postgresql+asyncpg")}}
+    procs = []
+    try:
+        for name, (argv, health) in commands.items():
+            log = tmp_path / f"{name}.log"
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen(argv, env=server_env.get(name, env), stdout=out,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+            wait_until(health, procs[-1], log)
+            if name == "s3":
+                import boto3
+
+                boto3.client("s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                             region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield {"prefect": f"http://127.0.0.1:{ports['prefect']}/api", "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
+               "s3": s3, "env": json.dumps(env)}
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        admin.dispose()
+
+
+def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, servers: dict[str, str]) -> None:
+    env = json.loads(servers["env"]) | {"PREFECT_API_URL": servers["prefect"],
+                                        "MLFLOW_TRACKING_URI": servers["mlflow"], "HF_HUB_OFFLINE": "1"}
+    lifecycle = [sys.executable, "-m", "lifecycle.cli"]
+    deployed = subprocess.run([*lifecycle, "deploy"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    api = httpx.Client(base_url=servers["prefect"], timeout=30)
+    found = {d["name"]: d for d in api.post("/deployments/filter", json={}).json()}
+    assert {"weekly-retrain", "nightly-data-and-rag", "quickstart", "collect-preferences"} <= set(found)
+    crons = {s["schedule"]["cron"] for s in found["weekly-retrain"]["schedules"]}
+    assert crons == {"0 3 * * 0"} and found["weekly-retrain"]["pull_steps"][0][
+        "prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
+
+    state = tmp_path / "state"
+    params = {"profile": "default", "overrides": OVERRIDES, "until": "sft", "state_dir": str(state),
+              "conf_dir": str(CONF)}
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "wb") as out:
+        worker = subprocess.Popen([*lifecycle, "worker", "--pool", "lifecycle-pool"], env=env, cwd=tmp_path,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "lifecycle-pipeline/quickstart",
+                              "--params", json.dumps(params), "--watch", "--watch-timeout", "900"], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=960)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_log.read_text()[-3000:]
+    runs = api.post("/flow_runs/filter", json={"deployments": {"name": {"any_": ["quickstart"]}}}).json()
+    assert [r["state_type"] for r in runs] == ["COMPLETED"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=servers["mlflow"], registry_uri=servers["mlflow"])
+    experiment = client.get_experiment_by_name("llm-lifecycle")
+    stages = {r.data.tags.get("lifecycle.stage") for r in client.search_runs([experiment.experiment_id])}
+    assert {"ingest", "validate", "tokenize", "pretrain", "sft"} <= stages
+    parent = client.search_runs([experiment.experiment_id], "tags.`lifecycle.role` = 'pipeline'")[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["prefect.flow_run_id"] == runs[0]["id"]
+    assert {int(v.version) for v in client.search_model_versions("name = 'lifecycle-gpt'")} == {1}
+    assert client.get_model_version_by_alias("lifecycle-gpt", "candidate").version == "1"
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=servers["s3"], aws_access_key_id="testing",
+                                           aws_secret_access_key="testing", region_name="us-east-1")
+            .list_objects_v2(Bucket=BUCKET, Prefix="mlflow/").get("Contents", [])]
+    assert any(k.endswith("model.safetensors") for k in keys), keys[:20]
+    assert any(k.endswith("config.json") for k in keys)
+    assert not (state / "mlflow" / "mlflow.db").exists()  # nothing tracked locally: the server has it all
+
+    # event chaining: a preference set exported by collect-preferences starts align-and-promote
+    emit = ("from prefect.events import emit_event; emit_event(event='lifecycle.preference-set.exported', "
+            "resource={'prefect.resource.id': 'lifecycle.preference-set.abc123'})")
+    subprocess.run([sys.executable, "-c", emit], env=env, check=True, timeout=120)
+    deadline, chained = time.monotonic() + 90, []
+    while not chained and time.monotonic() < deadline:
+        time.sleep(2)
+        chained = api.post("/flow_runs/filter", json={"deployments": {"name": {"any_": ["align-and-promote"]}}}).json()
+    assert chained and chained[0]["parameters"]["from_stage"] == "rlhf"
