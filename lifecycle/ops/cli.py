@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,10 @@ def cmd_ui(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) 
     from lifecycle.runtime import resolve_state_dir
     from lifecycle.tracking import tracking_uri
 
+    def stop(signum: int, frame: object) -> None:  # `kill`, a service manager: stop both servers as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     state_dir = resolve_state_dir(args.state_dir, load_config(find_conf_dir(None)).run.state_dir)
     ports = {"prefect": args.prefect_port if args.which != "mlflow" else 0,
              "mlflow": args.mlflow_port if args.which != "prefect" else 0}
