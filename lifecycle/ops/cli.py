@@ -26,6 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction, config_args: Callable[..., None
     deploy.add_argument("--name", dest="names", action="append", help="only this deployment (repeatable)")
     deploy.add_argument("--repo", type=Path, help="the checkout workers run the code from (default: this one)")
     deploy.add_argument("--api-url", help="the Prefect API (default: PREFECT_API_URL)")
+    deploy.add_argument("--pool", help="put every deployment on this work pool (e.g. a Kubernetes pool made with "
+                                       "infra/k8s/work-pool-template.json) instead of infra/prefect.yaml's")
     worker = sub.add_parser("worker", help="run a process worker for the deployments' work pool")
     worker.add_argument("--pool", default="lifecycle-pool")
     worker.add_argument("--api-url", help="the Prefect API (default: PREFECT_API_URL)")
@@ -62,7 +64,7 @@ def cmd_deploy(args: argparse.Namespace, load: Callable[[argparse.Namespace], An
     from lifecycle.ops.deploy import deploy_all, repo_root
 
     repo = (args.repo or repo_root()).resolve()
-    for name in deploy_all(repo, args.api_url, names=args.names):
+    for name in deploy_all(repo, args.api_url, names=args.names, pool=args.pool):
         print(f"deployed {name} (code in {repo})")
     print("run them with: lifecycle worker   (or: prefect worker start --pool lifecycle-pool)")
     return 0

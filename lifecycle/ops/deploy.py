@@ -69,10 +69,15 @@ def ensure_pool(name: str, env: dict[str, str]) -> None:
 
 
 def deploy_all(repo: Path, api_url: str | None = None, prefect_file: Path = PREFECT_FILE,
-               names: list[str] | None = None) -> list[str]:
-    """Register the deployments of `prefect_file` (all, or `names`); returns their names."""
+               names: list[str] | None = None, pool: str | None = None) -> list[str]:
+    """Register the deployments of `prefect_file` (all, or `names`), on `pool` instead of their own work pool
+    when given (create a Kubernetes pool with infra/k8s/work-pool-template.json first: a missing pool is
+    created as a process pool); returns their names."""
     env = server_env(api_url)
     spec = resolved_spec(repo, prefect_file)
+    if pool:
+        for deployment in spec["deployments"]:
+            deployment.setdefault("work_pool", {})["name"] = pool
     wanted = [d["name"] for d in spec["deployments"] if not names or d["name"] in names]
     missing = sorted(set(names or []) - set(wanted))
     if missing:
@@ -80,7 +85,8 @@ def deploy_all(repo: Path, api_url: str | None = None, prefect_file: Path = PREF
                              f"(there are: {', '.join(d['name'] for d in spec['deployments'])})")
     for pool in sorted(pools_of(spec)):
         ensure_pool(pool, env)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=repo, prefix=".prefect-deploy-", delete=False) as f:
+    # outside the checkout (read-only in the image): prefect deploy resolves entrypoints from its working dir
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="prefect-deploy-", delete=False) as f:
         yaml.safe_dump(spec, f, sort_keys=False)
     try:
         selection = [a for n in wanted for a in ("--name", n)] if names else ["--all"]
