@@ -69,7 +69,7 @@ GRAPH: tuple[Stage, ...] = (
           produces="the aligned policy (RLOO/GRPO against a reward model with a KL leash, or DPO) and the reward "
                    "model, registered: the policy's reference; health checks and the reward-hacking alarm",
           code=("lifecycle.align.reward", "lifecycle.align.policy", "lifecycle.align.dpo", "lifecycle.align.health",
-                "lifecycle.align.pairs", "lifecycle.model", "lifecycle.config.passthrough")),
+                "lifecycle.align.pairs", "lifecycle.align.launch", "lifecycle.model", "lifecycle.config.passthrough")),
     Stage("rag_index", inputs=("ingest",), after=("validate",), uses=("sft", "rlhf"),
           produces="a version of the LanceDB chunk table and its retrieval metrics; paired with the run's model",
           code=("lifecycle.rag.chunk", "lifecycle.rag.embed", "lifecycle.rag.index", "lifecycle.rag.evaluate")),
@@ -141,7 +141,14 @@ def plan_stages(until: str | None = None, from_stage: str | None = None) -> Plan
 
 
 def section_data(stage: Stage, cfg: Config) -> dict[str, Any]:
-    return cfg.section(stage.section).model_dump(mode="json", by_alias=True)
+    """The stage's config section as its key sees it: without where its processes meet (the node's rank,
+    the rendezvous), so every node of a multi-node run computes the same key."""
+    from lifecycle.config.distributed import PLACEMENT_KEYS
+
+    data = cfg.section(stage.section).model_dump(mode="json", by_alias=True)
+    if isinstance(data.get("distributed"), dict):
+        data["distributed"] = {k: v for k, v in data["distributed"].items() if k not in PLACEMENT_KEYS}
+    return data
 
 
 def key_extras(stage: Stage, cfg: Config, dynamic: Callable[[str], str] | None = None) -> dict[str, str]:

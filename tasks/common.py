@@ -28,6 +28,7 @@ from prefect.exceptions import Pause
 from prefect.runtime import flow_run, task_run
 
 from lifecycle.config import Config, config_hash
+from lifecycle.config.distributed import LaunchConfig
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
 from lifecycle.registry import ModelRef
@@ -77,6 +78,7 @@ class StageResult:
     model: ModelRef | None = None  # the version a model stage registered
     digest: str | None = None  # a content hash of the output, when its key does not fix its content
     tags: dict[str, str] = field(default_factory=dict)  # extra tags for the stage's MLflow run
+    worker: bool = False  # a node other than 0 of a multi-node run: node 0 commits the output (and registers)
 
 
 @contextmanager
@@ -244,10 +246,13 @@ def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
             checkpoints = Path(ctx.state_dir) / "checkpoints" / stage / key
             result = work(StageDirs(out=tmp, checkpoints=checkpoints, key=key))
             metrics = {k: float(v) for k, v in result.metrics.items()}
-            output = store.commit(tmp, StageOutput(stage=stage, key=key, path=str(store.path(stage, key)),
-                                                   run_id=run.info.run_id, metrics=metrics, model=result.model,
-                                                   digest=result.digest))
-        shutil.rmtree(checkpoints, ignore_errors=True)
+            output = StageOutput(stage=stage, key=key, path=str(store.path(stage, key)), run_id=run.info.run_id,
+                                 metrics=metrics, model=result.model, digest=result.digest)
+            if result.worker:  # nothing to commit here; the checkpoints stay for node 0 (shared storage)
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                output = store.commit(tmp, output)
+                shutil.rmtree(checkpoints, ignore_errors=True)
         seconds = time.perf_counter() - started
         mlflow.log_metrics(_metric_names(stage, metrics) | {f"{stage}/seconds": seconds, f"{stage}/cache_hit": 0.0})
         mlflow.set_tags({"lifecycle.device": "cpu", "lifecycle.device_count": "1"} | result.tags |
@@ -270,6 +275,27 @@ def device_tags(preference: str, count: int = 1) -> dict[str, str]:
 
         name = f"cuda:{torch.cuda.get_device_name(device)}"
     return {"lifecycle.device": name, "lifecycle.device_count": str(count)}
+
+
+def launch_stage(stage: str, module: str, args: list[str], launch: LaunchConfig, dirs: StageDirs,
+                 expect: Path) -> bool:
+    """Run the library's `module` under torchrun for `stage` (the rendezvous id comes from the stage key, the
+    same on every node; MLflow's URI goes with it). True on node 0, where global rank 0 wrote `expect` and
+    the task registers; False on any other node (its StageResult is then `worker=True`: nothing to commit)."""
+    from lifecycle.train.distributed import launch_torchrun
+
+    logger = get_run_logger()
+    launch_torchrun(module, args, launch, f"{stage}-{dirs.key[:16]}",
+                    env={"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}, logger=logger)
+    if launch.node_rank > 0:
+        logger.info("%s: node %d of %d done; node 0 commits and registers the result", stage, launch.node_rank,
+                    launch.nnodes)
+        return False
+    if not expect.exists():
+        raise LifecycleError(f"{stage}: torchrun finished but global rank 0 did not write {expect}"
+                             + (f": with {stage}.distributed.rdzv_backend c10d torchrun may put rank 0 on another "
+                                "node; use static, where node_rank 0 runs it" if launch.nnodes > 1 else ""))
+    return True
 
 
 def _metric_names(stage: str, metrics: dict[str, Any]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """pretrain task: train the causal LM from scratch on the tokenize stage's blocks (in this process, or
-under torchrun when pretrain.distributed.nproc > 1), then register it as a new version of
-run.models.base, tagged with its lineage, and hand on its reference. No alias is set: the base model is
-not a chat model, and `@champion` only moves through the promotion gate."""
+under torchrun when pretrain.distributed asks for more, on one node or several), then register it (on
+node 0) as a new version of run.models.base, tagged with its lineage, and hand on its reference. No alias
+is set: the base model is not a chat model, and `@champion` only moves through the promotion gate."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from lifecycle.hashing import hash_json
 from lifecycle.registry import register_model
 from lifecycle.store import StageOutput
-from lifecycle.train.distributed import launch_torchrun
 from lifecycle.train.pretrain import train
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
@@ -29,23 +28,24 @@ def pretrain(ctx: RunContext, tokens: StageOutput) -> StageOutput:
 
     def work(dirs: StageDirs) -> StageResult:
         run_id = mlflow.active_run().info.run_id
-        m = section.model
+        m, launch = section.model, section.distributed
         mlflow.log_params({"arch": m.arch, "n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model,
                            "d_ff": m.d_ff, "max_steps": section.max_steps, "batch_size": section.batch_size,
-                           "lr": section.optim.lr, "nproc": section.distributed.nproc, "seed": seed})
+                           "lr": section.optim.lr, "nproc": launch.nproc, "nnodes": launch.nnodes, "seed": seed})
         mlflow.log_dict(section.model_dump(mode="json"), "pretrain/config.json")
-        if section.distributed.nproc == 1:
+        if launch.world_size == 1:
             on_metrics, on_text = mlflow_hooks(run_id)
             metrics = train(section, seed, Path(tokens.path), dirs.out, dirs.checkpoints, on_metrics, on_text)
         else:
-            spec = dirs.checkpoints.parent / f"{dirs.key}.json"
+            spec = dirs.checkpoints.parent / f"{dirs.key}-node{launch.node_rank}.json"  # one per node: shared storage
             spec.parent.mkdir(parents=True, exist_ok=True)
             spec.write_text(json.dumps({"seed": seed, "pretrain": section.model_dump(mode="json")}))
-            launch_torchrun("lifecycle.train.pretrain",
-                            ["--data", tokens.path, "--config", str(spec), "--out", str(dirs.out),
-                             "--checkpoints", str(dirs.checkpoints), "--mlflow-run-id", run_id],
-                            section.distributed.nproc, env={"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()},
-                            logger=logger)
+            if not launch_stage("pretrain", "lifecycle.train.pretrain",
+                                ["--data", tokens.path, "--config", str(spec), "--out", str(dirs.out),
+                                 "--checkpoints", str(dirs.checkpoints), "--mlflow-run-id", run_id],
+                                launch, dirs, expect=dirs.out / "metrics.json"):
+                return StageResult({"world_size": launch.world_size, "node_rank": launch.node_rank},
+                                   tags=device_tags(section.device, launch.nproc), worker=True)
             metrics = json.loads((dirs.out / "metrics.json").read_text())
         tokenize_tags = mlflow.get_run(tokens.run_id).data.tags
         ref = register_model(dirs.out / "model", cfg.run.models.base, tags={

@@ -2,9 +2,13 @@
 grpo: train a reward model (registered as run.models.reward), then optimise the policy against it with a
 KL leash to the SFT model, watching its health; dpo: train the policy on the pairs directly. The policy
 is registered as a new version of run.models.chat with its lineage (preference-set hash, SFT version,
-reward-model version, config hash) and a reward-hacking alarm tag the promotion gate reads."""
+reward-model version, config hash) and a reward-hacking alarm tag the promotion gate reads. With
+rlhf.distributed asking for more than one process, the training runs under torchrun (lifecycle/align/launch.py)
+and this task registers what it wrote, on node 0."""
 
 from __future__ import annotations
+
+import json
 
 import mlflow
 from prefect import get_run_logger, task
@@ -18,7 +22,7 @@ from lifecycle.preferences.export import read_snapshot
 from lifecycle.registry import ModelRef, local_copy, register_model
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
 from tasks.preferences import SNAPSHOT
 
 ALARM_TAG = "lifecycle.rlhf.alarm"
@@ -31,15 +35,23 @@ def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
         raise LifecycleError(f"rlhf: the sft output {sft.path} carries no model reference; re-run sft")
 
     def work(dirs: StageDirs) -> StageResult:
-        on_metrics, _ = mlflow_hooks(mlflow.active_run().info.run_id)
+        run_id, launch = mlflow.active_run().info.run_id, cfg.rlhf.distributed
+        on_metrics, _ = mlflow_hooks(run_id)
         rows = read_snapshot(prefs.file(SNAPSHOT))
         sft_dir = local_copy(sft.model, ctx.models_dir)
         lineage = {"lifecycle.stage": "rlhf", "lifecycle.stage_key": dirs.key, "lifecycle.base_model": str(sft.model),
                    "lifecycle.preference_set_hash": prefs.identity, "lifecycle.rlhf.method": cfg.rlhf.method,
                    "lifecycle.config_hash": ctx.config_hash, "mlflow.source.git.commit": ctx.git_commit,
                    "lifecycle.rlhf_config_hash": hash_json(cfg.rlhf.model_dump(mode="json"))}
-        mlflow.log_params({"method": cfg.rlhf.method, "sft_model": str(sft.model), "pairs": len(rows)})
-        if cfg.rlhf.method == "dpo":
+        mlflow.log_params({"method": cfg.rlhf.method, "sft_model": str(sft.model), "pairs": len(rows),
+                           "nproc": launch.nproc, "nnodes": launch.nnodes})
+        if launch.world_size > 1:
+            trained = train_under_torchrun(ctx, sft_dir, prefs, dirs, run_id)
+            if trained is None:  # a node other than 0: node 0 registers
+                return StageResult({"world_size": launch.world_size, "node_rank": launch.node_rank},
+                                   tags=device_tags(cfg.rlhf.device, launch.nproc), worker=True)
+            metrics, tags = register_trained(ctx, trained, dirs, lineage)
+        elif cfg.rlhf.method == "dpo":
             from lifecycle.align.dpo import train_dpo
 
             metrics, tags = train_dpo(cfg, sft_dir, rows, dirs.out, dirs.checkpoints / "dpo", on_metrics).metrics, {}
@@ -48,7 +60,7 @@ def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
         policy = register_model(dirs.out / "policy", cfg.run.models.chat, tags=lineage | tags)
         logger.info("rlhf: registered %s (%s on %d preference pairs, from %s)", policy, cfg.rlhf.method, len(rows),
                     sft.model)
-        return StageResult(metrics, model=policy, tags=tags | device_tags(cfg.rlhf.device))
+        return StageResult(metrics, model=policy, tags=tags | device_tags(cfg.rlhf.device, launch.world_size))
 
     return run_stage("rlhf", ctx, {"sft": sft, "preferences": prefs}, work)
 
@@ -59,25 +71,70 @@ def optimise_policy(ctx: RunContext, sft_dir, rows: list[dict], dirs: StageDirs,
     from lifecycle.align.policy import train_policy
     from lifecycle.align.reward import train_reward
 
-    cfg, logger = ctx.cfg, get_run_logger()
+    cfg = ctx.cfg
     reward = train_reward(cfg, sft_dir, rows, dirs.out, dirs.checkpoints / "reward", on_metrics)
-    flag = {"lifecycle.reward.flagged": "does not beat the longer-answer-wins baseline"} if reward.flagged else {}
-    reward_ref = register_model(dirs.out / "reward_model", cfg.run.models.reward, task="text-classification",
-                                tags=lineage | flag | {"lifecycle.reward.accuracy": f"{reward.metrics['accuracy']:.4f}"})
-    if reward.flagged:
-        logger.warning("rlhf: reward model %s: held-out accuracy %.3f does not beat the length baseline %.3f",
-                       reward_ref, reward.metrics["accuracy"], reward.metrics["length_baseline"])
+    reward_ref = register_reward(ctx, dirs, lineage, reward.metrics, reward.flagged)
     train, _ = split_pairs(rows, cfg.rlhf.held_out_fraction)
     prompts = unique_prompts(train, cfg.rlhf.policy.max_prompts)
     result = train_policy(cfg, sft_dir, dirs.out / "reward_model", prompts, dirs.out, dirs.checkpoints / "policy",
                           on_metrics)
-    report = result.health
+    return report_policy(reward_ref, reward.metrics, result.metrics, result.health)
+
+
+def train_under_torchrun(ctx: RunContext, sft_dir, prefs: StageOutput, dirs: StageDirs,
+                         run_id: str) -> dict | None:
+    """rlhf.distributed: the training (lifecycle/align/launch.py) under torchrun, its rank 0 logging the curves
+    to the stage's run; global rank 0's result (JSON), or None on a node other than 0."""
+    launch = ctx.cfg.rlhf.distributed
+    spec = dirs.checkpoints.parent / f"{dirs.key}-node{launch.node_rank}.json"  # one per node: shared storage
+    result = spec.with_suffix(".result.json")
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    result.unlink(missing_ok=True)
+    spec.write_text(json.dumps({"config": ctx.cfg.dump(), "sft_dir": str(sft_dir),
+                                "preferences": str(prefs.file(SNAPSHOT)), "out": str(dirs.out),
+                                "checkpoints": str(dirs.checkpoints), "result": str(result), "mlflow_run_id": run_id}))
+    if not launch_stage("rlhf", "lifecycle.align.launch", ["--spec", str(spec)], launch, dirs, expect=result):
+        return None
+    return json.loads(result.read_text())
+
+
+def register_trained(ctx: RunContext, trained: dict, dirs: StageDirs,
+                     lineage: dict[str, str]) -> tuple[dict[str, float], dict[str, str]]:
+    """What the launched training wrote (train_under_torchrun): the reward model registered, the health
+    reported; (metrics, tags for the policy version), as the in-process path returns them."""
+    from lifecycle.align.health import HealthReport
+
+    world = {"world_size": float(trained["world_size"])}
+    if "dpo" in trained:
+        return trained["dpo"]["metrics"] | world, {}
+    reward = trained["reward"]
+    reward_ref = register_reward(ctx, dirs, lineage, reward["metrics"], reward["flagged"])
+    metrics, tags = report_policy(reward_ref, reward["metrics"], trained["policy"]["metrics"],
+                                  HealthReport(**trained["policy"]["health"]))
+    return metrics | world, tags
+
+
+def register_reward(ctx: RunContext, dirs: StageDirs, lineage: dict[str, str], metrics: dict[str, float],
+                    flagged: bool) -> ModelRef:
+    cfg, logger = ctx.cfg, get_run_logger()
+    flag = {"lifecycle.reward.flagged": "does not beat the longer-answer-wins baseline"} if flagged else {}
+    reward_ref = register_model(dirs.out / "reward_model", cfg.run.models.reward, task="text-classification",
+                                tags=lineage | flag | {"lifecycle.reward.accuracy": f"{metrics['accuracy']:.4f}"})
+    if flagged:
+        logger.warning("rlhf: reward model %s: held-out accuracy %.3f does not beat the length baseline %.3f",
+                       reward_ref, metrics["accuracy"], metrics["length_baseline"])
+    return reward_ref
+
+
+def report_policy(reward_ref: ModelRef, reward_metrics: dict[str, float], policy_metrics: dict[str, float],
+                  report) -> tuple[dict[str, float], dict[str, str]]:
+    """The health report as a Prefect artifact and an MLflow text; (metrics, tags for the policy version)."""
     create_markdown_artifact(key="rlhf-health", markdown=report.markdown(), description="RLHF health checks")
     mlflow.log_text(report.markdown(), "rlhf/health.md")
     tags = {"lifecycle.reward_model": str(reward_ref), ALARM_TAG: "; ".join(report.reasons) if report.alarm else "none"}
     if report.alarm:
-        logger.warning("rlhf: HEALTH ALARM: %s", "; ".join(report.reasons))
-    metrics = {**{f"reward_model/{k}": v for k, v in reward.metrics.items()}, **result.metrics,
+        get_run_logger().warning("rlhf: HEALTH ALARM: %s", "; ".join(report.reasons))
+    metrics = {**{f"reward_model/{k}": v for k, v in reward_metrics.items()}, **policy_metrics,
                "health_alarm": float(report.alarm)}
     return metrics, tags
 

@@ -1,1 +1,2 @@
-"""Alignment: supervised fine-tuning (sft.py, sft_data.py); reward model, RLOO/GRPO and DPO later. TRL."""
+"""Alignment with TRL: supervised fine-tuning (sft.py, sft_data.py); the reward model (reward.py), RLOO/GRPO
+(policy.py) and its health (health.py), DPO (dpo.py); the same training under torchrun (launch.py)."""

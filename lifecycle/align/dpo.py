@@ -104,9 +104,11 @@ def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_d
     metrics = {"train_pairs": len(train), "held_out_pairs": len(held_out), "dropped_pairs": dropped,
                "train_loss": output.training_loss, "steps": output.global_step, "resumed": float(bool(resume)),
                "margin_before": before, "margin_after": after, "margin_gain": after - before}
-    trainer.save_model(str(out_dir / "policy"))
-    tokenizer.save_pretrained(str(out_dir / "policy"))
-    (out_dir / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))
+    trainer.save_model(str(out_dir / "policy"))  # by the main process only (under torchrun: global rank 0)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out_dir / "policy"))
+        (out_dir / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))
+    trainer.accelerator.wait_for_everyone()
     log.info("rlhf: dpo: held-out log-probability margin chosen - rejected %.3f -> %.3f (%d pairs)", before, after,
              len(held_out))
     return DpoResult(metrics=metrics)

@@ -157,16 +157,20 @@ def train_policy(cfg: Config, sft_dir: Path, reward_dir: Path | None, prompts: l
     health = assess(monitor.history, cfg.rlhf.health)
     metrics = {"steps": float(output.global_step), "resumed": float(bool(resume)),
                "prompts": float(len(trainer.train_dataset))} | health.summary
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = trainer.is_world_process_zero()  # under torchrun, global rank 0 alone writes
     final, partial = out_dir / "policy", out_dir / "policy.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    trainer.save_model(str(partial))
-    trainer.processing_class.save_pretrained(str(partial))  # with the chat template the policy answers in
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    report = {"metrics": metrics, "alarm": health.alarm, "reasons": health.reasons,
-              "history": [asdict(p) for p in monitor.history]}
-    (out_dir / "policy_health.json").write_text(json.dumps(_finite(report), indent=2))
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    trainer.save_model(str(partial))  # the main process writes
+    if main:
+        trainer.processing_class.save_pretrained(str(partial))  # with the chat template the policy answers in
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        report = {"metrics": metrics, "alarm": health.alarm, "reasons": health.reasons,
+                  "history": [asdict(p) for p in monitor.history]}
+        (out_dir / "policy_health.json").write_text(json.dumps(_finite(report), indent=2))
+    trainer.accelerator.wait_for_everyone()
     log.info("policy (%s): reward %.4g -> %.4g, KL max %.4g, length %.4g -> %.4g%s", cfg.rlhf.method,
              metrics["reward_first"], metrics["reward_last"], metrics["kl_max"], metrics["length_first"],
              metrics["length_last"], ": ALARM" if health.alarm else "")

@@ -7,6 +7,7 @@ Pairs longer than the model's context are dropped here and counted (TRL would dr
 run, re-run with the same checkpoint folder, resumes from its newest checkpoint.
 
     result = train_reward(cfg, sft_dir, rows, out_dir, ckpt_dir, on_metrics=hook)  # out_dir/reward_model
+    result, model, tokenizer = fit_reward(...)      # the same, with the trained model in hand (torchrun)
     result.metrics["accuracy"], result.metrics["length_baseline"], result.flagged
     evaluate_reward(out_dir / "reward_model", rows)   # lifecycle eval-reward: {"accuracy": ..., ...}
 """
@@ -155,6 +156,15 @@ def train_reward(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckp
                  on_metrics: MetricsHook | None = None) -> RewardResult:
     """Train the reward model on `rows` from the SFT model in `sft_dir`; write out_dir/reward_model (model +
     tokenizer) and out_dir/reward_metrics.json."""
+    return fit_reward(cfg, sft_dir, rows, out_dir, ckpt_dir, on_metrics)[0]
+
+
+def fit_reward(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_dir: Path,
+               on_metrics: MetricsHook | None = None
+               ) -> tuple[RewardResult, PreTrainedModel, PreTrainedTokenizerBase]:
+    """train_reward, handing back the trained model and its tokenizer too: under torchrun every process holds
+    the same weights, so the policy can score with them on nodes where nothing was written (global rank 0
+    alone writes out_dir)."""
     import trl
 
     set_seed(cfg.run.seed)  # the fresh reward head is random
@@ -174,9 +184,11 @@ def train_reward(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckp
     metrics = {"train_pairs": len(train), "held_out_pairs": len(held_out), "dropped_pairs": dropped,
                "train_loss": output.training_loss, "steps": output.global_step, "resumed": float(bool(resume)),
                **held_out_metrics(held_out, margins, cfg.rlhf.reward.baseline_margin)}
-    trainer.save_model(str(out_dir / "reward_model"))
-    tokenizer.save_pretrained(str(out_dir / "reward_model"))
-    (out_dir / "reward_metrics.json").write_text(json.dumps(metrics, indent=2))
+    trainer.save_model(str(out_dir / "reward_model"))  # by the main process only (under torchrun: global rank 0)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out_dir / "reward_model"))
+        (out_dir / "reward_metrics.json").write_text(json.dumps(metrics, indent=2))
+    trainer.accelerator.wait_for_everyone()
     flagged = not metrics["beats_length_baseline"]
     log.info("rlhf: reward model: held-out accuracy %.3f vs length baseline %.3f (%d pairs), margin p50 %.3f",
              metrics["accuracy"], metrics["length_baseline"], len(held_out), metrics["margin_p50"])
@@ -184,7 +196,7 @@ def train_reward(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckp
         log.warning("rlhf: reward model FLAGGED: held-out accuracy %.3f does not beat the longer-answer-wins baseline "
                     "%.3f by rlhf.reward.baseline_margin %.3f; it may be rewarding length, not quality",
                     metrics["accuracy"], metrics["length_baseline"], cfg.rlhf.reward.baseline_margin)
-    return RewardResult(metrics=metrics, margins=margins, flagged=flagged)
+    return RewardResult(metrics=metrics, margins=margins, flagged=flagged), trainer.model, tokenizer
 
 
 def evaluate_reward(model_dir: Path, rows: list[Row], batch_size: int = 32,

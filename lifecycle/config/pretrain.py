@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lifecycle.config.base import Section
+from lifecycle.config.distributed import LaunchConfig
 
 
 class ModelArchConfig(Section):
@@ -48,8 +49,9 @@ class SampleConfig(Section):
     max_new_tokens: int = Field(ge=1)
 
 
-class DistributedConfig(Section):
-    nproc: int = Field(ge=1)  # processes on this node; > 1 launches torchrun
+class DistributedConfig(LaunchConfig):
+    """Processes, nodes and rendezvous (LaunchConfig), and how the pretraining loop spreads the model."""
+
     strategy: Literal["ddp", "fsdp"]
     backend: Literal["auto", "nccl", "gloo"]  # auto: nccl on CUDA, gloo on CPU
 
@@ -76,8 +78,9 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> PretrainConfig:
-        per_step = self.micro_batch_size * self.distributed.nproc
-        if self.batch_size % per_step:
+        d = self.distributed
+        if self.batch_size % (self.micro_batch_size * d.world_size):
             raise ValueError(f"batch_size={self.batch_size} must be a multiple of micro_batch_size x "
-                             f"distributed.nproc = {self.micro_batch_size} x {self.distributed.nproc}")
+                             f"distributed.nproc x distributed.nnodes = {self.micro_batch_size} x {d.nproc} x "
+                             f"{d.nnodes}")
         return self

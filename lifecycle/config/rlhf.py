@@ -1,7 +1,7 @@
 """conf/rlhf.yaml: alignment with the preference set. A reward model (TRL RewardTrainer) and a policy
 optimised against it with a KL leash (RLOO or GRPO), or DPO straight on the pairs. Each `trainer`
 mapping passes through to TRL's own config class (RewardConfig, RLOOConfig, GRPOConfig, DPOConfig) and
-is checked by constructing it."""
+is checked by constructing it. `distributed` runs the training under torchrun, on one node or several."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lifecycle.config.base import Section
+from lifecycle.config.distributed import LaunchConfig
 
 
 class RewardModelConfig(Section):
@@ -42,3 +43,4 @@ class RlhfConfig(Section):
     policy: PolicyConfig
     dpo: DpoConfig
     health: HealthConfig
+    distributed: LaunchConfig  # > 1 process in all: the reward model and policy train under torchrun (DDP)

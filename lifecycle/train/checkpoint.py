@@ -99,6 +99,10 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
         tmp.mkdir(parents=True)
     barrier(dist)
+    if not tmp.is_dir():  # another node: rank 0 made it on storage this node does not see
+        raise LifecycleError(f"checkpoint folder {root} is not shared with rank 0's node (rank {dist.rank} cannot see "
+                             f"{tmp.name}): a multi-node run checkpoints to the state dir on shared storage, or set "
+                             "checkpoint_every: 0")
     torch.save(rng_state(), tmp / f"rng-rank{dist.rank}.pt")
     weights = model_state(model, strategy, dist)
     optim = _optimizer_state(model, optimizer, strategy, dist)

@@ -5,7 +5,7 @@ A single process (no WORLD_SIZE, or 1) needs no process group: every helper here
 
     dist = init_distributed("auto", "auto")          # under `torchrun --nproc_per_node 2 -m ...`
     model = wrap_model(model, "ddp", dist)
-    launch_torchrun("lifecycle.train.pretrain", ["--data", ...], nproc=2)   # from a parent process
+    launch_torchrun("lifecycle.train.pretrain", ["--data", ...], cfg.distributed, rdzv_id)   # from the task
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from lifecycle.config.distributed import LaunchConfig
 from lifecycle.errors import LifecycleError
 
 log = logging.getLogger("lifecycle.train")
@@ -122,12 +123,24 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def launch_torchrun(module: str, args: list[str], nproc: int, env: dict[str, str] | None = None,
-                    logger: logging.Logger | None = None) -> None:
-    """Run `torchrun --standalone --nproc_per_node nproc -m module args...`, streaming its output to `logger`."""
+def torchrun_command(module: str, args: list[str], launch: LaunchConfig, rdzv_id: str) -> list[str]:
+    """`python -m torch.distributed.run ... -m module args...`: `--standalone` on one node without an
+    endpoint, else the multi-node rendezvous (`rdzv_id`: the same on every node of the run)."""
+    if launch.nnodes == 1 and launch.rdzv_endpoint is None:
+        where = ["--standalone"]
+    else:
+        where = [f"--nnodes={launch.nnodes}", f"--node_rank={launch.node_rank}",
+                 f"--rdzv_backend={launch.rdzv_backend}", f"--rdzv_endpoint={launch.rdzv_endpoint}",
+                 f"--rdzv_id={launch.rdzv_id or rdzv_id}"]
+    return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={launch.nproc}",
+            "-m", module, *args]
+
+
+def launch_torchrun(module: str, args: list[str], launch: LaunchConfig, rdzv_id: str,
+                    env: dict[str, str] | None = None, logger: logging.Logger | None = None) -> None:
+    """Run `module` under torchrun (torchrun_command), streaming its output to `logger`."""
     out = logger or log
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", module, *args]
+    cmd = torchrun_command(module, args, launch, rdzv_id)
     out.info("launching: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})}, bufsize=1)
@@ -138,5 +151,6 @@ def launch_torchrun(module: str, args: list[str], nproc: int, env: dict[str, str
         out.info("%s", line)
         tail = (tail + [line])[-20:]
     if proc.wait() != 0:
-        raise LifecycleError(f"torchrun ({nproc} processes) failed with exit code {proc.returncode}; last lines:\n"
-                             + "\n".join(tail))
+        where = f"node {launch.node_rank} of {launch.nnodes}, " if launch.nnodes > 1 else ""
+        raise LifecycleError(f"torchrun ({where}{launch.nproc} processes) failed with exit code {proc.returncode}; "
+                             "last lines:\n" + "\n".join(tail))

@@ -1,10 +1,15 @@
 """The pretrain stage in the real pipeline flow (tiny corpus, tiny model): MLflow child run with training
 curves and the bits-per-byte summary, a registered model version with lineage tags and no alias, handed
 on by reference in the stage's output, a `from_pretrained`-ready output, checkpoints cleaned up, and a
-cache hit (no new version) on re-run; and the same through torchrun with two processes."""
+cache hit (no new version) on re-run; the same through torchrun with two processes; and two "nodes" (two
+pipelines on this machine, each with its own state dir) where node 0 registers and node 1 only trains."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flows.pipeline import pipeline
 from lifecycle.tracking import tracking_uri
+from tests.pretrain_fixtures import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +83,35 @@ def test_pretrain_stage_under_torchrun_reads_its_metrics_back(tmp_path: Path, co
     assert client.get_run(out["run_id"]).data.metrics["pretrain/world_size"] == 2
     assert out["model"]["name"] == "lifecycle-gpt-base"
     AutoModelForCausalLM.from_pretrained(str(Path(out["path"], "model")))
+
+
+@pytest.mark.slow
+def test_two_nodes_train_together_and_node_0_alone_registers(tmp_path: Path, conf_dir: Path,
+                                                             tiny_overrides: list[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = tiny_overrides + TINY_PRETRAIN + [
+        "pretrain.max_steps=12", "pretrain.eval_every=0", "pretrain.micro_batch_size=4", "pretrain.num_threads=1",
+        "pretrain.distributed.backend=gloo", "pretrain.distributed.nnodes=2",
+        f"pretrain.distributed.rdzv_endpoint=127.0.0.1:{port}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_HOME"))}
+    node1 = subprocess.Popen(  # its own state dir: it tokenizes the same sources itself
+        [sys.executable, "-m", "lifecycle.cli", "run", "--until", "pretrain", "--state-dir", str(tmp_path / "node1"),
+         "--conf", str(conf_dir), *(f"--set={o}" for o in [*overrides, "pretrain.distributed.node_rank=1"])],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = pipeline(overrides=overrides, state_dir=str(tmp_path / "node0"), conf_dir=str(conf_dir),
+                       until="pretrain")["pretrain"]
+        log = node1.communicate(timeout=300)[0]
+    finally:
+        node1.kill()
+    assert node1.returncode == 0, log[-3000:]
+    assert out["model"]["name"] == "lifecycle-gpt-base" and out["metrics"]["world_size"] == 2
+    client1 = MlflowClient(tracking_uri(tmp_path / "node1"), registry_uri=tracking_uri(tmp_path / "node1"))
+    assert client1.search_model_versions("name='lifecycle-gpt-base'") == []  # node 1 registered nothing
+    assert not list((tmp_path / "node1" / "artifacts" / "pretrain").iterdir())  # and committed nothing
+    runs = client1.search_runs([client1.get_experiment_by_name("llm-lifecycle").experiment_id],
+                               filter_string="tags.`lifecycle.stage` = 'pretrain'")
+    assert [r.data.tags["lifecycle.key"] for r in runs] == [out["key"]]  # the same key on both nodes
+    assert runs[0].data.metrics["pretrain/node_rank"] == 1

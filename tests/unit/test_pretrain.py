@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lifecycle.errors import LifecycleError
+from lifecycle.config import load_config
+from lifecycle.errors import ConfigError, LifecycleError
 from lifecycle.model import build_model
+from lifecycle.stages import STAGES, stage_key
 from lifecycle.train.data import BatchOrder, bits_per_byte, eval_shards, load_split, unigram_loss
+from lifecycle.train.distributed import torchrun_command
 from lifecycle.train.flops import detect_peak_flops, flops_per_token, mfu
 from lifecycle.train.pretrain import train
 from lifecycle.train.trainer import lr_factor, param_groups
@@ -126,6 +130,43 @@ def test_short_run_learns_and_saves_a_loadable_model(tmp_path: Path, data: Path)
 def test_batch_must_divide_into_micro_batches_and_processes(tmp_path: Path, data: Path) -> None:
     with pytest.raises(Exception, match="batch_size=12 must be a multiple of micro_batch_size x distributed.nproc"):
         tiny_pretrain_config(batch_size=12, micro_batch_size=8)
+
+
+def test_torchrun_command_is_standalone_on_one_node_and_a_rendezvous_on_several() -> None:
+    one = tiny_pretrain_config(micro_batch_size=4, distributed={"nproc": 2}).distributed
+    cmd = torchrun_command("lifecycle.train.pretrain", ["--data", "d"], one, "pretrain-abc")
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       "-m", "lifecycle.train.pretrain", "--data", "d"]
+    two = tiny_pretrain_config(micro_batch_size=1, distributed={"nproc": 4, "nnodes": 2, "node_rank": 1,
+                                                                "rdzv_endpoint": "10.0.0.1:29500"}).distributed
+    cmd = torchrun_command("lifecycle.train.pretrain", ["--data", "d"], two, "pretrain-abc")
+    assert cmd[3:9] == ["--nnodes=2", "--node_rank=1", "--rdzv_backend=static", "--rdzv_endpoint=10.0.0.1:29500",
+                        "--rdzv_id=pretrain-abc", "--nproc_per_node=4"]
+    named = two.model_copy(update={"rdzv_id": "job-7", "rdzv_backend": "c10d"})
+    assert {"--rdzv_id=job-7", "--rdzv_backend=c10d"} <= set(torchrun_command("m", [], named, "pretrain-abc"))
+
+
+def test_several_nodes_need_a_rendezvous_endpoint_named_with_its_file(conf_dir: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(conf_dir, overrides=["pretrain.distributed.nnodes=2"])
+    assert "pretrain.distributed.rdzv_endpoint = null: " in str(err.value) and "pretrain.yaml" in str(err.value)
+    for bad, what in (("rlhf.distributed.rdzv_endpoint=node0", "expected HOST:PORT"),
+                      ("pretrain.distributed.node_rank=1", "node_rank must be below nnodes (1)")):
+        with pytest.raises(ConfigError, match=re.escape(what)):
+            load_config(conf_dir, overrides=[bad])
+    with pytest.raises(Exception, match=r"micro_batch_size x distributed.nproc x distributed.nnodes = 8 x 1 x 2"):
+        tiny_pretrain_config(batch_size=8, micro_batch_size=8,
+                             distributed={"nnodes": 2, "rdzv_endpoint": "10.0.0.1:29500"})
+
+
+def test_node_rank_and_rendezvous_are_not_part_of_the_stage_key(conf_dir: Path) -> None:
+    base = ["pretrain.distributed.nnodes=2", "pretrain.distributed.rdzv_endpoint=10.0.0.1:29500"]
+    keys = {stage_key(STAGES["pretrain"], load_config(conf_dir, overrides=base + extra), {"tokenize": "t"})
+            for extra in ([], ["pretrain.distributed.node_rank=1", "pretrain.distributed.rdzv_id=x"])}
+    assert len(keys) == 1  # every node computes the same key (and checkpoint folder, rendezvous id)
+    wider = base + ["pretrain.distributed.nproc=2", "pretrain.micro_batch_size=8"]
+    more = stage_key(STAGES["pretrain"], load_config(conf_dir, overrides=wider), {"tokenize": "t"})
+    assert more not in keys  # the number of processes is part of what was computed
 
 
 def test_in_process_training_leaves_thread_settings_alone(tmp_path: Path, data: Path) -> None:
