@@ -31,15 +31,15 @@ def free_port() -> int:
 
 def test_both_dashboards_show_the_latest_pipeline_run(tmp_path: Path, browser: webdriver.Chrome) -> None:
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_HOME"}  # as a user runs it: Prefect in the state dir
+    # as a user runs it: Prefect and MLflow in the state dir (earlier tests may have pointed these elsewhere)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     sets = [a for value in TINY for a in ("--set", value)]
     subprocess.run([sys.executable, "-m", "lifecycle.cli", "run", "--until", "validate", "--state-dir", str(state),
                     "--conf", str(CONF), *sets], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     from mlflow.tracking import MlflowClient
 
-    from lifecycle.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri(state))
+    client = MlflowClient(f"sqlite:///{state / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("llm-lifecycle").experiment_id
     run_name = client.search_runs([experiment], "tags.`lifecycle.role` = 'pipeline'")[0].info.run_name
     ports = {"prefect": free_port(), "mlflow": free_port()}

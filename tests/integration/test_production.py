@@ -62,7 +62,8 @@ def servers(tmp_path: Path, postgres_server: str) -> Iterator[dict[str, str]]:  
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": s3}
-    env.pop("PREFECT_API_URL", None)
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set by earlier tests
+        env.pop(name, None)
     commands = {
         "s3": ([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])], f"{s3}/moto-api/"),
         "prefect": ([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
