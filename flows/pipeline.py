@@ -18,7 +18,7 @@ from flows.rlhf import rlhf_flow
 from flows.sft import sft_flow
 from flows.tokenize import tokenize_flow
 from flows.validate import validate_flow
-from lifecycle.runtime import RunSettings
+from lifecycle.runtime import RunSettings, no_heartbeats_on_temporary_api
 from lifecycle.stages import plan_stages
 from lifecycle.store import StageOutput
 from tasks.common import check_trainer_sections, pipeline_run
@@ -34,9 +34,9 @@ def pipeline(profile: str = "default", overrides: list[str] | None = None, sourc
                            conf_dir=conf_dir)
     plan = plan_stages(until, from_stage)
     cfg = settings.load()
-    check_trainer_sections(cfg, plan.run)
     out: dict[str, StageOutput] = {}
-    with pipeline_run(settings, cfg, plan) as ctx:
+    with pipeline_run(settings, cfg, plan) as ctx, no_heartbeats_on_temporary_api():
+        check_trainer_sections(cfg, plan.run, ctx)  # before any work; skips the stages that will be cache hits
         out["ingest"] = ingest_flow(ctx=ctx)
         if ctx.wants("validate"):
             out["validate"] = validate_flow(ctx=ctx, ingest=out["ingest"])
@@ -61,3 +61,4 @@ def pipeline(profile: str = "default", overrides: list[str] | None = None, sourc
         if ctx.wants("promote"):
             out["promote"] = promote_flow(ctx=ctx, evaluate=out["evaluate"])
     return {stage: asdict(output) for stage, output in out.items()}
+

@@ -1,14 +1,25 @@
-"""Process set-up for a run: what the run was asked for (`RunSettings`), the state directory and the
-environment Prefect, MLflow and HF read.
+"""Process set-up for a run: what the run was asked for (`RunSettings`), the state directory, the
+environment Prefect, MLflow and HF read, and the run's own Prefect API when no server is given.
 
-Call `prepare_environment` before importing prefect (it reads PREFECT_HOME when its settings load).
+Call `prepare_environment` and `start_embedded_api` before importing prefect (it reads PREFECT_HOME and
+PREFECT_API_URL when its settings load).
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import logging
 import os
+import random
+import re
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+import warnings
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +29,21 @@ from lifecycle.errors import LifecycleError
 
 if TYPE_CHECKING:
     from lifecycle.config import Config
+
+# Third-party warnings known to be harmless here, by category and message; any other warning still shows.
+KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    # datasets' worker processes fork after LanceDB started its runtime; the children never use LanceDB
+    (RuntimeWarning, r"lancedb fork support is experimental"),
+    # TRL's trainers still call transformers' old name for it
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+)
+# ... and log records, by logger and message: MLflow looks for a hub model card and licence of a model
+# saved from a local folder; Great Expectations sets this logger to INFO itself
+KNOWN_LOG_RECORDS: dict[str, tuple[str, ...]] = {
+    "mlflow.transformers": (r"The model card could not be retrieved from the hub",
+                            r"Unable to find license information for this model"),
+    "great_expectations.data_context.types.base": (r"Created temporary directory .* for ephemeral docs site",),
+}
 
 
 def resolve_state_dir(cli_value: str | None, configured: str) -> Path:
@@ -35,8 +61,101 @@ def prepare_environment(state_dir: Path) -> None:
     quiet_environment()
 
 
+EMBEDDED_API = "LIFECYCLE_EMBEDDED_API"  # the URL of the Prefect API this process started for itself
+
+
+class EmbeddedApi:
+    """The run's own Prefect API: Prefect's temporary server (the same uvicorn app with the ephemeral-mode
+    services, on the SQLite database under PREFECT_HOME), started before prefect is imported so it comes
+    up while the pipeline's modules load; Prefect would start it only at the first flow call, after them.
+    It lives as long as this process."""
+
+    def __init__(self, url: str, process: subprocess.Popen) -> None:
+        self.url, self.process = url, process
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Return once it answers; an error naming its exit status if it stops first."""
+        timeout_s = timeout_s or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 60))
+        deadline, opener = time.monotonic() + timeout_s, urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while self.process.poll() is None:
+            try:
+                with opener.open(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        logging.getLogger("lifecycle").info("Prefect API of this run: %s (temporary; PREFECT_HOME "
+                                                            "%s)", self.url, os.environ.get("PREFECT_HOME"))
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LifecycleError(f"the run's Prefect API {self.url} did not answer in {timeout_s:.0f} s "
+                                     "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+            time.sleep(0.05)
+        raise LifecycleError(f"the run's Prefect API {self.url} stopped with status {self.process.returncode} before "
+                             "it answered (3: its port was taken meanwhile; run again, or set PREFECT_API_URL to "
+                             "a running Prefect server)")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_embedded_api() -> EmbeddedApi | None:
+    """With no PREFECT_API_URL, and prefect not imported yet: start the run's Prefect API (`EmbeddedApi`)
+    and point this process at it. None when a server is given, or Prefect will start its own."""
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return None
+    port = _free_port()
+    app_dir = Path(importlib.util.find_spec("prefect").origin).parents[1]  # as Prefect runs it (spec: not imported)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+         "--lifespan", "on"],
+        env=os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+    api = EmbeddedApi(f"http://127.0.0.1:{port}/api", process)
+    atexit.register(api.stop)
+    os.environ["PREFECT_API_URL"] = os.environ[EMBEDDED_API] = api.url
+    os.environ.setdefault("PREFECT_UI_URL", "")  # no "View at" links: the server has no UI, and goes with the run
+    return api
+
+
+def is_temporary_api(url: str | None) -> bool:
+    """Whether the Prefect API at `url` (None: Prefect's temporary server) lives only as long as this run."""
+    return not url or url == os.environ.get(EMBEDDED_API)
+
+
+def no_heartbeats_on_temporary_api() -> AbstractContextManager:
+    """On a temporary Prefect API (the run's own) flow runs started inside send no heartbeats: heartbeats
+    let a server mark a dead flow run Crashed, and this server dies with the process; each flow run would
+    pay up to 1 s at its end (Prefect joins the heartbeat thread, which sleeps in 1 s slices). Against a
+    real server they stay on."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    if not is_temporary_api(get_current_settings().api.url):
+        return nullcontext()
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def _free_port() -> int:
+    for port in random.sample(range(8000, 9000), 50):  # Prefect's range for its temporary server
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise LifecycleError("no free port in 8000-8999 for the run's Prefect API; set PREFECT_API_URL to a running "
+                         "Prefect server")
+
+
 def quiet_environment() -> None:
-    """No analytics, no fork warnings, no artifact-upload bars; the `lifecycle` logger in Prefect's logs."""
+    """No analytics, no fork warnings, no artifact-upload bars, no known-harmless third-party warnings; the
+    `lifecycle` logger in Prefect's logs."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -45,20 +164,41 @@ def quiet_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("LANCEDB_LOG", "warn,lance::dataset::write::insert=error")  # "no dataset, creating it"
+    filter_known_warnings()
+
+
+def filter_known_warnings() -> None:
+    """Drop the KNOWN_WARNINGS and KNOWN_LOG_RECORDS (and only those); safe to call again."""
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, messages in KNOWN_LOG_RECORDS.items():
+        logging.getLogger(name).addFilter(_DROP_KNOWN[name])
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, messages: tuple[str, ...]) -> None:
+        super().__init__()
+        self.pattern = re.compile("|".join(messages))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+_DROP_KNOWN = {name: _DropMessages(messages) for name, messages in KNOWN_LOG_RECORDS.items()}
 
 
 def configure_logging() -> None:
-    """Our progress at INFO; third-party chatter (GX, MLflow hints, datasets bars off a TTY) kept down."""
-    import warnings
-
+    """Our progress at INFO; third-party chatter (GX, MLflow hints, Hugging Face bars off a TTY) kept down."""
     logging.getLogger("lifecycle").setLevel(logging.INFO)
     warnings.filterwarnings("ignore", module=r"mlflow\..*", category=UserWarning)
     for name in ("great_expectations", "mlflow", "alembic", "httpx", "datasets", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    if not sys.stderr.isatty():
-        import datasets
-
-        datasets.disable_progress_bars()
+    if not sys.stderr.isatty():  # read when datasets / transformers load (a cached run never loads them)
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # and transformers' weight loading/saving bars
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
 
 
 class RunSettings(BaseModel):

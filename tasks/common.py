@@ -6,7 +6,9 @@ A stage task is `run_stage(name, ctx, inputs, work)`: `work(dirs)` does the stag
 (a temporary folder renamed into the store on success) and returns its metrics (and, for a model stage,
 the registered version); `dirs.checkpoints` survives a killed run (same key, same folder) so long stages
 can resume, and is removed once the stage succeeds. The key comes from the stage graph
-(lifecycle/stages.py), so a task cannot read inputs the graph does not declare.
+(lifecycle/stages.py), so a task cannot read inputs the graph does not declare. A task imports the
+library code that computes (torch, transformers, TRL, datasets, LanceDB...) inside `work`: a run of cache
+hits never loads it (docs/BENCHMARKS.md, "Start-up cost").
 """
 
 from __future__ import annotations
@@ -134,9 +136,12 @@ def stage_scope(stage: str, ctx: RunContext | None, settings: RunSettings,
         yield own, cached_inputs(own, stage)
 
 
-def check_trainer_sections(cfg: Config, stages: tuple[str, ...]) -> None:
+def check_trainer_sections(cfg: Config, stages: tuple[str, ...], ctx: RunContext | None = None) -> None:
     """Construct the third-party trainer configs of the stages about to run: a bad key fails now, before
-    any work, naming the key and its file."""
+    any work, naming the key and its file. Given the pipeline's `ctx`, a stage that will be a cache hit is
+    left out: it builds no trainer, and a cached run need not import TRL (seconds)."""
+    if ctx is not None:
+        stages = tuple(s for s in stages if s in ("sft", "rlhf") and will_compute(ctx, s))
     scratch = Path(cfg.run.state_dir) / "checkpoints"
     if "sft" in stages:
         from lifecycle.align.sft import sft_args
@@ -152,6 +157,16 @@ def check_trainer_sections(cfg: Config, stages: tuple[str, ...]) -> None:
         else:
             reward_args(cfg, scratch / "rlhf", max_length=1)
             policy_args(cfg, scratch / "rlhf", cfg.rlhf.method)
+
+
+def will_compute(ctx: RunContext, stage: str) -> bool:
+    """Whether `stage` computes in this run: forced (--from), or nothing cached for its planned key."""
+    if stage in ctx.plan.reuse or stage not in ctx.plan.run:
+        return False
+    if stage in ctx.plan.force:
+        return True
+    key = planned_keys(ctx.cfg, stage, _identity(ctx), _planned_dynamic(ctx))[stage]
+    return ctx.store.lookup(stage, key) is None
 
 
 def cached_inputs(ctx: RunContext, stage: str) -> dict[str, StageOutput]:

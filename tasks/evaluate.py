@@ -15,7 +15,6 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lifecycle.data.ingest import read_documents
 from lifecycle.errors import LifecycleError
 from lifecycle.registry import ModelRef, local_copy, tag_version
 from lifecycle.store import StageOutput
@@ -35,6 +34,7 @@ def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOu
             raise LifecycleError(f"evaluate: the {out.stage} output {out.path} carries no model reference; re-run it")
 
     def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.data.ingest import read_documents
         from lifecycle.evaluate.metrics import evaluate_models, held_out_questions, load_model, validation_texts
         from lifecycle.evaluate.promotion import champion_before
         from lifecycle.evaluate.report import build_report, report_markdown_for_prefect

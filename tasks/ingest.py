@@ -8,7 +8,6 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from lifecycle.data.ingest import ingest_documents, load_documents
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, run_stage
 
@@ -18,6 +17,8 @@ def ingest(ctx: RunContext) -> StageOutput:
     section = ctx.cfg.ingest
 
     def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.data.ingest import ingest_documents, load_documents
+
         out = dirs.out
         stats = ingest_documents(section, out)
         docs = load_documents(out)

@@ -18,10 +18,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lifecycle.data.ingest import read_documents
 from lifecycle.errors import LifecycleError
-from lifecycle.model import context_window, load_causal_lm
-from lifecycle.preferences.collect import build_prompts, make_items, sample_answers
 from lifecycle.preferences.db import store_url
 from lifecycle.preferences.export import export_rows, pairs_to_rows, write_snapshot
 from lifecycle.preferences.importers import read_preference_file
@@ -67,6 +64,10 @@ def publish_batch(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str |
         raise LifecycleError(f"preferences: the sft output {sft.path} carries no model reference; re-run sft")
     batch_id, store = batch_id_for(ctx, sft, docs), open_store(ctx)
     if store.batch(batch_id) is None:
+        from lifecycle.data.ingest import read_documents
+        from lifecycle.model import context_window, load_causal_lm
+        from lifecycle.preferences.collect import build_prompts, make_items, sample_answers
+
         model, tokenizer = load_causal_lm(local_copy(sft.model, ctx.models_dir))
         prompts = build_prompts(cfg, read_documents(docs.path), tokenizer, context_window(model, tokenizer))
         answers = sample_answers(model, tokenizer, prompts, cfg.preferences.sampling)

@@ -15,7 +15,6 @@ from prefect.cache_policies import NO_CACHE
 from lifecycle.hashing import hash_json
 from lifecycle.registry import register_model
 from lifecycle.store import StageOutput
-from lifecycle.train.pretrain import train
 from lifecycle.train.tracking import mlflow_hooks
 from tasks.common import RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
 
@@ -27,6 +26,8 @@ def pretrain(ctx: RunContext, tokens: StageOutput) -> StageOutput:
     logger = get_run_logger()
 
     def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.train.pretrain import train
+
         run_id = mlflow.active_run().info.run_id
         m, launch = section.model, section.distributed
         mlflow.log_params({"arch": m.arch, "n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model,

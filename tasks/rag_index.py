@@ -16,11 +16,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lifecycle.config import Config
-from lifecycle.data.ingest import read_documents
 from lifecycle.rag.evaluate import evaluate_retrieval, python_docs_questions, report_markdown
-from lifecycle.rag.index import build_index
 from lifecycle.rag.pairing import pair_index
-from lifecycle.rag.retention import pin_version, referenced_versions, retain_versions
+from lifecycle.rag.retention import open_dataset, pin_version, referenced_versions, retain_versions
 from lifecycle.rag.search import open_index, open_table, rag_dir, write_current
 from lifecycle.registry import ModelRef
 from lifecycle.store import StageOutput
@@ -35,6 +33,9 @@ def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None)
     logger = get_run_logger()
 
     def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.data.ingest import read_documents
+        from lifecycle.rag.index import build_index
+
         documents = read_documents(docs.path)
         info = build_index(documents, section, str(rag_dir(state_dir) / "lancedb"), section.table).to_dict()
         pin_version(open_table(info["uri"], info["table"]), f"stage-{dirs.key}", info["version"])
@@ -59,7 +60,7 @@ def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None)
         pair_index(model, info, output.key)
         logger.info("rag_index: %s serves with table %s version %d", model, info["table"], info["version"])
     write_current(state_dir, info | {"key": output.key, "path": output.path, "run_id": output.run_id})
-    tbl = open_table(info["uri"], info["table"])
+    tbl = open_dataset(info["uri"], info["table"])
     keep = referenced_versions(state_dir, info["uri"], info["table"], [cfg.run.models.chat, cfg.run.models.base])
     retain_versions(tbl, keep, section.retention.unreferenced_days)
     logger.info("rag_index: %s table %s version %d is current (%d rows)", info["uri"], info["table"],

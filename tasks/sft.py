@@ -10,8 +10,6 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lifecycle.align.sft import train_sft
-from lifecycle.data.ingest import read_documents
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
 from lifecycle.registry import local_copy, register_model
@@ -28,6 +26,9 @@ def sft(ctx: RunContext, base: StageOutput, docs: StageOutput) -> StageOutput:
         raise LifecycleError(f"sft: the pretrain output {base.path} carries no model reference; re-run pretrain")
 
     def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.align.sft import train_sft
+        from lifecycle.data.ingest import read_documents
+
         run_id = mlflow.active_run().info.run_id
         mlflow.log_params({"base_model": str(base.model), "system_prompt": cfg.sft.data.system_prompt,
                            **{f"trainer.{k}": v for k, v in cfg.sft.trainer.items()}})

@@ -10,7 +10,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lifecycle.store import StageOutput
-from lifecycle.tokenizer import train_and_pack
 from tasks.common import RunContext, StageDirs, StageResult, run_stage
 
 
@@ -19,6 +18,8 @@ def tokenize(ctx: RunContext, docs: StageOutput) -> StageOutput:
     section = ctx.cfg.tokenize
 
     def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.tokenizer import train_and_pack
+
         out = dirs.out
         stats = train_and_pack(section, Path(docs.path), out)
         mlflow.log_artifacts(str(out / "tokenizer"), "tokenizer")

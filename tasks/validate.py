@@ -10,7 +10,6 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lifecycle.data.validate import describe_failures, validate_documents
 from lifecycle.errors import ValidationFailed
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, run_stage
@@ -21,6 +20,8 @@ def validate(ctx: RunContext, docs: StageOutput) -> StageOutput:
     section = ctx.cfg.validate_
 
     def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.data.validate import describe_failures, validate_documents
+
         out = dirs.out
         stats = json.loads(docs.file("stats.json").read_text())
         report = validate_documents(section, Path(docs.path), stats, out)

@@ -26,11 +26,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-import krippendorff
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.metrics import cohen_kappa_score
 
 CHOICES = ("a", "b", "tie")
 
@@ -149,6 +145,9 @@ def _share(flags: list[bool]) -> float | None:
 
 
 def _cohen(table: dict[str, dict[str, str]]) -> tuple[float | None, int]:
+    from sklearn.metrics import cohen_kappa_score  # scikit-learn, krippendorff, matplotlib: imported where used,
+    # since every pipeline run imports this module (for the store) and most runs compute no statistics
+
     """Mean Cohen's kappa over annotator pairs sharing >= 2 items, and how many pairs were averaged."""
     raters = sorted({a for votes in table.values() for a in votes})
     kappas = []
@@ -180,6 +179,8 @@ def _fleiss(items: list[list[str]]) -> float | None:
 
 def _krippendorff(table: dict[str, dict[str, str]]) -> float | None:
     """Nominal alpha on the annotators x items matrix (NaN where an annotator did not vote)."""
+    import krippendorff
+
     raters = sorted({a for votes in table.values() for a in votes})
     code = {c: i for i, c in enumerate(CHOICES)}
     data = np.full((len(raters), len(table)), np.nan)
@@ -235,6 +236,9 @@ def _bars(ax: Any, labels: list[str], values: list[float | None], ref: float, ti
 
 def plot_stats(stats: BatchStats, path: Path) -> Path:
     """Write a PNG of agreement, bias, per-annotator gold accuracy and contradictions to `path`, atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     path = Path(path)
     fig = Figure(figsize=(11, 8), layout="constrained")
     FigureCanvasAgg(fig)

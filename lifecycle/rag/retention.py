@@ -22,14 +22,18 @@ import logging
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-import lancedb
+from typing import TYPE_CHECKING, Any
 
 from lifecycle.errors import ConfigError, LifecycleError
 from lifecycle.rag.pairing import TABLE as TABLE_TAG
 from lifecycle.rag.pairing import VERSION as VERSION_TAG
 from lifecycle.registry import versions_tagged
+
+if TYPE_CHECKING:
+    import lance
+    import lancedb
+
+    Table = lancedb.table.Table | lance.LanceDataset  # either: the same tags, versions and clean-up
 
 log = logging.getLogger("lifecycle.rag.retention")
 OWN_PREFIXES = ("stage-", "model-", "current")
@@ -45,12 +49,26 @@ def tag_name(raw: str) -> str:
     return f"{cleaned}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}".lstrip("-")
 
 
-def list_versions(tbl: lancedb.table.Table) -> dict[int, float]:
+def open_dataset(uri: str, table: str) -> lance.LanceDataset:
+    """The Lance dataset LanceDB keeps table `table` of the database at `uri` in (`<uri>/<table>.lance`):
+    its versions and tags, without loading LanceDB (seconds; a cached rag_index run only looks after them)."""
+    import lance
+
+    path = f"{uri.rstrip('/')}/{table}.lance"
+    try:
+        return lance.dataset(path)
+    except (ValueError, OSError):
+        raise LifecycleError(f"RAG index table '{table}' not found in {uri} (no dataset {path}); re-run the "
+                             "rag_index stage") from None
+
+
+def list_versions(tbl: Table) -> dict[int, float]:
     """{version: commit time in epoch seconds} of every version still on disk."""
-    return {int(v["version"]): v["timestamp"].timestamp() for v in tbl.list_versions()}
+    listed = tbl.list_versions() if hasattr(tbl, "list_versions") else tbl.versions()  # LanceDB's name, Lance's
+    return {int(v["version"]): v["timestamp"].timestamp() for v in listed}
 
 
-def pin_versions(tbl: lancedb.table.Table, pins: dict[str, int], versions: dict[int, float]) -> None:
+def pin_versions(tbl: Table, pins: dict[str, int], versions: dict[int, float]) -> None:
     """Create or move the tags {valid tag name: version}, after checking that every version is in `versions`."""
     for name, version in pins.items():
         if version not in versions:
@@ -64,7 +82,7 @@ def pin_versions(tbl: lancedb.table.Table, pins: dict[str, int], versions: dict[
             tbl.tags.update(name, version)
 
 
-def pin_version(tbl: lancedb.table.Table, tag: str, version: int) -> None:
+def pin_version(tbl: Table, tag: str, version: int) -> None:
     """Point tag `tag` (made valid by `tag_name`) at `version`: create it, or move it if it exists."""
     pin_versions(tbl, {tag_name(tag): version}, list_versions(tbl))
 
@@ -110,7 +128,7 @@ def referenced_versions(state_dir: Path, uri: str, table: str, model_names: list
     return found
 
 
-def prune_versions(tbl: lancedb.table.Table, unreferenced_days: float) -> None:
+def prune_versions(tbl: Table, unreferenced_days: float) -> None:
     """Delete the versions that are neither tagged nor the latest and older than `unreferenced_days`."""
     import lance
 
@@ -119,7 +137,7 @@ def prune_versions(tbl: lancedb.table.Table, unreferenced_days: float) -> None:
                                                 error_if_tagged_old_versions=False)
 
 
-def retain_versions(tbl: lancedb.table.Table, keep: dict[str, int], unreferenced_days: float) -> dict[str, int]:
+def retain_versions(tbl: Table, keep: dict[str, int], unreferenced_days: float) -> dict[str, int]:
     """Apply the rule in the module docstring to `tbl` with `keep` ({tag name: version}, from
     `referenced_versions`); return what it counted."""
     if unreferenced_days < 0:

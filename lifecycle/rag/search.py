@@ -17,15 +17,17 @@ import os
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import lancedb
 import numpy as np
 
 from lifecycle.config import RagEmbedConfig, SearchConfig
 from lifecycle.errors import LifecycleError
-from lifecycle.rag.embed import Embedder, load_embedder
-from lifecycle.rag.index import quote
+
+if TYPE_CHECKING:  # LanceDB and the embedder (torch, sentence-transformers) load when a table is opened
+    import lancedb
+
+    from lifecycle.rag.embed import Embedder
 
 Mode = Literal["dense", "fts", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "fts", "hybrid")
@@ -51,6 +53,8 @@ class Hit:
 def build_where(source: str | None = None, title_prefix: str | None = None,
                 path_prefix: str | None = None) -> str | None:
     """A filter from user values; each value is a quoted literal, so it cannot change the query."""
+    from lifecycle.rag.index import quote
+
     parts = []
     if source:
         parts.append(f"source = {quote(source)}")
@@ -150,6 +154,8 @@ def read_current(state_dir: Path) -> dict[str, Any]:
 
 
 def open_table(uri: str, table: str, version: int | None = None) -> lancedb.table.Table:
+    import lancedb
+
     db = lancedb.connect(uri)
     if table not in db.list_tables().tables:
         raise LifecycleError(f"RAG index table '{table}' not found in {uri}; re-run the rag_index stage")
@@ -165,6 +171,8 @@ def open_table(uri: str, table: str, version: int | None = None) -> lancedb.tabl
 
 def open_index(info: dict[str, Any], cfg: SearchConfig) -> Retriever:
     """A retriever over the table described by `info` (an index.json), embedding queries with its model."""
+    from lifecycle.rag.embed import load_embedder
+
     embed_cfg = RagEmbedConfig.model_validate(info["embed"])
     return Retriever(open_table(info["uri"], info["table"], info["version"]), load_embedder(embed_cfg), cfg)
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from lifecycle.errors import LifecycleError
-from lifecycle.rag.retention import pin_version, referenced_versions, retain_versions, tag_name
+from lifecycle.rag.retention import open_dataset, pin_version, referenced_versions, retain_versions, tag_name
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -105,6 +105,19 @@ def test_retain_deletes_unpinned_old_versions_and_keeps_pinned_ones(tmp_path: Pa
         retain_versions(tbl, {"stage-00aa": a, "current": b}, unreferenced_days=0)
     assert set(tbl.tags.list()) == {"model-lifecycle-gpt-v1"}  # checked before anything changed
 
+
+
+def test_a_cached_run_prunes_through_the_lance_dataset_alone(tmp_path: Path) -> None:
+    """open_dataset: the table's Lance dataset, which a cached rag_index run looks after without loading
+    LanceDB: the same rule, the same result as through the table."""
+    tbl = make_table(tmp_path)
+    add_row(tbl, 2)
+    a, latest = add_row(tbl, 3), add_row(tbl, 4)
+    counts = retain_versions(open_dataset(str(tmp_path), "t"), {"stage-00aa": a}, unreferenced_days=0)
+    assert counts == {"versions_before": 4, "versions_after": 2, "tags": 1, "tags_dropped": 0}
+    assert versions(tbl) == [a, latest] and {t: v["version"] for t, v in tbl.tags.list().items()} == {"stage-00aa": a}
+    with pytest.raises(LifecycleError, match="table 'nope' not found"):
+        open_dataset(str(tmp_path), "nope")
 
 def test_the_latest_version_always_survives(tmp_path: Path) -> None:
     tbl = make_table(tmp_path)

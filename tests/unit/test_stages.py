@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,12 @@ import flows.pipeline as pipeline_module
 from lifecycle.config import load_config
 from lifecycle.errors import ConfigError, LifecycleError
 from lifecycle.registry import ModelRef
+from lifecycle.runtime import RunSettings
 from lifecycle.stages import GRAPH, STAGES, Stage, ancestors, plan_stages, planned_keys, stage_key
 from lifecycle.store import StageOutput
+from tasks.common import RunContext, check_trainer_sections
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_until_runs_the_stage_and_its_ancestors_only() -> None:
@@ -80,7 +85,7 @@ def run_pipeline(monkeypatch: pytest.MonkeyPatch, conf_dir: Path, **params: Any)
         yield FakeContext(plan)
 
     monkeypatch.setattr(pipeline_module, "pipeline_run", fake_run)
-    monkeypatch.setattr(pipeline_module, "check_trainer_sections", lambda cfg, stages: None)
+    monkeypatch.setattr(pipeline_module, "check_trainer_sections", lambda cfg, stages, ctx: None)
     monkeypatch.setattr(pipeline_module, "mark_challenger", lambda ctx, model, out: recorder.calls.append(
         ("mark_challenger", {"model": model})))
     pipeline_module.pipeline.fn(conf_dir=str(conf_dir), **params)
@@ -184,3 +189,33 @@ def test_a_changed_stage_code_forces_a_cache_miss(tmp_path: Path, conf_dir: Path
     assert stage_key(spec, cfg, {"ingest": "k"}) != first
     module.write_text("STEP = 1\n")
     assert stage_key(spec, cfg, {"ingest": "k"}) == first
+
+
+# --- what a run of cache hits does not do -----------------------------------------------------------------
+
+def test_a_bad_trainer_key_stops_a_run_that_trains_and_not_one_that_reuses_the_model(tmp_path: Path,
+                                                                                     conf_dir: Path) -> None:
+    """Trainer sections are checked (TRL builds its config) for the stages about to train, before any work;
+    a stage that will be a cache hit trains nothing, so a cached run neither checks nor imports TRL for it."""
+    cfg = load_config(conf_dir, overrides=["sft.trainer.learning_rat=0.1"])
+    ctx = RunContext(cfg=cfg, settings=RunSettings(), state_dir=str(tmp_path), experiment_id="0", parent_run_id="p",
+                     flow_run_id="f", git_commit="c", config_hash="h", plan=plan_stages(until="sft"))
+    with pytest.raises(ConfigError, match="learning_rat"):
+        check_trainer_sections(cfg, ctx.plan.run, ctx)
+    key = planned_keys(cfg, "sft")["sft"]
+    with ctx.store.building("sft", key) as tmp:
+        ctx.store.commit(tmp, StageOutput(stage="sft", key=key, path=str(ctx.store.path("sft", key)), run_id="r"))
+    check_trainer_sections(cfg, ctx.plan.run, ctx)  # cached for this config: nothing to train
+    forced = replace(ctx, plan=plan_stages(until="sft", from_stage="sft"))
+    with pytest.raises(ConfigError, match="learning_rat"):  # --from sft trains it again
+        check_trainer_sections(cfg, forced.plan.run, forced)
+
+
+def test_the_pipeline_loads_no_training_library_until_a_stage_computes() -> None:
+    """Stages import torch, transformers, TRL, datasets, GX, LanceDB, sentence-transformers inside the work they
+    do: importing the pipeline (all a run of cache hits needs) loads none of them."""
+    heavy = ["torch", "transformers", "trl", "datasets", "tokenizers", "great_expectations", "sentence_transformers",
+             "sklearn", "matplotlib", "lancedb"]
+    code = f"import sys, lifecycle.cli, flows.pipeline; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

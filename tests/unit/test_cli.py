@@ -1,0 +1,28 @@
+"""The `lifecycle` command's start: `--help` builds every sub-command's parser without loading Prefect,
+MLflow or a training library (they cost seconds; each command imports what it uses when it runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "transformers", "trl", "prefect", "mlflow", "datasets", "lancedb", "sentence_transformers",
+         "great_expectations", "sklearn", "fastapi")
+
+
+def test_building_the_parser_imports_no_heavy_library() -> None:
+    code = ("import json, sys\nfrom lifecycle.cli import build_parser\nparser = build_parser()\n"
+            f"print(json.dumps([sorted(m for m in {HEAVY!r} if m in sys.modules), "
+            "sorted(parser._subparsers._group_actions[0].choices)]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded, commands = json.loads(done.stdout)
+    assert loaded == []
+    assert {"run", "stages", "search", "ask", "serve", "annotate", "models", "promote", "bench"} <= set(commands)
+
+
+def test_help_answers() -> None:
+    done = subprocess.run([sys.executable, "-m", "lifecycle.cli", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: lifecycle" in done.stdout and "run" in done.stdout

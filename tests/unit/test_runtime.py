@@ -1,0 +1,103 @@
+"""Process set-up: third-party warnings filtered by name only, and the run's own Prefect API (started
+before prefect is imported, used by Prefect instead of its own temporary server, gone with the process)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import types
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+
+from lifecycle.runtime import EMBEDDED_API, filter_known_warnings, is_temporary_api, start_embedded_api
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_known_warnings_are_dropped_by_category_and_message_and_others_still_show() -> None:
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        filter_known_warnings()
+        warnings.warn("lancedb fork support is experimental: the internal async runtime has been reset", RuntimeWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("lancedb fork support is experimental", UserWarning)  # the message, but another category
+        warnings.warn("something nobody has looked at yet", RuntimeWarning)
+    assert [(w.category, str(w.message)) for w in shown] == [
+        (UserWarning, "lancedb fork support is experimental"),
+        (RuntimeWarning, "something nobody has looked at yet")]
+
+
+def test_known_log_records_are_dropped_by_logger_and_message_and_others_still_show() -> None:
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(f"{record.name}: {record.getMessage()}")
+
+    handler = Keep()
+    mlflow_transformers, other = logging.getLogger("mlflow.transformers"), logging.getLogger("mlflow.models")
+    filter_known_warnings()
+    for logger in (mlflow_transformers, other):
+        logger.addHandler(handler)
+    try:
+        mlflow_transformers.warning("The model card could not be retrieved from the hub due to %s", "a local path")
+        mlflow_transformers.warning("Unable to find license information for this model. Please verify ...")
+        mlflow_transformers.warning("Could not save the model: disk full")
+        other.warning("Unable to find license information for this model.")  # same message, another logger
+    finally:
+        for logger in (mlflow_transformers, other):
+            logger.removeHandler(handler)
+    assert records == ["mlflow.transformers: Could not save the model: disk full",
+                       "mlflow.models: Unable to find license information for this model."]
+
+
+EMBEDDED = """
+import json, os
+from lifecycle.runtime import start_embedded_api
+api = start_embedded_api()
+from prefect import flow
+from prefect.settings import get_current_settings
+api.wait()
+
+@flow
+def probe() -> int:
+    return 1
+
+print(json.dumps({"url": api.url, "prefect": get_current_settings().api.url, "pid": api.process.pid,
+                  "result": probe()}))
+"""
+
+
+def test_the_runs_own_prefect_api_serves_its_flows_and_goes_with_the_process(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", EMBEDDED_API)}
+    done = subprocess.run([sys.executable, "-c", EMBEDDED], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          env=env | {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["prefect"] == found["url"] and found["result"] == 1  # Prefect ran the flow on it ...
+    assert "Starting temporary server" not in done.stderr  # ... and started no server of its own
+    assert (tmp_path / "prefect" / "prefect.db").is_file()  # the database under PREFECT_HOME
+    with pytest.raises(ProcessLookupError):  # stopped (and reaped) when the process exited
+        os.kill(found["pid"], 0)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{found['url']}/health", timeout=2)
+
+
+def test_no_api_is_started_when_a_server_is_given_or_prefect_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    assert start_embedded_api() is None
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.setitem(sys.modules, "prefect", sys.modules.get("prefect") or types.ModuleType("prefect"))
+    assert start_embedded_api() is None  # too late: Prefect read its settings already; it starts its own
+
+
+def test_temporary_apis_are_prefects_own_and_the_runs_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(EMBEDDED_API, "http://127.0.0.1:8123/api")
+    assert is_temporary_api(None) and is_temporary_api("http://127.0.0.1:8123/api")
+    assert not is_temporary_api("http://prefect.example:4200/api")
