@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from functools import partial
+from itertools import chain
 from pathlib import Path
-from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.table import InMemoryTable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lifecycle.config import TokenizeConfig
 from lifecycle.data.ingest import load_documents
+from lifecycle.engine import LOCAL, Engine, shards
 from lifecycle.errors import LifecycleError
 
 log = logging.getLogger("lifecycle.tokenize")
@@ -100,28 +104,23 @@ def bytes_per_token(tok: PreTrainedTokenizerFast, texts: list[str]) -> tuple[flo
     return (n_bytes / n_tokens if n_tokens else 0.0), n_bytes, n_tokens
 
 
-def pack_split(ds: datasets.Dataset, tok_dir: Path, cfg: TokenizeConfig, eos_id: int,
-               scratch: Path) -> datasets.Dataset:
-    """Tokenize with EOS after each document, then cut the stream into `context_length` blocks. The map
-    caches go to `scratch` (this stage's own folder), never beside the input's files."""
+def pack_split(texts: Sequence[str], tok_dir: Path, cfg: TokenizeConfig, eos_id: int, engine: Engine,
+               name: str) -> datasets.Dataset:
+    """Tokenize with EOS after each document (in shards of `tokenize.batch_size` documents, on `engine`), then
+    cut the whole stream into `context_length` blocks; the last, partial block is dropped."""
+    encode = partial(encode_documents, tok_dir=str(tok_dir), eos_id=eos_id)
+    parts = engine.map(encode, shards(texts, cfg.batch_size), f"tokenize-{name}")
+    stream = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
     size = cfg.context_length
-    scratch.mkdir(parents=True, exist_ok=True)
+    usable = len(stream) // size * size
+    blocks = pa.ListArray.from_arrays(pa.array(np.arange(0, usable + 1, size, dtype=np.int32)), pa.array(stream[:usable]))
+    return datasets.Dataset(InMemoryTable(pa.table({"input_ids": blocks})))
 
-    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        tok = _cached_tokenizer(str(tok_dir))
-        encoded = tok.backend_tokenizer.encode_batch(batch["text"], add_special_tokens=False)
-        return {"ids": [e.ids + [eos_id] for e in encoded]}
 
-    def group(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        stream = [t for seq in batch["ids"] for t in seq]
-        usable = len(stream) // size * size
-        return {"input_ids": [stream[i:i + size] for i in range(0, usable, size)]}
-
-    num_proc = cfg.num_proc if len(ds) >= 2 * cfg.batch_size else None
-    encoded = ds.map(encode, batched=True, batch_size=cfg.batch_size, num_proc=num_proc,
-                     remove_columns=ds.column_names, desc="tokenize", cache_file_name=str(scratch / "encode.arrow"))
-    return encoded.map(group, batched=True, batch_size=cfg.batch_size, num_proc=num_proc, remove_columns=["ids"],
-                       desc=f"pack into {size}-token blocks", cache_file_name=str(scratch / "pack.arrow"))
+def encode_documents(texts: Sequence[str], tok_dir: str, eos_id: int) -> np.ndarray:
+    """The token ids of `texts`, each followed by `eos_id`, as one int32 stream."""
+    encoded = _cached_tokenizer(tok_dir).backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    return np.fromiter(chain.from_iterable(e.ids + [eos_id] for e in encoded), dtype=np.int32)
 
 
 _TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}
@@ -133,7 +132,7 @@ def _cached_tokenizer(path: str) -> PreTrainedTokenizerFast:
     return _TOKENIZERS[path]
 
 
-def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path) -> dict[str, float]:
+def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path, engine: Engine = LOCAL) -> dict[str, float]:
     docs = load_documents(docs_dir)
     if not len(docs["validation"]):
         raise LifecycleError("tokenize: the validation split is empty; set ingest.val_fraction above 0")
@@ -142,16 +141,13 @@ def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path) -> dict[s
     tok.save_pretrained(str(tok_dir))
     val_texts = list(docs["validation"]["text"])
     bpt, val_bytes, val_tokens = bytes_per_token(tok, val_texts)
-    scratch = out_dir / ".map-cache"
-    blocks = datasets.DatasetDict({split: pack_split(docs[split], tok_dir, cfg, tok.eos_token_id, scratch / split)
+    blocks = datasets.DatasetDict({split: pack_split(list(docs[split]["text"]), tok_dir, cfg, tok.eos_token_id, engine, split)
                                    for split in ("train", "validation")})
     if not len(blocks["train"]):
         raise LifecycleError(f"tokenize: the train split has fewer than tokenize.context_length={cfg.context_length} "
                              "tokens; add data or lower the context length")
     blocks.save_to_disk(str(out_dir / "blocks"))
     n_train, n_val = len(blocks["train"]), len(blocks["validation"])
-    del blocks  # release the caches' memory maps before removing them
-    shutil.rmtree(scratch)
     stats: dict[str, float] = {
         "vocab_size": len(tok),
         "bytes_per_token": bpt,

@@ -18,9 +18,10 @@ def ingest(ctx: RunContext) -> StageOutput:
 
     def work(dirs: StageDirs) -> StageResult:
         from lifecycle.data.ingest import ingest_documents, load_documents
+        from lifecycle.engine import Engine
 
         out = dirs.out
-        stats = ingest_documents(section, out)
+        stats = ingest_documents(section, out, Engine.from_config(ctx.cfg.run))
         docs = load_documents(out)
         for split, ds in docs.items():
             mlflow.log_input(mlflow.data.from_huggingface(ds, name=f"documents-{split}"), context=split)

@@ -34,10 +34,12 @@ def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None)
 
     def work(dirs: StageDirs) -> StageResult:
         from lifecycle.data.ingest import read_documents
+        from lifecycle.engine import Engine
         from lifecycle.rag.index import build_index
 
         documents = read_documents(docs.path)
-        info = build_index(documents, section, str(rag_dir(state_dir) / "lancedb"), section.table).to_dict()
+        info = build_index(documents, section, str(rag_dir(state_dir) / "lancedb"), section.table,
+                           engine=Engine.from_config(cfg.run)).to_dict()
         pin_version(open_table(info["uri"], info["table"]), f"stage-{dirs.key}", info["version"])
         (dirs.out / "index.json").write_text(json.dumps(info | {"key": dirs.key}, indent=2))
         mlflow.log_dict(info, "rag_index/index.json")

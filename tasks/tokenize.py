@@ -18,10 +18,11 @@ def tokenize(ctx: RunContext, docs: StageOutput) -> StageOutput:
     section = ctx.cfg.tokenize
 
     def work(dirs: StageDirs) -> StageResult:
+        from lifecycle.engine import Engine
         from lifecycle.tokenizer import train_and_pack
 
         out = dirs.out
-        stats = train_and_pack(section, Path(docs.path), out)
+        stats = train_and_pack(section, Path(docs.path), out, Engine.from_config(ctx.cfg.run))
         mlflow.log_artifacts(str(out / "tokenizer"), "tokenizer")
         mlflow.log_dict(json.loads((out / "stats.json").read_text()), "tokenize/stats.json")
         mlflow.log_params({"vocab_size": section.vocab_size, "context_length": section.context_length})

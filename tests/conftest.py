@@ -31,7 +31,6 @@ TINY = [
     "validate.min_characters=2000",
     "tokenize.vocab_size=400",
     "tokenize.context_length=32",
-    "tokenize.num_proc=1",
     "preferences.mode=simulated",
     "preferences.prompts.held_out=8",
     "preferences.sampling.max_new_tokens=16",

@@ -12,6 +12,7 @@ import datasets
 import yaml
 
 from lifecycle.config import PretrainConfig, TokenizeConfig, deep_merge
+from lifecycle.engine import LOCAL
 from lifecycle.tokenizer import bytes_per_token, pack_split, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,13 +44,13 @@ def make_tokenized(out: Path, vocab_size: int = 320, context_length: int = 33) -
     texts = _docstrings()
     splits = {"train": [t for i, t in enumerate(texts) if i % 10], "validation": texts[::10]}
     cfg = TokenizeConfig(vocab_size=vocab_size, min_frequency=2, train_max_chars=10**6,
-                         context_length=context_length, num_proc=1, batch_size=1000)
+                         context_length=context_length, batch_size=1000)
     ds = {k: datasets.Dataset.from_dict({"text": v}) for k, v in splits.items()}
     tok = train_tokenizer(cfg, ds["train"])
     tok.save_pretrained(str(out / "tokenizer"))
     _, n_bytes, n_tokens = bytes_per_token(tok, splits["validation"])
-    blocks = datasets.DatasetDict({k: pack_split(v, out / "tokenizer", cfg, tok.eos_token_id, out / ".cache" / k)
-                                  for k, v in ds.items()})
+    blocks = datasets.DatasetDict({k: pack_split(v, out / "tokenizer", cfg, tok.eos_token_id, LOCAL, k)
+                                  for k, v in splits.items()})
     blocks.save_to_disk(str(out / "blocks"))
     (out / "stats.json").write_text(json.dumps({"validation_bytes": n_bytes, "validation_tokens": n_tokens}))
     return out

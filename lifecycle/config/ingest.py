@@ -47,3 +47,4 @@ class IngestConfig(Section):
     val_fraction: float = Field(ge=0, lt=1)
     near_dup: NearDupConfig
     max_docs: int | None = Field(default=None, ge=1)  # cap after dedup (deterministic, by hash order)
+    shard_size: int = Field(ge=1)  # records cleaned / texts signed per shard: the unit of work on run.engine

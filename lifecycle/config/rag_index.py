@@ -31,6 +31,9 @@ class RagEmbedConfig(Section):
     batch_size: int = Field(ge=1)  # most texts per forward pass
     max_batch_tokens: int = Field(ge=16)  # most padded tokens per forward pass (texts are length-sorted)
     threads: int = Field(ge=0)  # torch CPU threads; 0 = all cores
+    # chunks embedded together (length-sorted within): the unit of work on run.engine; a default because
+    # index.json of older runs stores this section without it (lifecycle/rag/search.py reads it back)
+    shard_size: int = Field(default=4096, ge=1)
 
 
 class RagAnnConfig(Section):

@@ -12,5 +12,4 @@ class TokenizeConfig(Section):
     min_frequency: int = Field(ge=1)
     train_max_chars: int = Field(ge=1000)  # BPE is trained on at most this many characters of train text
     context_length: int = Field(ge=8)  # tokens per packed block, and the model's context (max positions)
-    num_proc: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)  # documents encoded per shard: the unit of work on run.engine

@@ -90,13 +90,13 @@ def lsh_bands(num_perm: int, threshold: float) -> tuple[int, int]:
     return min(options, key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - threshold))
 
 
-def near_duplicates(texts: Sequence[str], threshold: float, num_perm: int, shingle_words: int) -> list[bool]:
-    """For each text, whether it near-duplicates an earlier kept one (estimated Jaccard >= threshold)."""
-    sigs = minhash_signatures(texts, num_perm, shingle_words)
-    bands, rows = lsh_bands(num_perm, threshold)
+def near_duplicates(sigs: np.ndarray, threshold: float) -> list[bool]:
+    """For each text's MinHash signature (`minhash_signatures`), whether it near-duplicates an earlier kept
+    one (estimated Jaccard >= threshold)."""
+    bands, rows = lsh_bands(sigs.shape[1], threshold)
     buckets: dict[tuple[int, bytes], list[int]] = {}
-    dup = [False] * len(texts)
-    for i in range(len(texts)):
+    dup = [False] * len(sigs)
+    for i in range(len(sigs)):
         keys = [(band, sigs[i, band * rows:(band + 1) * rows].tobytes()) for band in range(bands)]
         candidates = {j for key in keys for j in buckets.get(key, ())}
         if any(float(np.mean(sigs[i] == sigs[j])) >= threshold for j in candidates):

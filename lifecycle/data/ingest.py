@@ -2,19 +2,24 @@
 and save one Arrow dataset (columns: id, text, source, path, title, object, split, invalid_bytes).
 
     stats = ingest_documents(cfg.ingest, Path("out"))   # writes out/documents and out/stats.json
+    stats = ingest_documents(cfg.ingest, Path("out"), Engine.from_config(cfg.run))   # shards on run.engine
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from lifecycle.config import IngestConfig
-from lifecycle.data.clean import near_duplicates, normalize_text, split_document, text_id
+from lifecycle.data.clean import minhash_signatures, near_duplicates, normalize_text, split_document, text_id
+from lifecycle.engine import LOCAL, Engine, shards
 from lifecycle.data.sources import read_source
 from lifecycle.errors import InputError
 from lifecycle.progress import progress
@@ -23,25 +28,20 @@ log = logging.getLogger("lifecycle.ingest")
 COLUMNS = ["id", "text", "source", "path", "title", "object", "split", "invalid_bytes"]
 
 
-def collect_documents(cfg: IngestConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Read, clean and split every source; count what was dropped."""
+def collect_documents(cfg: IngestConfig, engine: Engine = LOCAL) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Read every source, then clean and split its records in shards of `ingest.shard_size` (on `engine`);
+    count what was dropped."""
     docs: list[dict[str, Any]] = []
     stats = {"raw_records": 0, "invalid_bytes": 0, "dropped_short": 0}
     for source in cfg.sources:
+        records = list(progress(read_source(source, cfg.max_undecodable_share), desc=f"read {source.name}",
+                                logger=log))
+        parts = engine.map(partial(clean_records, cfg=cfg), shards(records, cfg.shard_size), f"clean-{source.name}")
         before = len(docs)
-        for record in progress(read_source(source, cfg.max_undecodable_share), desc=f"read {source.name}",
-                               logger=log):
-            stats["raw_records"] += 1
-            stats["invalid_bytes"] += record["invalid_bytes"]
-            text = normalize_text(record["text"], cfg.normalization)
-            pieces = split_document(text, cfg.max_doc_chars)
-            for n, piece in enumerate(pieces):
-                if len(piece) < cfg.min_doc_chars:
-                    stats["dropped_short"] += 1
-                    continue
-                title = record["title"] if len(pieces) == 1 else f"{record['title']} ({n + 1}/{len(pieces)})"
-                docs.append({"text": piece, "source": record["source"], "path": record["path"], "title": title,
-                             "object": record["object"], "invalid_bytes": record["invalid_bytes"] if n == 0 else 0})
+        for part_docs, part_stats in parts:
+            docs.extend(part_docs)
+            for key, value in part_stats.items():
+                stats[key] += value
         log.info("source %s: %d documents", source.name, len(docs) - before)
         if len(docs) == before:
             raise InputError(f"source '{source.name}' produced no documents of at least "
@@ -49,7 +49,26 @@ def collect_documents(cfg: IngestConfig) -> tuple[list[dict[str, Any]], dict[str
     return docs, stats
 
 
-def deduplicate(docs: list[dict[str, Any]], cfg: IngestConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def clean_records(records: Sequence[dict[str, Any]], cfg: IngestConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Normalise and split each record into documents; (documents in record order, counts)."""
+    docs: list[dict[str, Any]] = []
+    stats = {"raw_records": len(records), "invalid_bytes": 0, "dropped_short": 0}
+    for record in records:
+        stats["invalid_bytes"] += record["invalid_bytes"]
+        text = normalize_text(record["text"], cfg.normalization)
+        pieces = split_document(text, cfg.max_doc_chars)
+        for n, piece in enumerate(pieces):
+            if len(piece) < cfg.min_doc_chars:
+                stats["dropped_short"] += 1
+                continue
+            title = record["title"] if len(pieces) == 1 else f"{record['title']} ({n + 1}/{len(pieces)})"
+            docs.append({"text": piece, "source": record["source"], "path": record["path"], "title": title,
+                         "object": record["object"], "invalid_bytes": record["invalid_bytes"] if n == 0 else 0})
+    return docs, stats
+
+
+def deduplicate(docs: list[dict[str, Any]], cfg: IngestConfig,
+                engine: Engine = LOCAL) -> tuple[list[dict[str, Any]], dict[str, int]]:
     seen: set[str] = set()
     unique = []
     for doc in docs:
@@ -59,8 +78,11 @@ def deduplicate(docs: list[dict[str, Any]], cfg: IngestConfig) -> tuple[list[dic
             unique.append(doc)
     stats = {"exact_duplicates": len(docs) - len(unique), "near_duplicates": 0}
     if cfg.near_dup.enabled and len(unique) > 1:
-        flags = near_duplicates([d["text"] for d in unique], cfg.near_dup.threshold, cfg.near_dup.num_perm,
-                                cfg.near_dup.shingle_words)
+        near = cfg.near_dup
+        texts = [d["text"] for d in unique]
+        sign = partial(minhash_signatures, num_perm=near.num_perm, shingle_words=near.shingle_words)
+        signatures = np.concatenate(engine.map(sign, shards(texts, cfg.shard_size), "minhash"))
+        flags = near_duplicates(signatures, near.threshold)
         stats["near_duplicates"] = sum(flags)
         unique = [d for d, dup in zip(unique, flags, strict=True) if not dup]
     return unique, stats
@@ -74,10 +96,10 @@ def assign_splits(docs: list[dict[str, Any]], val_fraction: float) -> None:
         min(docs, key=lambda d: d["id"])["split"] = "validation"
 
 
-def ingest_documents(cfg: IngestConfig, out_dir: Path) -> dict[str, float]:
-    docs, stats = collect_documents(cfg)
+def ingest_documents(cfg: IngestConfig, out_dir: Path, engine: Engine = LOCAL) -> dict[str, float]:
+    docs, stats = collect_documents(cfg, engine)
     docs_in = len(docs)
-    docs, dedup = deduplicate(docs, cfg)
+    docs, dedup = deduplicate(docs, cfg, engine)
     stats.update(dedup)
     if cfg.max_docs is not None and len(docs) > cfg.max_docs:
         keep = {d["id"] for d in sorted(docs, key=lambda d: d["id"])[: cfg.max_docs]}

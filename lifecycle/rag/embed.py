@@ -123,6 +123,11 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if native else "float32"
 
 
+def embed_texts(cfg: RagEmbedConfig, texts: list[str]) -> np.ndarray:
+    """`texts` embedded by the model `cfg` names (loaded once per process): a shard's work on an engine."""
+    return load_embedder(cfg).embed(list(texts), desc="embed shard")
+
+
 _CACHE: dict[tuple[str, str, str], Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -130,8 +135,8 @@ _CACHE_LOCK = threading.Lock()
 def load_embedder(cfg: RagEmbedConfig) -> Embedder:
     """The model named by `cfg.model`, loaded once per process (per device and dtype)."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if device == "cpu":  # threads 0: the cores this process may use (a Ray worker sets OMP_NUM_THREADS to its share)
+        torch.set_num_threads(cfg.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
     path, dtype = resolve_model(cfg.model), resolve_dtype(cfg.dtype, device)
     with _CACHE_LOCK:
         key = (path, device, dtype)

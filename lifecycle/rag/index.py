@@ -20,6 +20,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import lancedb
@@ -28,10 +29,11 @@ import pyarrow as pa
 from lancedb.index import FTS, BTree, HnswSq, IvfFlat, IvfPq
 
 from lifecycle.config import RagIndexConfig
+from lifecycle.engine import LOCAL, Engine, shards
 from lifecycle.hashing import hash_json
 from lifecycle.errors import ConfigError, InputError
 from lifecycle.rag.chunk import chunk_documents, doc_key
-from lifecycle.rag.embed import Embedder, load_embedder
+from lifecycle.rag.embed import Embedder, embed_texts, load_embedder
 
 log = logging.getLogger("lifecycle.rag.index")
 STRING_COLUMNS = ("chunk_id", "doc_key", "doc_id", "text", "search_text", "source", "path", "title", "object",
@@ -165,8 +167,9 @@ def indexed_documents(tbl: lancedb.table.Table | None, settings: str,
 
 
 def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, table: str,
-                embedder: Embedder | None = None) -> IndexInfo:
-    """Bring table `table` in `db_uri` up to date with `docs` (dicts with id, text and metadata)."""
+                embedder: Embedder | None = None, engine: Engine = LOCAL) -> IndexInfo:
+    """Bring table `table` in `db_uri` up to date with `docs` (dicts with id, text and metadata). New chunks
+    are embedded in shards of `embed.shard_size` on `engine` (on Ray each worker loads the model once)."""
     started = time.perf_counter()
     if not docs:
         raise InputError("rag_index: no documents to index")
@@ -184,7 +187,9 @@ def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, ta
     log.info("rag_index: %d documents (%d new, %d changed, %d removed, %d unchanged) -> embedding %d chunks",
              len(wanted), len(new) - changed, changed, len(gone) - changed, len(wanted) - len(new), len(chunks))
     embed_started = time.perf_counter()
-    vectors = embedder.embed([c["search_text"] for c in chunks], desc="embed chunks")
+    embed = embedder.embed if engine.kind == "local" else partial(embed_texts, cfg.embed)  # the same computation
+    parts = engine.map(embed, shards([c["search_text"] for c in chunks], cfg.embed.shard_size), "embed-chunks")
+    vectors = np.concatenate(parts) if parts else np.empty((0, embedder.dim), dtype=np.float32)
     embed_seconds = time.perf_counter() - embed_started
     data = to_arrow(chunks, vectors, settings, embedder.dim)
     if rebuilt:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lifecycle.config import IngestConfig, load_config
-from lifecycle.data.clean import near_duplicates, normalize_text, split_document
+from lifecycle.data.clean import minhash_signatures, near_duplicates, normalize_text, split_document
 from lifecycle.data.ingest import ingest_documents, load_documents
 from lifecycle.data.sources import read_python_docs, read_source
 from lifecycle.errors import InputError
@@ -127,7 +127,8 @@ def test_near_duplicates_found_and_distinct_texts_kept() -> None:
     base = distinct_text(1, n_words=300)
     near = base + " one more sentence"
     other = "Completely different words about compilers, parsers and abstract syntax trees. " * 4
-    assert near_duplicates([base, near, other], threshold=0.8, num_perm=128, shingle_words=5) == [False, True, False]
+    signatures = minhash_signatures([base, near, other], num_perm=128, shingle_words=5)
+    assert near_duplicates(signatures, threshold=0.8) == [False, True, False]
 
 
 def test_dedup_counts_split_is_stable_and_output_is_arrow(tmp_path: Path, conf_dir: Path) -> None:

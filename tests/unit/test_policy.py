@@ -69,7 +69,7 @@ def sft_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sft")
     texts = [f"{p[0]['content']} It will {w} the {v} and return it." for p in PROMPTS for w in WORDS for v in WORDS]
     tok = train_tokenizer(TokenizeConfig(vocab_size=300, min_frequency=2, train_max_chars=10**6, context_length=64,
-                                         num_proc=1, batch_size=100), datasets.Dataset.from_dict({"text": texts}))
+                                         batch_size=100), datasets.Dataset.from_dict({"text": texts}))
     torch.manual_seed(0)
     model = build_model(load_config(CONF, overrides=MODEL).pretrain.model, len(tok), 64, tok.eos_token_id,
                         tok.pad_token_id)

@@ -30,7 +30,7 @@ SYSTEM = "Answer using the context."
 def save_tiny_policy(out: Path, context_length: int = 512, default_system: str | None = None) -> Path:
     texts = [f"{name}: {text}" for name, text in TOPICS.items()] * 20
     tok = train_tokenizer(TokenizeConfig(vocab_size=400, min_frequency=1, train_max_chars=10**6,
-                                         context_length=context_length, num_proc=1, batch_size=100),
+                                         context_length=context_length, batch_size=100),
                           datasets.Dataset.from_dict({"text": texts}))
     tok.chat_template = chat_template(default_system)
     torch.manual_seed(0)

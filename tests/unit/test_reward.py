@@ -81,7 +81,7 @@ def make_sft_dir(out: Path) -> Path:
     that has a default system prompt, as the sft stage saves it."""
     texts = [f"Tell me about {t}. " + " ".join(FILLER + [MARKER]) for t in TOPICS] * 4
     tok = train_tokenizer(TokenizeConfig(vocab_size=600, min_frequency=1, train_max_chars=10**6,
-                                         context_length=CONTEXT, num_proc=1, batch_size=100),
+                                         context_length=CONTEXT, batch_size=100),
                           datasets.Dataset.from_dict({"text": texts}))
     tok.chat_template = chat_template("Be brief.")
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory, documents: list[dict]) ->
     """A tiny untrained base model with a BPE tokenizer trained on the documents, context 160."""
     out = tmp_path_factory.mktemp("base")
     tok = train_tokenizer(TokenizeConfig(vocab_size=400, min_frequency=2, train_max_chars=10**6, context_length=160,
-                                         num_proc=1, batch_size=100),
+                                         batch_size=100),
                           datasets.Dataset.from_dict({"text": [d["text"] for d in documents]}))
     torch.manual_seed(0)
     model = build_model(load_config(CONF, overrides=TINY).pretrain.model, len(tok), 160, tok.eos_token_id,

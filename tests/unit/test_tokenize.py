@@ -20,8 +20,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     conf = Path(__file__).resolve().parents[2] / "conf"
     ingest_documents(make_cfg(conf, [{"name": "py", "kind": "python-docs", "include": ["json", "textwrap"]}]),
                      root)
-    cfg = load_config(conf, overrides=["tokenize.vocab_size=512", "tokenize.context_length=64",
-                                       "tokenize.num_proc=1"]).tokenize
+    cfg = load_config(conf, overrides=["tokenize.vocab_size=512", "tokenize.context_length=64"]).tokenize
     return root, train_and_pack(cfg, root, root)
 
 
