@@ -73,7 +73,7 @@ def cmd_deploy(args: argparse.Namespace, load: Callable[[argparse.Namespace], An
 def cmd_worker(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> int:
     from lifecycle.ops.deploy import run_worker
 
-    return run_worker(args.pool, args.api_url, args.run_once)
+    run_worker(args.pool, args.api_url, args.run_once)  # does not return: the process becomes the worker
 
 
 HANDLERS = {"ui": cmd_ui, "deploy": cmd_deploy, "worker": cmd_worker}

@@ -3,7 +3,7 @@ worker for their pool. The code location is resolved when deploying (the reposit
 from, or `--repo`), not left to an environment variable on the worker's machine.
 
     deploy_all(repo=Path("."), api_url="http://127.0.0.1:4200/api")   # creates the work pool if needed
-    run_worker("lifecycle-pool", api_url)                              # blocks; Ctrl-C stops it
+    run_worker("lifecycle-pool", api_url)                              # this process becomes the worker
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -99,7 +99,10 @@ def deploy_all(repo: Path, api_url: str | None = None, prefect_file: Path = PREF
     return wanted
 
 
-def run_worker(pool: str, api_url: str | None = None, run_once: bool = False) -> int:
-    """`prefect worker start --pool POOL --type process` in the repository (blocks until stopped)."""
+def run_worker(pool: str, api_url: str | None = None, run_once: bool = False) -> NoReturn:
+    """Become `prefect worker start --pool POOL --type process` in the repository: the process is replaced
+    (exec), so a SIGTERM from a supervisor or Ctrl-C reaches the worker itself and leaves no orphan."""
     args = ["worker", "start", "--pool", pool, "--type", "process"] + (["--run-once"] if run_once else [])
-    return subprocess.run(prefect_command(*args), cwd=repo_root(), env=server_env(api_url)).returncode
+    command = prefect_command(*args)
+    os.chdir(repo_root())
+    os.execve(command[0], command, server_env(api_url))

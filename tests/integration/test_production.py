@@ -127,6 +127,8 @@ def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, 
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+    with pytest.raises(ProcessLookupError):  # `lifecycle worker` became the worker: nothing of it outlives it
+        os.killpg(worker.pid, 0)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_log.read_text()[-3000:]
     runs = api.post("/flow_runs/filter", json={"deployments": {"name": {"any_": ["quickstart"]}}}).json()
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
