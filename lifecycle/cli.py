@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lifecycle.config import find_conf_dir
     from lifecycle.data.sources import check_sources
     from lifecycle.runtime import (configure_logging, no_heartbeats_on_temporary_api, prepare_environment,
-                                   resolve_state_dir, start_embedded_api)
+                                   report_user_errors_once, resolve_state_dir, start_embedded_api)
     from lifecycle.stages import plan_stages
 
     cfg = load(args)
@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     api = start_embedded_api()  # with no PREFECT_API_URL: comes up while the pipeline's modules load
     from flows.pipeline import pipeline  # imports prefect: after PREFECT_HOME is set
 
-    _hide_user_error_tracebacks()
+    report_user_errors_once()
     configure_logging()
     if api:
         api.wait()
@@ -258,22 +258,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     print(json.dumps(bench_pretrain(args, find_conf_dir(args.conf))))
     return 0
-
-
-class _NoUserErrorTraceback(logging.Filter):
-    """Prefect logs task failures with a traceback; for a user error the message is the whole story."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], LifecycleError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _hide_user_error_tracebacks() -> None:
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_NoUserErrorTraceback())
 
 
 def main(argv: list[str] | None = None) -> int:

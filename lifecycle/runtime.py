@@ -188,6 +188,56 @@ class _DropMessages(logging.Filter):
 _DROP_KNOWN = {name: _DropMessages(messages) for name, messages in KNOWN_LOG_RECORDS.items()}
 
 
+class _UserErrorOnce(logging.Filter):
+    """Prefect reports a failure at every level (the task run fails, its flow run, the pipeline's), each
+    with the exception's text. For a user error (`LifecycleError`: bad input, a failed validation) that
+    text is the whole story, and the CLI prints it once at the end: the API's copy keeps the message
+    without a traceback; the console keeps one short line per failed run."""
+
+    def __init__(self, console: bool) -> None:
+        super().__init__()
+        self.console = console
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], LifecycleError):
+            record.exc_info, record.exc_text = None, None
+            record.lifecycle_user_error = True
+        if not self.console or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return True
+        message = record.getMessage()
+        found = _USER_ERROR.search(message) if _USER_ERROR else None
+        if not found and not getattr(record, "lifecycle_user_error", False):
+            return True
+        if found and message.startswith("Finished in state"):
+            record.msg, record.args = f"Finished in state Failed ({found[1]}: the message is printed below)", ()
+            return True
+        return False  # "Task run failed with exception: ...", "Encountered exception during execution: ..."
+
+
+def _user_error_names() -> re.Pattern | None:
+    names, todo = set(), [LifecycleError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return re.compile(rf"\b({'|'.join(sorted(names))})[(:]")
+
+
+_USER_ERROR: re.Pattern | None = None
+
+
+def report_user_errors_once() -> None:
+    """Install `_UserErrorOnce` on Prefect's handlers (after prefect is imported and its logging set up)."""
+    global _USER_ERROR
+    _USER_ERROR = _user_error_names()
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_UserErrorOnce(console=False))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.addFilter(_UserErrorOnce(console=True))
+
+
 def configure_logging() -> None:
     """Our progress at INFO; third-party chatter (GX, MLflow hints, Hugging Face bars off a TTY) kept down."""
     logging.getLogger("lifecycle").setLevel(logging.INFO)

@@ -38,13 +38,14 @@ def resolve_files(source: SourceConfig) -> list[Path]:
         pattern = os.path.expanduser(entry)
         if glob.has_magic(pattern):
             matched = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if Path(p).is_file()]
-            found = [p for p in matched if p.suffix.lower() in SUPPORTED]
+            found = _inside(source, entry, [p for p in matched if p.suffix.lower() in SUPPORTED], _glob_root(pattern))
             if not found:
                 raise InputError(f"source '{source.name}': glob '{entry}' matched no supported files "
                                  f"({len(matched)} files matched; supported: {', '.join(sorted(SUPPORTED))})")
         elif Path(pattern).is_dir():
-            found = sorted(p for p in Path(pattern).rglob("*")
-                           if p.is_file() and p.suffix.lower() in SUPPORTED and not _hidden(p, Path(pattern)))
+            found = _inside(source, entry, sorted(p for p in Path(pattern).rglob("*") if p.is_file() and
+                                                  p.suffix.lower() in SUPPORTED and not _hidden(p, Path(pattern))),
+                            Path(pattern))
             if not found:
                 raise InputError(f"source '{source.name}': directory '{entry}' contains no supported files "
                                  f"(supported: {', '.join(sorted(SUPPORTED))})")
@@ -64,6 +65,25 @@ def check_sources(sources: list[SourceConfig]) -> None:
     for source in sources:
         if source.kind == "files":
             resolve_files(source)
+
+
+def _inside(source: SourceConfig, entry: str, files: list[Path], root: Path) -> list[Path]:
+    """`files` (found under `root`), refusing any that a symbolic link takes outside `root`: a folder of
+    documents must not become a way to read /etc/passwd or another user's files."""
+    top = root.resolve()
+    for path in files:
+        if not path.resolve().is_relative_to(top):
+            raise InputError(f"source '{source.name}': '{path}' (under '{entry}') is a symbolic link to "
+                             f"'{path.resolve()}', outside '{top}'; remove the link or name the file in the "
+                             "source's paths")
+    return files
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob searches: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    plain = parts[:next(i for i, part in enumerate(parts) if glob.has_magic(part))]
+    return Path(*plain) if plain else Path(".")
 
 
 def _hidden(path: Path, root: Path) -> bool:

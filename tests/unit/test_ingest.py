@@ -84,6 +84,23 @@ def test_unusable_paths_are_named(tmp_path: Path, conf_dir: Path, setup: Any, pa
         read_all(make_cfg(conf_dir, [files_source(path)]))
 
 
+@pytest.mark.parametrize("pattern", ["{root}", "{root}/*.txt", "{root}/**/*.txt"])
+def test_symlink_out_of_a_source_folder_is_refused(tmp_path: Path, conf_dir: Path, pattern: str) -> None:
+    root, outside = tmp_path / "docs", tmp_path / "secret.txt"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text(PARA)
+    (root / "sub" / "b.txt").write_text(distinct_text(1))
+    (root / "inside.txt").symlink_to(root / "sub" / "b.txt")  # stays in the folder: read as usual
+    outside.write_text("password: hunter2 " * 10)
+    (root / "passwd.txt").symlink_to(outside)
+    source = files_source(pattern.format(root=root))
+    with pytest.raises(InputError, match=r"passwd.txt' \(under .*\) is a symbolic link to '.*secret.txt', outside"):
+        read_all(make_cfg(conf_dir, [source]))
+    (root / "passwd.txt").unlink()
+    assert {r["text"][:20] for r in read_all(make_cfg(conf_dir, [source]))} == {PARA[:20], distinct_text(1)[:20]}
+    assert read_all(make_cfg(conf_dir, [files_source(outside)]))  # a file named on purpose is read
+
+
 def test_binary_file_is_rejected(tmp_path: Path, conf_dir: Path) -> None:
     path = tmp_path / "model.txt"
     path.write_bytes(b"PK\x03\x04\x00\x00binary\x00")
