@@ -33,6 +33,7 @@ from lifecycle.config import Config, config_hash
 from lifecycle.config.distributed import LaunchConfig
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
+from lifecycle.orphans import PROCESS, close_orphans, process_token
 from lifecycle.registry import ModelRef
 from lifecycle.runtime import RunSettings
 from lifecycle.stages import STAGES, Plan, key_extras, planned_keys, section_data, stage_key
@@ -95,6 +96,13 @@ def pipeline_run(settings: RunSettings, cfg: Config, plan: Plan) -> Iterator[Run
             "lifecycle.profile": settings.profile, "lifecycle.stages": ",".join(plan.run)}
     name = f"{flow_run.flow_name}-{settings.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id, resumed = open_parent_run(experiment_id, str(flow_run.id), name, tags)
+    MlflowClient().set_tag(run_id, PROCESS, process_token())  # whose run it is (a resumed flow: this process's)
+    closed = close_orphans(experiment_id, str(flow_run.id))
+    if same := [r.info.run_id for r in closed if r.data.tags.get("lifecycle.config_hash") == cfg_hash]:
+        MlflowClient().set_tag(run_id, "lifecycle.resumes_run", ",".join(same))  # killed runs of this config
+    if closed:
+        get_run_logger().warning("closed %d run(s) whose process died: %s (MLflow KILLED, Prefect Crashed)",
+                                 len(closed), ", ".join(r.info.run_id for r in closed))
     if resumed:
         get_run_logger().info("re-attached to MLflow parent run %s of flow run %s", run_id, flow_run.id)
     else:
