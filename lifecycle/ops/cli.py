@@ -44,6 +44,7 @@ def cmd_ui(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) 
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started in the background, which ignores Ctrl-C by default
     state_dir = resolve_state_dir(args.state_dir, load_config(find_conf_dir(None)).run.state_dir)
     ports = {"prefect": args.prefect_port if args.which != "mlflow" else 0,
              "mlflow": args.mlflow_port if args.which != "prefect" else 0}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,5 +105,8 @@ def run_worker(pool: str, api_url: str | None = None, run_once: bool = False) ->
     (exec), so a SIGTERM from a supervisor or Ctrl-C reaches the worker itself and leaves no orphan."""
     args = ["worker", "start", "--pool", pool, "--type", "process"] + (["--run-once"] if run_once else [])
     command = prefect_command(*args)
+    # Prefect's worker stops through KeyboardInterrupt, also on SIGTERM: a worker started from a background
+    # job (which inherits SIGINT ignored, and exec keeps that) would never stop
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.chdir(repo_root())
     os.execve(command[0], command, server_env(api_url))
