@@ -84,7 +84,7 @@ class EmbeddedApi:
                         logging.getLogger("lifecycle").info("Prefect API of this run: %s (temporary; PREFECT_HOME "
                                                             "%s)", self.url, os.environ.get("PREFECT_HOME"))
                         return
-            except OSError:
+            except OSError:  # not listening yet: poll again until the deadline
                 pass
             if time.monotonic() > deadline:
                 self.stop()
