@@ -4,11 +4,15 @@ A stage's key (lifecycle/stages.py: `stage_key`) hashes its config section, the 
 its code, so an unchanged re-run finds its output here and does no work. Outputs are built in a temporary
 folder and renamed into place only when complete, so a failed or killed stage never leaves a half-written
 artifact. A committed output is immutable: later stages read it and write only into their own folders.
+Its manifest (`_lifecycle.json`) records the size and sha256 of every file; a lookup checks them, and an
+output that was truncated or changed since is moved aside as `.damaged-<key>-<time>` (kept for inspection)
+and recomputed, with a warning naming the files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -18,9 +22,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lifecycle.manifest import check_tree, hash_tree, write_json_atomic
 from lifecycle.registry import ModelRef
 
 MANIFEST = "_lifecycle.json"
+log = logging.getLogger("lifecycle.store")
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,30 @@ class ArtifactStore:
         return self.root / stage / key
 
     def lookup(self, stage: str, key: str) -> StageOutput | None:
-        manifest = self.path(stage, key) / MANIFEST
+        """The committed output of `stage` for `key`, None when there is none or it is damaged (then it is
+        moved aside and the reason logged, so the stage computes it again)."""
+        folder = self.path(stage, key)
+        manifest = folder / MANIFEST
         if not manifest.is_file():
             return None
-        data = json.loads(manifest.read_text())["output"]
+        try:
+            record = json.loads(manifest.read_text())
+            data = record["output"]
+        except (ValueError, KeyError, TypeError) as err:
+            return self._damaged(folder, [f"{MANIFEST}: unreadable ({err})"])
+        problems = check_tree(folder, record.get("files", {}))  # outputs from before manifests: no files
+        if problems:
+            return self._damaged(folder, problems)
         model = ModelRef(**data["model"]) if data.get("model") else None
         return StageOutput(**{**data, "model": model, "cached": True})
+
+    def _damaged(self, folder: Path, problems: list[str]) -> None:
+        aside = folder.with_name(f".damaged-{folder.name}-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.rename(folder, aside)
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        log.warning("cached output %s is damaged: %s%s; moved aside to %s and computing it again",
+                    folder, "; ".join(problems[:3]), more, aside.name)
+        return None
 
     @contextmanager
     def building(self, stage: str, key: str) -> Iterator[Path]:
@@ -73,8 +97,9 @@ class ArtifactStore:
             raise
 
     def commit(self, tmp: Path, output: StageOutput) -> StageOutput:
-        manifest = {"output": asdict(output), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        manifest = {"output": asdict(output), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "files": hash_tree(tmp, skip={MANIFEST})}
+        write_json_atomic(tmp / MANIFEST, manifest)
         final = self.path(output.stage, output.key)
         if final.exists():  # a forced re-run (--from): move the old one aside, then swap
             old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
