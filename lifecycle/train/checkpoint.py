@@ -4,7 +4,9 @@
 loss history; torch.save, loaded with weights_only=True), rng-rank<r>.pt (every rank's RNG states as
 tensors) and meta.json (human-readable). Everything is written into `<root>/.tmp-step-000200/` first
 and renamed into place when complete, so a process killed mid-save (kill -9) leaves either the old
-checkpoint or the new one, never half of one. Only the newest `keep` checkpoints stay.
+checkpoint or the new one, never half of one. A seal (lifecycle/manifest.py) records every file's size and
+sha256; a checkpoint truncated or changed since is skipped, with a warning, for the one before it. Only the
+newest `keep` checkpoints stay.
 
     save_checkpoint(root, step, model, optimizer, scheduler, state, dist, strategy, keep=2)
     path = latest_checkpoint(root)     # None on a fresh start
@@ -28,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lifecycle.errors import LifecycleError
+from lifecycle.manifest import SEAL, seal, unsealed_reason
 from lifecycle.train.distributed import DistInfo, barrier, unwrap
 
 log = logging.getLogger("lifecycle.train")
@@ -106,6 +109,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     torch.save(rng_state(), tmp / f"rng-rank{dist.rank}.pt")
     weights = model_state(model, strategy, dist)
     optim = _optimizer_state(model, optimizer, strategy, dist)
+    barrier(dist)  # every rank's RNG file is written before rank 0 seals the folder
     if dist.is_main:
         unique, aliases = _unique_tensors(weights)
         save_file(unique, str(tmp / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
@@ -113,6 +117,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         meta = {"step": step, "world_size": dist.world_size, "strategy": strategy if dist.enabled else "single",
                 **{k: v for k, v in state.items() if not isinstance(v, list)}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        seal(tmp)
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -142,9 +147,14 @@ def _step_dirs(root: Path) -> list[Path]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root` (only complete ones are ever renamed into place)."""
-    found = [p for p in _step_dirs(root) if (p / "meta.json").is_file()]
-    return found[-1] if found else None
+    """The newest intact checkpoint under `root` (only complete ones are ever renamed into place; one whose
+    files no longer match its seal is skipped with a warning). Checkpoints from before seals are trusted."""
+    for path in reversed([p for p in _step_dirs(root) if (p / "meta.json").is_file()]):
+        reason = unsealed_reason(path) if (path / SEAL).is_file() else None
+        if reason is None:
+            return path
+        log.warning("checkpoint %s is damaged (%s): skipping it", path, reason)
+    return None
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

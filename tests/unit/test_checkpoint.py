@@ -1,6 +1,7 @@
 """Checkpoints: a save/load round trip restores weights (tied ones too), optimizer, scheduler, loop state
 and RNG streams; saving is atomic (a crash mid-save leaves the previous checkpoint as the newest); only
-the newest `keep` survive; a checkpoint of another model is refused with its path in the message."""
+the newest `keep` survive; a checkpoint of another model is refused with its path in the message; a
+truncated or tampered checkpoint is skipped, named, for the one before it."""
 
 from __future__ import annotations
 
@@ -103,3 +104,27 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     other = make(0, arch="gpt2")
     with pytest.raises(LifecycleError, match=f"checkpoint {path} does not fit the configured model"):
         load_checkpoint(path, other.model, other.optimizer, other.scheduler, SINGLE, "ddp")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper", "delete"])
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                            damage: str) -> None:
+    t = make(0)
+    for step in (10, 20):
+        save_checkpoint(tmp_path, step, t.model, t.optimizer, t.scheduler, {"step": step}, SINGLE, "ddp", keep=2)
+    weights = tmp_path / "step-000020" / "model.safetensors"
+    blob = weights.read_bytes()
+    if damage == "truncate":  # a disk that filled up, a copy cut short
+        weights.write_bytes(blob[: len(blob) // 2])
+    elif damage == "tamper":  # same size, one byte changed
+        weights.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    else:
+        (tmp_path / "step-000020" / "state.pt").unlink()
+    with caplog.at_level("WARNING", logger="lifecycle.train"):
+        found = latest_checkpoint(tmp_path)
+    assert found == tmp_path / "step-000010"
+    expected = {"truncate": f"model.safetensors: {len(blob) // 2} bytes, expected {len(blob)}",
+                "tamper": "model.safetensors: content changed", "delete": "state.pt: missing"}[damage]
+    assert f"checkpoint {tmp_path / 'step-000020'} is damaged ({expected}" in caplog.text
+    b = make(1)
+    assert load_checkpoint(found, b.model, b.optimizer, b.scheduler, SINGLE, "ddp")["step"] == 10
