@@ -40,6 +40,11 @@ def hash_tree(folder: Path, skip: frozenset[str] | set[str] = frozenset()) -> di
     return found
 
 
+def tree_digest(files: dict[str, dict[str, Any]]) -> str:
+    """One sha256 for a whole `hash_tree` (what a registry tag can hold)."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def check_tree(folder: Path, files: dict[str, dict[str, Any]]) -> list[str]:
     """What differs from `files` (a `hash_tree` taken earlier): missing files, wrong sizes (a truncation),
     changed contents (a tamper). Sizes are checked first, so a truncation costs no hashing."""

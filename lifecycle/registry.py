@@ -7,6 +7,10 @@ latest pipeline run, under evaluation), `@champion` (in production; moves only t
 a hand promotion or a rollback, one at a time under `promotion_lock`, each move recording the champion it
 replaced so `rollback_champion` can restore it).
 
+Each version is tagged at registration with the sha256 of its files (`lifecycle.files_sha256`); `local_copy`
+refuses a download that differs (the registry's artifact store was changed since) and fetches again a local
+copy that was truncated or changed (it is sealed: lifecycle/manifest.py).
+
     ref = register_model(model_dir, "lifecycle-gpt", tags={"lifecycle.base_model": "lifecycle-gpt-base/3"})
     set_alias(ref, CANDIDATE); get_alias("lifecycle-gpt", CANDIDATE) == ref
     resolve("lifecycle-gpt@champion"), resolve("lifecycle-gpt/4"), resolve("models:/lifecycle-gpt/4")
@@ -16,9 +20,11 @@ replaced so `rollback_champion` can restore it).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,10 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.errors import LifecycleError
+from lifecycle.manifest import hash_tree, seal, tree_digest, unsealed_reason
 
 CANDIDATE, CHALLENGER, CHAMPION = "candidate", "challenger", "champion"
 PREVIOUS = "lifecycle.previous_champion"  # on a champion: the version it replaced ("none" for the first)
+FILES_SHA256 = "lifecycle.files_sha256"  # on a version: the digest of its files as registered
 PARENT_TAGS = ("lifecycle.base_model",)  # version tags naming the model a version was trained from
+log = logging.getLogger("lifecycle.registry")
 _REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
@@ -74,7 +83,10 @@ def register_model(model_dir: Path, name: str, tags: dict[str, str], task: str =
     info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
                                          task=task, registered_model_name=name, pip_requirements=requirements)
     ref = ModelRef(name, str(info.registered_model_version))
-    tag_version(ref, tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=tmp)
+        files = tree_digest(hash_tree(Path(tmp)))
+    tag_version(ref, tags | {FILES_SHA256: files})
     return ref
 
 
@@ -134,15 +146,28 @@ def lineage(ref: ModelRef) -> dict[str, Any]:
 
 
 def local_copy(ref: ModelRef, cache_dir: Path) -> Path:
-    """The version's files in `cache_dir/<name>/<version>` (downloaded once, atomically)."""
+    """The version's files in `cache_dir/<name>/<version>`: downloaded once, atomically, checked against the
+    digest taken at registration (a mismatch is refused), and sealed; a copy damaged since is fetched again."""
     import mlflow
 
     dest = Path(cache_dir) / ref.name / ref.version
+    if dest.is_dir() and (reason := unsealed_reason(dest)) is not None:
+        log.warning("local copy %s of %s is damaged (%s): downloading it again", dest, ref, reason)
+        aside = dest.with_name(f".damaged-{ref.version}-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, aside)
+        shutil.rmtree(aside, ignore_errors=True)
     if not dest.is_dir():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".tmp-{ref.version}-{uuid.uuid4().hex[:8]}")
         try:
             mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(tmp))
+            files = hash_tree(tmp)
+            expected = version_tags(ref).get(FILES_SHA256)
+            if expected is not None and tree_digest(files) != expected:
+                raise LifecycleError(f"{ref}: its files in the registry ({ref.uri}) differ from the ones registered "
+                                     f"(sha256 {tree_digest(files)[:12]}..., registered {expected[:12]}...): the "
+                                     "artifact store was changed or damaged; register the model again")
+            seal(tmp)
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
