@@ -44,7 +44,8 @@ class Stage:
 GRAPH: tuple[Stage, ...] = (
     Stage("ingest", inputs=(), key_extras=("sources",),
           produces="documents: normalised, de-duplicated, split train/validation (Arrow)",
-          code=("lifecycle.data.ingest", "lifecycle.data.sources", "lifecycle.data.clean")),
+          code=("lifecycle.data.ingest", "lifecycle.data.sources", "lifecycle.data.formats",
+                "lifecycle.data.clean")),
     Stage("validate", inputs=("ingest",),
           produces="the Great Expectations result and Data Docs; a failure stops the pipeline",
           code=("lifecycle.data.validate",)),

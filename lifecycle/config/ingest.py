@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -16,6 +17,7 @@ class SourceConfig(Section):
     kind: Literal["files", "python-docs", "hf"]
     paths: list[str] = []  # files: files, directories or globs
     text_field: str = "text"  # files (.jsonl/.json/.csv/.parquet) and hf: the column holding the text
+    encoding: str = "utf-8"  # files: the encoding of text files without a byte-order mark (e.g. cp1252, latin-1)
     include: list[str] = []  # python-docs: module-name prefixes to keep (empty: the whole stdlib)
     exclude: list[str] = []  # python-docs: module-name prefixes to drop
     dataset: str | None = None  # hf: dataset name on the Hugging Face hub
@@ -28,6 +30,11 @@ class SourceConfig(Section):
             raise ValueError(f"source '{self.name}' of kind 'files' needs at least one entry in 'paths'")
         if self.kind == "hf" and not self.dataset:
             raise ValueError(f"source '{self.name}' of kind 'hf' needs 'dataset'")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"source '{self.name}': unknown encoding {self.encoding!r} (a Python codec name, "
+                             "e.g. utf-8, cp1252, latin-1)") from None
         return self
 
 

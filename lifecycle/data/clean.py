@@ -50,17 +50,25 @@ def split_document(text: str, max_chars: int) -> list[str]:
 
 
 def _hard_split(para: str, max_chars: int) -> list[str]:
+    """Pieces of at most `max_chars`, cut at the last newline or space before the limit (else at the limit);
+    linear in the length: a 30 MB line is cut by moving an index, not by re-slicing what is left."""
     out: list[str] = []
-    while len(para) > max_chars:
-        cut = para.rfind("\n", 0, max_chars)
-        if cut <= 0:
-            cut = para.rfind(" ", 0, max_chars)
-        if cut <= 0:
-            cut = max_chars
-        out.append(para[:cut].strip())
-        para = para[cut:].strip()
-    if para:
-        out.append(para)
+    start = 0
+    while len(para) - start > max_chars:
+        end = start + max_chars
+        cut = para.rfind("\n", start + 1, end)
+        if cut < 0:
+            cut = para.rfind(" ", start + 1, end)
+        if cut < 0:
+            cut = end
+        piece = para[start:cut].strip()
+        if piece:
+            out.append(piece)
+        start = cut
+        while start < len(para) and para[start].isspace():
+            start += 1
+    if para[start:].strip():
+        out.append(para[start:].strip())
     return out
 
 

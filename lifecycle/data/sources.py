@@ -8,24 +8,23 @@ and de-duplication happen in `lifecycle.data.ingest`. Errors name the file (and 
 from __future__ import annotations
 
 import ast
-import csv
 import glob
 import hashlib
-import json
+import logging
 import os
 import sys
 import sysconfig
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 from lifecycle.config import SourceConfig
-from lifecycle.hashing import hash_json
+from lifecycle.data.formats import (HTML_EXTS, TEXT_EXTS, clean_text, decode_bytes, display_path, parse_text,
+                                    read_parquet)
 from lifecycle.errors import InputError
+from lifecycle.hashing import hash_json
 
-TEXT_EXTS = {".txt", ".md", ".rst", ".text", ".markdown"}
-HTML_EXTS = {".html", ".htm"}
+log = logging.getLogger("lifecycle.ingest")
 RECORD_EXTS = {".jsonl", ".json", ".csv", ".parquet"}
 SUPPORTED = TEXT_EXTS | HTML_EXTS | RECORD_EXTS
 Record = dict[str, Any]
@@ -72,10 +71,15 @@ def _inside(source: SourceConfig, entry: str, files: list[Path], root: Path) -> 
     documents must not become a way to read /etc/passwd or another user's files."""
     top = root.resolve()
     for path in files:
-        if not path.resolve().is_relative_to(top):
+        target = path.resolve()
+        if target.is_relative_to(top):
+            continue
+        if any(p.is_symlink() for p in (path, *path.parents)):
             raise InputError(f"source '{source.name}': '{path}' (under '{entry}') is a symbolic link to "
-                             f"'{path.resolve()}', outside '{top}'; remove the link or name the file in the "
+                             f"'{target}', outside '{top}'; remove the link or name the file in the "
                              "source's paths")
+        raise InputError(f"source '{source.name}': '{path}' (matched by '{entry}') is '{target}', outside '{top}': "
+                         "'..' after a wildcard climbs out of the folder the glob searches; name that folder instead")
     return files
 
 
@@ -95,10 +99,13 @@ def fingerprint(source: SourceConfig) -> str:
     if source.kind == "files":
         digest = hashlib.sha256()
         for path in resolve_files(source):
-            digest.update(str(path.resolve()).encode())
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            digest.update(os.fsencode(path.resolve()))
+            try:
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError as err:
+                raise InputError(f"{path}: cannot be read ({err.strerror})") from None
         return digest.hexdigest()[:16]
     if source.kind == "python-docs":
         return hash_json({"python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"]})
@@ -115,150 +122,27 @@ def read_source(source: SourceConfig, max_undecodable_share: float) -> Iterator[
         yield from read_hf(source)
 
 
-def decode_bytes(path: Path, data: bytes, max_undecodable_share: float) -> tuple[str, int]:
-    """UTF-8 text with stray invalid bytes dropped and counted; binary or mis-encoded files rejected."""
-    if b"\x00" in data[:8192]:
-        raise InputError(f"{path}: looks like a binary file (NUL bytes); expected UTF-8 text")
-    text = data.decode("utf-8-sig", errors="replace")
-    invalid = text.count("\ufffd") - data.count("\ufffd".encode())
-    if data and invalid / len(data) > max_undecodable_share:
-        raise InputError(f"{path}: {invalid} of {len(data)} bytes ({invalid / len(data):.0%}) are not valid UTF-8 "
-                         f"(limit ingest.max_undecodable_share={max_undecodable_share:.0%}); "
-                         "is it binary or in another encoding?")
-    if invalid:
-        text = text.replace("\ufffd", "")
-    return text, invalid
-
-
 def read_file(path: Path, source: SourceConfig, max_undecodable_share: float) -> Iterator[Record]:
-    if path.suffix.lower() == ".parquet":
-        yield from _read_parquet(path, source)
-        return
-    text, invalid = decode_bytes(path, path.read_bytes(), max_undecodable_share)
-    for i, record in enumerate(_parse_text_file(path, text, source)):
-        # repaired bytes are counted once per file, on its first record
-        yield {"source": source.name, "path": str(path), "object": "", "invalid_bytes": invalid if i == 0 else 0,
-               **record}
-
-
-def _parse_text_file(path: Path, text: str, source: SourceConfig) -> Iterator[Record]:
-    ext = path.suffix.lower()
-    if ext in TEXT_EXTS:
-        yield {"text": text, "title": _first_heading(text) or path.stem}
-    elif ext in HTML_EXTS:
-        title, body = html_to_text(text)
-        yield {"text": body, "title": title or path.stem}
-    elif ext == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                row = _parse_json(line, f"{path}:{lineno}")
-                yield _record(row, source, f"{path}:{lineno}", f"{path.stem}#{lineno}")
-    elif ext == ".json":
-        rows = _parse_json(text, str(path))
-        if isinstance(rows, dict):
-            rows = rows.get("data", rows.get("records"))
-        if not isinstance(rows, list):
-            raise InputError(f"{path}: expected a JSON list of records (or {{'data': [...]}}), "
-                             f"got {type(rows).__name__}")
-        for i, row in enumerate(rows):
-            yield _record(row, source, f"{path}[{i}]", f"{path.stem}#{i}")
-    elif ext == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if source.text_field not in (reader.fieldnames or []):
-            raise InputError(f"{path}:1: no column '{source.text_field}' (columns: {reader.fieldnames}); "
-                             f"set text_field on source '{source.name}'")
-        for lineno, row in enumerate(reader, 2):
-            yield _record(row, source, f"{path}:{lineno}", f"{path.stem}#{lineno}")
-
-
-def _parse_json(text: str, where: str) -> Any:
+    """The records of one file (`lifecycle.data.formats`), each carrying how many characters were dropped."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-
-
-def _record(row: Any, source: SourceConfig, where: str, default_title: str) -> Record:
-    if isinstance(row, str):
-        return {"text": row, "title": default_title}
-    if not isinstance(row, dict):
-        raise InputError(f"{where}: expected an object with a '{source.text_field}' field, got {type(row).__name__}")
-    if source.text_field not in row:
-        raise InputError(f"{where}: no '{source.text_field}' field (fields: {sorted(row)[:10]}); "
-                         f"set text_field on source '{source.name}'")
-    value = row[source.text_field]
-    if not isinstance(value, str):
-        raise InputError(f"{where}: field '{source.text_field}' is {type(value).__name__}, expected a string")
-    return {"text": value, "title": str(row.get("title") or default_title)}
-
-
-def _read_parquet(path: Path, source: SourceConfig) -> Iterator[Record]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for corrupt files
-        raise InputError(f"{path}: cannot read parquet ({err})") from None
-    if source.text_field not in table.column_names:
-        raise InputError(f"{path}: no column '{source.text_field}' (columns: {table.column_names}); "
-                         f"set text_field on source '{source.name}'")
-    titles = table.column("title").to_pylist() if "title" in table.column_names else None
-    for i, value in enumerate(table.column(source.text_field).to_pylist()):
-        if value is None:
-            continue
-        title = str(titles[i]) if titles and titles[i] else f"{path.stem}#{i}"
-        yield {"text": str(value), "title": title, "source": source.name, "path": str(path), "object": "",
-               "invalid_bytes": 0}
-
-
-def _first_heading(text: str) -> str:
-    for line in text.splitlines()[:20]:
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-    return ""
-
-
-class _HTMLText(HTMLParser):
-    SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "section", "article",
-             "blockquote", "table", "ul", "ol", "dt", "dd"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title = ""
-        self._skip = 0
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self._in_title = True
-        elif tag in self.SKIP:
-            self._skip += 1
-        elif tag in self.BLOCK:
-            self.parts.append("\n\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-        elif tag in self.SKIP:
-            self._skip = max(0, self._skip - 1)
-        elif tag in self.BLOCK:
-            self.parts.append("\n\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title += data.strip()
-        elif not self._skip:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> tuple[str, str]:
-    """(title, visible text) with scripts, styles and the head dropped."""
-    parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
-    return parser.title, "".join(parser.parts)
+        parquet = path.suffix.lower() == ".parquet" and path.stat().st_size > 0  # an empty one is an empty file
+        data = b"" if parquet else path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror})") from None
+    if parquet:
+        records, repaired = read_parquet(path, source), 0
+    else:
+        text, repaired = decode_bytes(path, data, max_undecodable_share, source.encoding)
+        if repaired:
+            log.warning("%s: %d characters dropped (invalid UTF-8, NUL, lone surrogates); if it is not UTF-8, "
+                        "set `encoding` on source '%s'", path, repaired, source.name)
+        records = parse_text(path, text, source)
+    shown = display_path(path)
+    for i, (text, title) in enumerate(records):
+        text, dropped = clean_text(text)
+        # repaired bytes of the whole file are counted once, on its first record
+        yield {"text": text, "title": clean_text(title)[0], "source": source.name, "path": shown, "object": "",
+               "invalid_bytes": dropped + (repaired if i == 0 else 0)}
 
 
 def _wanted(module: str, source: SourceConfig) -> bool:
@@ -341,5 +225,6 @@ def read_hf(source: SourceConfig) -> Iterator[Record]:
                          f"'{source.text_field}' (columns: {ds.column_names})")
     for i, value in enumerate(ds[source.text_field]):
         if isinstance(value, str):
+            value, dropped = clean_text(value)
             yield {"text": value, "title": f"{source.dataset}#{i}", "object": "", "source": source.name,
-                   "path": f"hf://{source.dataset}/{source.split}", "invalid_bytes": 0}
+                   "path": f"hf://{source.dataset}/{source.split}", "invalid_bytes": dropped}
