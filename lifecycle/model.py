@@ -83,8 +83,11 @@ def count_params(model: PreTrainedModel) -> dict[str, int]:
 
 def find_hf_dirs(root: Path) -> tuple[Path, Path]:
     """(model folder, tokenizer folder) under `root`: save_pretrained output or an MLflow transformers model."""
-    weights = [p.parent for p in root.rglob("config.json")
-               if any(p.parent.glob("*.safetensors")) or any(p.parent.glob("*.bin"))]
+    weights = [p.parent for p in root.rglob("config.json") if any(p.parent.glob("*.safetensors"))]
+    pickled = [p for p in root.rglob("*.bin") if p.parent.joinpath("config.json").is_file()]
+    if not weights and pickled:  # torch.load of a pickle can run code: weights are read from safetensors only
+        raise LifecycleError(f"{root}: the model's weights are a pickle ({pickled[0].name}), which is never loaded "
+                             "here; save it with safetensors (save_pretrained's default)")
     configs = sorted(weights, key=lambda p: len(p.parts))
     tokenizers = sorted((p.parent for p in root.rglob("tokenizer_config.json")), key=lambda p: len(p.parts))
     if not configs or not tokenizers:
@@ -99,7 +102,7 @@ def load_causal_lm(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
     """Model (eval mode) and tokenizer from a folder; the tokenizer may sit in a sub-folder."""
     model_dir, tok_dir = find_hf_dirs(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
     model.eval()
     return model, tokenizer
 

@@ -75,7 +75,7 @@ def register_model(model_dir: Path, name: str, tags: dict[str, str], task: str =
     from lifecycle.model import load_causal_lm
 
     if task == "text-classification":  # a reward model: a sequence-classification head with one output
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     else:
         model, tokenizer = load_causal_lm(model_dir)

@@ -104,9 +104,10 @@ def load_reward_model(path: Path, num_labels: int | None = None) -> tuple[PreTra
         from trl.trainer.reward_trainer import suppress_seqcls_warning
 
         with suppress_seqcls_warning():  # "score.weight MISSING" is the point: a new head on the causal LM
-            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels)
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels,
+                                                                       use_safetensors=True)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), use_safetensors=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
