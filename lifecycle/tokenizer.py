@@ -136,7 +136,17 @@ def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path, engine: E
     docs = load_documents(docs_dir)
     if not len(docs["validation"]):
         raise LifecycleError("tokenize: the validation split is empty; set ingest.val_fraction above 0")
+    if not len(docs["train"]):
+        raise LifecycleError("tokenize: the train split is empty; add documents or lower ingest.val_fraction")
     tok = train_tokenizer(cfg, docs["train"])
+    if len(tok) < cfg.vocab_size:  # the corpus ran out of pairs to merge: a smaller vocabulary than configured
+        chars = sum(map(len, docs["train"]["text"]))
+        capped = f", tokenize.train_max_chars={cfg.train_max_chars} of them used" if chars > cfg.train_max_chars else ""
+        raise LifecycleError(
+            f"tokenize: the train split ({len(docs['train'])} documents, {chars} characters{capped}) is too small for "
+            f"tokenize.vocab_size={cfg.vocab_size}: only {len(tok)} tokens could be learned (pairs seen at least "
+            f"tokenize.min_frequency={cfg.min_frequency} times); add documents or set tokenize.vocab_size to at "
+            f"most {len(tok)}")
     tok_dir = out_dir / "tokenizer"
     tok.save_pretrained(str(tok_dir))
     val_texts = list(docs["validation"]["text"])
