@@ -15,3 +15,7 @@ class InputError(LifecycleError):
 
 class ValidationFailed(LifecycleError):
     """The data did not meet the expectations in conf/validate.yaml."""
+
+
+class StorageError(LifecycleError):
+    """A disk is full or a path cannot be written (permission, read-only); the message names the path."""

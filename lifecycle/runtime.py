@@ -163,9 +163,18 @@ def quiet_environment() -> None:
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library logs outside a flow run
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's own HTTP retries default to 7 with a factor-2 backoff (minutes against a server that is down) and
+    # a 120 s timeout; the stage tasks' retries (tasks/common.py STAGE_RETRIES) come on top, so keep these short
+    for name, value in MLFLOW_HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("LANCEDB_LOG", "warn,lance::dataset::write::insert=error")  # "no dataset, creating it"
     filter_known_warnings()
+
+
+# ~3 retries over 0 + 2 + 4 s (+ up to 1 s jitter each) per request; a request that hangs gives up after 60 s
+MLFLOW_HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
 def filter_known_warnings() -> None:

@@ -9,6 +9,10 @@ can resume, and is removed once the stage succeeds. The key comes from the stage
 (lifecycle/stages.py), so a task cannot read inputs the graph does not declare. A task imports the
 library code that computes (torch, transformers, TRL, datasets, LanceDB...) inside `work`: a run of cache
 hits never loads it (docs/BENCHMARKS.md, "Start-up cost").
+
+Every stage task is declared `@task(..., **STAGE_RETRIES)`: a transient failure (lifecycle/faults.py) is
+retried with a bounded backoff; anything else fails at once. A full or read-only disk under the state
+directory fails as a `StorageError` naming the path, with no partial output left behind.
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
-from prefect import get_run_logger
+from prefect import Task, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.client.schemas.objects import TaskRun
 from prefect.exceptions import Pause
 from prefect.runtime import flow_run, task_run
+from prefect.states import State
 
 from lifecycle.config import Config, config_hash
 from lifecycle.config.distributed import LaunchConfig
 from lifecycle.errors import LifecycleError
+from lifecycle.faults import storage_errors, transient_reason
 from lifecycle.hashing import hash_json
 from lifecycle.orphans import PROCESS, close_orphans, process_token
 from lifecycle.registry import ModelRef
@@ -39,6 +46,29 @@ from lifecycle.runtime import RunSettings
 from lifecycle.stages import STAGES, Plan, key_extras, planned_keys, section_data, stage_key
 from lifecycle.store import ArtifactStore, StageOutput
 from lifecycle.tracking import child_run, close_parent_run, git_commit, open_parent_run, setup_mlflow
+
+
+# Seconds before retry 1, 2, 3 (bounded exponential backoff, +-20% jitter): enough for a tracking server to
+# restart or a SQLite writer to let go (MLflow itself waits 20 s on a lock and retries HTTP a few seconds,
+# lifecycle/runtime.py `quiet_environment`), while a server that stays down fails the stage within ~2 min.
+RETRY_DELAYS_S = (2, 8, 30)
+
+
+def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect's retry condition for the stage tasks: retry only a transient failure (a locked database, a
+    tracking server down or answering 429/5xx), never a user error, a full disk, a failed validation or a bug;
+    say so in the run's log."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    reason = transient_reason(error) if error is not None else None
+    if reason is not None:
+        attempt = max(task_run.run_count, 1)  # the attempt that failed; Prefect asks only while retries remain
+        get_run_logger().warning("%s: transient failure (%s), retry %d of %d in about %d s", task.name, reason,
+                                  attempt, task.retries, RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1])
+    return reason is not None
+
+
+STAGE_RETRIES: dict[str, Any] = dict(retries=len(RETRY_DELAYS_S), retry_delay_seconds=list(RETRY_DELAYS_S),
+                                     retry_jitter_factor=0.2, retry_condition_fn=is_transient)
 
 
 @dataclass(frozen=True)
@@ -89,7 +119,8 @@ def pipeline_run(settings: RunSettings, cfg: Config, plan: Plan) -> Iterator[Run
     """The MLflow parent run of this Prefect flow run: created, or re-attached when the flow run resumes.
     It ends FINISHED or FAILED with the flow; a suspended flow (Prefect's Pause) leaves it RUNNING."""
     state_dir = settings.state(cfg)
-    experiment_id = setup_mlflow(state_dir, cfg.run.experiment)
+    with storage_errors(None, state_dir):
+        experiment_id = setup_mlflow(state_dir, cfg.run.experiment)
     commit, cfg_hash = git_commit(Path(__file__).resolve().parents[1]), config_hash(cfg)
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
             "mlflow.source.git.commit": commit, "lifecycle.config_hash": cfg_hash,
@@ -264,7 +295,8 @@ def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
         return cached
     logger.info("%s: computing %s", stage, key)
     started = time.perf_counter()
-    with child_run(stage, ctx.parent_run_id, ctx.experiment_id, tags | {"lifecycle.cache_hit": "false"}) as run:
+    with storage_errors(stage, ctx.state_dir), \
+            child_run(stage, ctx.parent_run_id, ctx.experiment_id, tags | {"lifecycle.cache_hit": "false"}) as run:
         with store.building(stage, key) as tmp:
             checkpoints = Path(ctx.state_dir) / "checkpoints" / stage / key
             result = work(StageDirs(out=tmp, checkpoints=checkpoints, key=key))

@@ -29,7 +29,7 @@ from lifecycle.registry import local_copy
 from lifecycle.hashing import hash_json
 from lifecycle.stages import STAGES, key_extras
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, key_parts, run_stage
+from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, key_parts, run_stage
 
 SNAPSHOT = "preferences.jsonl"
 
@@ -51,7 +51,7 @@ def batch_id_for(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str:
     return f"{p.mode[:5]}-{hash_json(what)}"
 
 
-@task(name="preferences-publish", cache_policy=NO_CACHE)
+@task(name="preferences-publish", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def publish_batch(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str | None:
     """The batch id to wait for and export, or None when nothing is to be collected (import mode, or the
     stage's output is cached already)."""
@@ -98,7 +98,7 @@ def cast_simulated_votes(ctx: RunContext, store: PreferenceStore, batch_id: str)
                           new)
 
 
-@task(name="preferences", cache_policy=NO_CACHE)
+@task(name="preferences", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def export_preferences(ctx: RunContext, sft: StageOutput, docs: StageOutput, batch_id: str | None,
                        resumed: dict | None = None) -> StageOutput:
     cfg = ctx.cfg

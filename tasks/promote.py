@@ -16,12 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from lifecycle.evaluate.gate import Decision, decide
 from lifecycle.registry import ModelRef, resolve, version_tags
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, run_stage
 from tasks.evaluate import read_evaluation
 from tasks.rlhf import ALARM_TAG
 
 
-@task(name="promote", cache_policy=NO_CACHE)
+@task(name="promote", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def promote(ctx: RunContext, evaluation: StageOutput) -> StageOutput:
     cfg, logger = ctx.cfg, get_run_logger()
 

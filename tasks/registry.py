@@ -9,14 +9,14 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle.registry import CANDIDATE, CHALLENGER, ModelRef, set_alias, tag_version, version_tags
 from lifecycle.store import StageOutput
-from tasks.common import RunContext
+from tasks.common import STAGE_RETRIES, RunContext
 
 # stage output -> the version tag naming it (the rlhf and rag_index stages tag the rest themselves)
 LINEAGE = {"ingest": "lifecycle.data_key", "validate": "lifecycle.validation_key", "tokenize": "lifecycle.tokenizer_key",
            "preferences": "lifecycle.preference_set_hash"}
 
 
-@task(name="mark-challenger", cache_policy=NO_CACHE)
+@task(name="mark-challenger", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def mark_challenger(ctx: RunContext, model: ModelRef, out: dict[str, StageOutput]) -> ModelRef:
     """Point `<name>@candidate` and `@challenger` at the model this run produced (by reference), with its
     lineage: data, validation result, tokenizer, preference set, reward model and RAG index (tagged by their

@@ -12,10 +12,10 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle.errors import ValidationFailed
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, run_stage
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@task(name="validate", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def validate(ctx: RunContext, docs: StageOutput) -> StageOutput:
     section = ctx.cfg.validate_
 

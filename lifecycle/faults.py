@@ -1,0 +1,142 @@
+"""What kind of failure an exception is: transient (worth retrying: a locked SQLite database, a tracking
+server that is down or answers 429/5xx) or a full or read-only disk (a user error naming the path).
+
+`transient_reason` is what the stage tasks' retry condition asks (tasks/common.py `is_transient`);
+`storage_errors` turns a disk-full or permission error into a `StorageError` where a stage or the
+pipeline writes (the state directory: artifact store, checkpoints, the MLflow store). Both look through
+the whole chain of causes, since MLflow and SQLAlchemy wrap the error that matters. A library that was
+never imported cannot have raised, so its exception types are looked up in `sys.modules` only.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lifecycle.errors import LifecycleError, StorageError
+
+# errno -> (what happened, what to do)
+STORAGE_ERRNOS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device", "free some space or point --state-dir elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or point --state-dir elsewhere"),
+    errno.EACCES: ("permission denied", "make it writable for this user or point --state-dir elsewhere"),
+    errno.EPERM: ("operation not permitted", "make it writable for this user or point --state-dir elsewhere"),
+    errno.EROFS: ("read-only file system", "point --state-dir at a writable folder"),
+}
+# the same errors as SQLite and Arrow word them (no errno on the exception)
+_STORAGE_TEXT = ((re.compile(r"database or disk is full|no space left on device", re.I), errno.ENOSPC),
+                 (re.compile(r"attempt to write a readonly database|read-only file system", re.I), errno.EROFS),
+                 (re.compile(r"disk quota exceeded", re.I), errno.EDQUOT))
+_ERRNO_TEXT = re.compile(r"\[errno (\d+)\]", re.I)
+# what a transient failure says, most telling first ("Max retries exceeded ... Connection refused")
+_TRANSIENT_PHRASES = ("database is locked", "database table is locked", "database is busy", "connection refused",
+                      "connection reset", "connection aborted", "remote end closed connection",
+                      "server closed the connection", "could not connect", "terminating connection", "timed out",
+                      "temporary failure in name resolution", "max retries exceeded")
+_HTTP_STATUS_TEXT = re.compile(r"error code (\d{3}) != 200|too many (\d{3}) error responses", re.I)
+_TRANSIENT_MLFLOW_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from or while handling, outermost first (each once)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def storage_failure(exc: BaseException) -> tuple[int, str | None] | None:
+    """(errno, path or None) of the first disk-full or permission error in `exc`'s chain, else None."""
+    for err in causes(exc):
+        code = err.errno if isinstance(err, OSError) else None
+        text = str(err)
+        if code is None and (found := _ERRNO_TEXT.search(text)):
+            code = int(found[1])
+        if code is None:
+            code = next((value for pattern, value in _STORAGE_TEXT if pattern.search(text)), None)
+        if code in STORAGE_ERRNOS:
+            path = getattr(err, "filename", None) if isinstance(err, OSError) else None
+            return code, None if path is None else str(path)
+    return None
+
+
+def storage_error(exc: BaseException, what: str | None, where: Path | str | None) -> StorageError | None:
+    """The user error for a disk-full or permission error in `exc`'s chain: it names the path (or, when the
+    library did not say which file, the folder `where` it was writing under). None for any other error."""
+    found = storage_failure(exc)
+    if found is None:
+        return None
+    code, path = found
+    happened, advice = STORAGE_ERRNOS[code]
+    target = f"'{path}'" if path else f"under '{where}'" if where else "to the state directory"
+    return StorageError(f"{what + ': ' if what else ''}{happened} while writing {target} ({advice})")
+
+
+@contextmanager
+def storage_errors(what: str | None, where: Path | str | None) -> Iterator[None]:
+    """Raise a disk-full or permission error from inside as a `StorageError` (see `storage_error`)."""
+    try:
+        yield
+    except LifecycleError:
+        raise
+    except Exception as err:
+        problem = storage_error(err, what, where)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """A short reason ("database is locked", "connection refused", "HTTP 503") when `exc` is a transient
+    failure worth retrying; None for anything else: a user error, a full or read-only disk, a bug."""
+    chain = list(causes(exc))
+    if any(isinstance(err, LifecycleError) for err in chain) or storage_failure(exc):
+        return None
+    for err in reversed(chain):  # the root cause first: it says what happened
+        if reason := _transient(err):
+            return reason
+    return None
+
+
+def _transient(err: BaseException) -> str | None:
+    text = str(err)
+    if isinstance(err, _types("sqlite3.OperationalError", "sqlalchemy.exc.OperationalError",
+                              "sqlalchemy.exc.DisconnectionError", "sqlalchemy.exc.TimeoutError")):
+        return _phrase(text)
+    if isinstance(err, (ConnectionError, TimeoutError)) or isinstance(err, _types(
+            "requests.exceptions.ConnectionError", "requests.exceptions.Timeout", "requests.exceptions.RetryError",
+            "urllib3.exceptions.HTTPError", "httpx.TransportError")):
+        if found := _HTTP_STATUS_TEXT.search(text):
+            return f"HTTP {found[1] or found[2]}"
+        return _phrase(text) or type(err).__name__
+    if isinstance(err, _types("httpx.HTTPStatusError")):
+        status = err.response.status_code
+        return f"HTTP {status}" if status == 429 or status >= 500 else None
+    if isinstance(err, _types("mlflow.exceptions.MlflowException")):
+        if err.error_code in _TRANSIENT_MLFLOW_CODES:
+            return _phrase(text) or err.error_code
+        found = _HTTP_STATUS_TEXT.search(text)
+        if found and (int(found[1] or found[2]) == 429 or int(found[1] or found[2]) >= 500):
+            return f"HTTP {found[1] or found[2]}"
+    return None
+
+
+def _phrase(text: str) -> str | None:
+    lowered = text.lower()
+    return next((phrase for phrase in _TRANSIENT_PHRASES if phrase in lowered), None)
+
+
+def _types(*names: str) -> tuple[type, ...]:
+    """The exception classes among `names` ("module.Class") whose module is imported."""
+    found = []
+    for name in names:
+        module, _, cls = name.rpartition(".")
+        if module in sys.modules and isinstance(value := getattr(sys.modules[module], cls, None), type):
+            found.append(value)
+    return tuple(found)
