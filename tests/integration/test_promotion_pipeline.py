@@ -1,17 +1,20 @@
 """evaluate and promote for real on the tiny chain: the first candidate passes the (relaxed) minimums and
 becomes @champion with its lineage, its report card and its decision record; a deliberately broken
-candidate is measured against that champion, refused with its failed rules, and the champion stays; a
+candidate is measured against that champion, refused with its failed rules, and the champion stays; an
+evaluation that crashes (the champion's registered files were changed) leaves the champion as it was; a
 fully cached re-run decides nothing new; feedback from the chat page joins the next preference set."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.pipeline import pipeline
+from lifecycle.errors import LifecycleError
 from lifecycle.preferences.db import store_url
 from lifecycle.preferences.feedback import Answered, record_comparison
 from lifecycle.preferences.export import read_snapshot
@@ -67,6 +70,20 @@ def test_the_gate_promotes_then_refuses_a_worse_candidate(tmp_path: Path) -> Non
     assert "bpb_regression" in {r["rule"] for r in decision["rules"] if r["passed"] is False}
     assert get_alias(first.name, CHAMPION) == first  # the champion stays
     assert version_tags(second)["lifecycle.decision"] == "refused"
+
+    # the gate's evaluation crashes (the champion's files in the registry were changed): the champion stays
+    model_id = MlflowClient().get_model_version(first.name, first.version).source.removeprefix("models:/")
+    weights = state / "mlflow" / "artifacts" / "models" / model_id / "artifacts" / "model" / "model.safetensors"
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    shutil.rmtree(state / "models" / first.name / first.version)  # so evaluate fetches it again
+    evaluations = sorted(p.name for p in (state / "artifacts" / "evaluate").iterdir())
+    with pytest.raises(LifecycleError, match=f"{first}: its files in the registry .* differ"):
+        pipeline(overrides=[*RELAXED, "rlhf.policy.rloo.learning_rate=5.0"], state_dir=str(state),
+                 conf_dir=str(CONF), from_stage="evaluate")
+    assert get_alias(first.name, CHAMPION) == first and version_tags(second)["lifecycle.decision"] == "refused"
+    assert sorted(p.name for p in (state / "artifacts" / "evaluate").iterdir()) == evaluations  # nothing half-made
+    weights.write_bytes(blob)
 
 
 def test_chat_feedback_joins_the_next_preference_set(tmp_path: Path) -> None:
