@@ -44,3 +44,22 @@ def test_symlink_out_of_the_corpus_stops_the_run_before_it_starts(tmp_path: Path
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"'{corpus / 'passwd.txt'}' (under '{corpus}') is a symbolic link to '/etc/passwd'" in done.stderr
     assert not (tmp_path / "state" / "artifacts").exists()  # refused before any stage ran
+
+
+def test_hostile_corpus_is_refused_in_ingest_once_with_nothing_left_behind(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    (corpus / "empty-folder").mkdir(parents=True)
+    (corpus / "empty.txt").write_bytes(b"")
+    (corpus / "page.html").write_text("<p>" + "Visible words about parsers and corpora. " * 5 + "</p><script>x()</script>")
+    (corpus / "notes.md").write_bytes(("# Notes\n\n" + "A note with a NUL byte far in. " * 400).encode() + b"\x00 end")
+    (corpus / "rows.csv").write_text('id,text\n1,"a good row of text that is long enough"\n2,"never closed\n3,x\n')
+    state = tmp_path / "state"
+    done = run_cli(state, "--until", "tokenize", "--source", str(corpus))
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "csv.Error" not in output
+    message = f"{corpus / 'rows.csv'}:3: not valid CSV: unexpected end of data (a quoted field that is never closed?)"
+    assert output.count(message) == 1 and f"error: {message}" in done.stderr
+    ingest = state / "artifacts" / "ingest"
+    assert not ingest.exists() or not list(ingest.iterdir())  # neither a committed output nor a .tmp-* folder
+    assert not (state / "artifacts" / "tokenize").exists()
