@@ -47,7 +47,8 @@ def free_port() -> int:
 
 def serve(url: str, port: int) -> None:
     """The server process: the app over the store at `url`, as `lifecycle annotate` runs it."""
-    cfg = load_config(find_conf_dir()).annotate.model_copy(update={"store_url": url, "port": port})
+    cfg = load_config(find_conf_dir()).annotate.model_copy(update={"store_url": url, "port": port,
+                                                                   "rate_limit_per_minute": 0})  # throughput
     run_server(create_app(PreferenceStore.open(url), cfg), "127.0.0.1", port)
 
 

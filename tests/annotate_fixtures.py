@@ -20,7 +20,7 @@ from lifecycle.preferences.store import NewItem
 def annotate_config(**changes: Any) -> AnnotateConfig:
     values: dict[str, Any] = {"store_url": None, "host": "127.0.0.1", "port": 8765, "public_url": None,
                               "gold_every": 0, "assignment_ttl_s": 900, "max_body_bytes": 4096,
-                              "max_reason_chars": 50}
+                              "max_reason_chars": 50, "rate_limit_per_minute": 600, "rate_limit_burst": 120}
     return AnnotateConfig(**{**values, **changes})
 
 

@@ -73,3 +73,5 @@ class AnnotateConfig(Section):
     assignment_ttl_s: int = Field(ge=1)  # an unanswered assignment holds its slot this long
     max_body_bytes: int = Field(ge=1024)  # larger request bodies are refused (413)
     max_reason_chars: int = Field(ge=0)
+    rate_limit_per_minute: int = Field(ge=0)  # requests per token or session, refilled evenly (0: no limit)
+    rate_limit_burst: int = Field(ge=1)  # requests a credential may make at once before the rate applies

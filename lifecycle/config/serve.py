@@ -35,6 +35,8 @@ class ServerConfig(Section):
     max_body_bytes: int = Field(ge=1024)  # larger request bodies are refused (413)
     max_prompt_chars: int = Field(ge=1)  # the question plus any system message, in characters
     api_key_env: str = Field(min_length=1)  # when this environment variable is set, /v1/* need it as a bearer key
+    rate_limit_per_minute: int = Field(ge=0)  # /v1/* requests per API key (or client address), 0: no limit
+    rate_limit_burst: int = Field(ge=1)  # requests at once before the rate applies
     trace: bool  # one MLflow trace per completion (retrieve + generate spans)
     recent_answers: int = Field(ge=1)  # answers kept in memory, so feedback can name them by id
     feedback_annotator: str = Field(min_length=1, max_length=64)  # who chat-page votes are recorded as

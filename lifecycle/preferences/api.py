@@ -22,14 +22,18 @@ Authenticate with `Authorization: Bearer <token>` (a token from `lifecycle annot
 page uses a session cookie plus an `X-CSRF-Token` header instead. Loop: `GET /api/next` gives an item (the
 same one until you vote on it) with the two responses in the order you should show them (`left`, `right`);
 `POST /api/votes` with a fresh UUID as `vote_id` records the vote. Retrying a POST with the same `vote_id`
-is safe: it answers `replayed` and the vote counts once."""
+is safe: it answers `replayed` and the vote counts once. Each token (or session) has a request rate
+limit: over it, 429 with a `Retry-After` header in seconds."""
 
 
 class Problem(BaseModel):
     detail: str = Field(description="what was wrong, in words")
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Problem, "description": "not signed in"}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "not signed in"},
+    429: {"model": Problem, "description": "over annotate.rate_limit_per_minute: retry after Retry-After seconds"},
+}
 VOTE_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     403: {"model": Problem, "description": "the item is not assigned to you, a cross-origin request, or a "

@@ -8,6 +8,8 @@ Pages: /login, / (annotate), /summary, /docs. API: /api/next, /api/votes, /api/b
 /plot.png], /openapi.json. Everything but /login, /static/, /healthz and the API reference (/docs,
 /openapi.json) needs a sign-in: browsers hold a
 session cookie (and send a CSRF token with every POST), API clients send `Authorization: Bearer <token>`.
+Each token or session may make annotate.rate_limit_per_minute requests (bursts of rate_limit_burst), sign-in
+attempts as many per client address; beyond that: 429 with Retry-After.
 When a new vote fills the last item of a batch, a thread closes the batch if its agreement threshold is met
 (complete_if_ready) and hands the summary to `on_complete`, once.
 
@@ -46,7 +48,8 @@ from lifecycle.preferences.stats import batch_stats, plot_stats
 from lifecycle.preferences.store import PreferenceStore, hash_token
 from lifecycle.preferences.summary import batch_summary, complete_if_ready
 from lifecycle.preferences.web import (SESSION_COOKIE, SESSION_MAX_AGE_S, BodyLimit, Creds, Guard, SecurityHeaders,
-                                       SignInFirst, Signer, Who, api_creds, credentials, page_creds)
+                                       SignInFirst, Signer, Who, api_creds, credentials, page_creds, rate_key)
+from lifecycle.ratelimit import RateLimit, RateLimiter
 
 log = logging.getLogger("lifecycle.preferences.app")
 HERE = Path(__file__).parent
@@ -192,7 +195,9 @@ def create_app(store: PreferenceStore, cfg: AnnotateConfig,
     app = FastAPI(title="llm-lifecycle annotation", version="1", description=api.DESCRIPTION,
                   docs_url=None, redoc_url=None, openapi_url=None)  # served below, without a CDN
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
-    app.add_middleware(SecurityHeaders)  # added last, so outermost: on every answer, a 413 included
+    app.add_middleware(RateLimit, limiter=RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst),
+                       key=rate_key, problem=lambda message: {"detail": message})  # before any body is read
+    app.add_middleware(SecurityHeaders)  # added last, so outermost: on every answer, a 413 or 429 included
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     env.filters["num"], env.filters["percent"] = api.number, api.percent

@@ -1,6 +1,6 @@
 """HTTP plumbing of the annotation app (lifecycle/preferences/app.py): who is asking (bearer token or signed
 session cookie, checked against the store on every request), CSRF tokens, the same-origin check for POSTs,
-a request body limit and security headers as pure ASGI middleware.
+a request body limit and security headers as pure ASGI middleware, and what a request's rate is counted by.
 
     guard = Guard(store, Signer(store.secret("session"), store.secret("csrf")), public_url)
     who = guard.api(creds)          # creds from the api_creds dependency (no DB); 401 unless they check out
@@ -9,6 +9,7 @@ a request body limit and security headers as pure ASGI middleware.
     app.add_middleware(BodyLimit, max_bytes=16384)      # 413 on a larger Content-Length or streamed body
                                                         # (problem=fn(status, message) shapes the error body)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RateLimit, limiter=RateLimiter(600, 120), key=rate_key, ...)   # lifecycle/ratelimit.py
 
 The session cookie signs the annotator id, the issue time and the annotator's token hash, so revoking the
 annotator (the hash is cleared) ends every session at once; the hash itself never leaves the server.
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.preferences.schema import Annotator
 from lifecycle.preferences.store import PreferenceStore
+from lifecycle.ratelimit import bearer_token, client_address
 
 SESSION_COOKIE = "lifecycle_session"
 SESSION_MAX_AGE_S = 12 * 3600  # one working day: a sign-in should not outlive the shift it was made for
@@ -220,6 +222,22 @@ async def page_creds(request: Request, auth: HTTPAuthorizationCredentials | None
     if creds.token is None and creds.cookie is None:
         raise SignInFirst()
     return creds
+
+
+def rate_key(scope: Scope) -> str | None:
+    """What a request's rate is counted against: its bearer token, else its session cookie; a sign-in attempt,
+    its client address. Health, static files and the API reference are not limited, nor are requests without
+    credentials (refused before any database work)."""
+    path = scope.get("path", "")
+    if path == "/login":
+        return f"login:{client_address(scope)}" if scope.get("method") == "POST" else None
+    if path in ("/healthz", "/docs", "/openapi.json") or path.startswith("/static/"):
+        return None
+    token = bearer_token(scope)
+    if token is not None:
+        return f"token:{token}"
+    cookie = Request(scope).cookies.get(SESSION_COOKIE)
+    return f"session:{cookie}" if cookie else None
 
 
 class Guard:

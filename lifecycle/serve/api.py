@@ -21,7 +21,7 @@ from lifecycle.rag.search import Hit
 DONE = "data: [DONE]\n\n"
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
-               422: "invalid_request_error", 503: "server_error"}
+               422: "invalid_request_error", 429: "requests", 503: "server_error"}  # 429: as OpenAI's rate limits
 
 
 class ApiError(Exception):

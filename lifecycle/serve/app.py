@@ -7,7 +7,9 @@ its feedback endpoint.
 Routes: GET / (chat page), GET /health, GET /v1/models, POST /v1/chat/completions (stream or not),
 POST /v1/feedback (ratings and comparisons, into the preference store), GET /openapi.json.
 With an API key, /v1/* need `Authorization: Bearer <key>` (compared in constant time, never logged); the
-page asks for it. POSTs from a browser must be same-origin. Errors come in OpenAI's shape.
+page asks for it. /v1/* requests are rate limited per key (without one, per client address): over
+serve.server.rate_limit_per_minute, 429 `rate_limit_exceeded` with Retry-After. POSTs from a browser must
+be same-origin. Errors come in OpenAI's shape.
 While the app runs, a thread follows the served aliases (lifecycle/serve/models.py).
 """
 
@@ -28,11 +30,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
 from lifecycle.config.serve import ServeConfig
 from lifecycle.preferences.feedback import Answered, FeedbackRefused, record_comparison, record_rating
 from lifecycle.preferences.store import PreferenceStore
 from lifecycle.preferences.web import BodyLimit, SecurityHeaders, same_origin
+from lifecycle.ratelimit import RateLimit, RateLimiter, bearer_token, client_address
 from lifecycle.registry import CHALLENGER
 from lifecycle.serve import api
 from lifecycle.serve.completions import Completions
@@ -59,6 +63,13 @@ class Handlers:
         if not hmac.compare_digest(given.encode(), self.api_key.encode()):
             raise api.ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
                                code="invalid_api_key")
+
+    def rate_key(self, scope: Scope) -> str | None:
+        """The API's requests count per key presented (a wrong one never drains the right one's), or without
+        a configured key per client address; the page, health and static files are not limited."""
+        if not scope.get("path", "").startswith("/v1/"):
+            return None
+        return f"key:{bearer_token(scope)}" if self.api_key is not None else f"addr:{client_address(scope)}"
 
     def same_site(self, request: Request) -> None:
         if not same_origin(request.headers.get("origin"), request.headers.get("sec-fetch-site"), request.url.scheme,
@@ -167,11 +178,13 @@ def create_app(models: ServedModels, cfg: ServeConfig, store: PreferenceStore | 
             models.stop_polling()
 
     app = FastAPI(title="llm-lifecycle chat", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    h = Handlers(models, cfg, store, experiment_id, api_key or None, reload)
     app.add_middleware(BodyLimit, max_bytes=cfg.server.max_body_bytes, problem=api.error_body)
+    app.add_middleware(RateLimit, limiter=RateLimiter(cfg.server.rate_limit_per_minute, cfg.server.rate_limit_burst),
+                       key=h.rate_key, problem=lambda m: api.error_body(429, m, code="rate_limit_exceeded"))
     app.add_middleware(SecurityHeaders)
     app.mount("/static/shared", StaticFiles(directory=HERE.parent / "preferences" / "static"), name="shared")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    h = Handlers(models, cfg, store, experiment_id, api_key or None, reload)
     _handlers(app)
     authed: dict[str, Any] = {"dependencies": [Depends(h.auth)]}
     app.get("/", include_in_schema=False, response_class=HTMLResponse)(h.page)

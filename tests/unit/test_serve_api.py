@@ -134,6 +134,28 @@ def test_an_api_key_is_required_when_configured(state: ServeState) -> None:
         assert feedback.status_code == 503  # no preference store given to this app
 
 
+@pytest.mark.parametrize("api_key", [None, "s3cret-key"])
+def test_over_its_rate_a_client_gets_429_rate_limit_exceeded(state: ServeState, api_key: str | None) -> None:
+    cfg = serve_config("serve.server.rate_limit_per_minute=20", "serve.server.rate_limit_burst=2")
+    app = create_app(state.models(cfg), cfg, None, None, api_key=api_key, reload=False)
+    with serving(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key or "unused", max_retries=0)
+        assert client.models.list().data and client.models.list().data  # the burst
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model=NAME, messages=USER)
+        assert refused.value.code == "rate_limit_exceeded" and "too many requests" in refused.value.message
+        assert refused.value.body["type"] == "requests"
+        retry_after = int(refused.value.response.headers["retry-after"])
+        assert 1 <= retry_after <= 3  # one request every 3 s
+        for path in ("/health", "/", "/static/chat.js"):  # never limited
+            assert [httpx.get(f"{url}{path}").status_code for _ in range(4)] == [200] * 4, path
+        # another credential: without a key the client address (as forwarded by a trusted local proxy)
+        other = {"Authorization": "Bearer another-key"} if api_key else {"X-Forwarded-For": "192.0.2.7"}
+        assert httpx.get(f"{url}/v1/models", headers=other).status_code == (401 if api_key else 200)
+        time.sleep(retry_after)
+        assert client.chat.completions.create(model=NAME, messages=USER).choices[0].message.content  # refilled
+
+
 def test_each_completion_is_a_trace_with_retrieve_and_generate_spans(client: openai.OpenAI,
                                                                       state: ServeState) -> None:
     reply = client.chat.completions.create(model=NAME, messages=USER)
