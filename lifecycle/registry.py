@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,23 @@ def versions_tagged(name: str, tag: str) -> dict[str, str]:
     return {v.version: v.tags[tag] for v in _client().search_model_versions(f"name = '{name}'") if tag in v.tags}
 
 
+def unfinished_versions(name: str, key: str) -> list[ModelRef]:
+    """Versions of `name` registered by a stage run for cache key `key` that did not finish (killed or failed
+    before its output was committed): dangling unless a re-run adopts them (lifecycle/resume.py)."""
+    if "'" in name:
+        return []
+    client, found = _client(), []
+    for v in client.search_model_versions(f"name = '{name}'"):
+        run = client.get_run(v.run_id) if v.run_id else None
+        if run and run.data.tags.get("lifecycle.key") == key and run.info.status in ("KILLED", "FAILED"):
+            found.append(ModelRef(name, str(v.version)))
+    return sorted(found, key=lambda r: int(r.version))
+
+
+def delete_version(ref: ModelRef) -> None:
+    _client().delete_model_version(ref.name, ref.version)
+
+
 def list_versions(name: str) -> list[dict[str, Any]]:
     """Every version of `name` (oldest first) with its aliases and tags."""
     if "'" in name:
@@ -199,15 +216,41 @@ def list_versions(name: str) -> list[dict[str, Any]]:
 
 @contextmanager
 def promotion_lock(lock_dir: Path, name: str) -> Iterator[None]:
-    """One alias move of `name` at a time on this machine (an exclusive lock file under `lock_dir`). Callers
-    re-read the champion inside the lock, so a promotion decided on a stale view is refused, not applied."""
+    """One alias move of `name` at a time: an exclusive lock file under `lock_dir` on this machine and, with a
+    Prefect server (PREFECT_API_URL), its global concurrency limit `promote-<name>` (limit 1) across
+    machines. Callers re-read the champion inside the lock, so a promotion decided on a stale view is refused."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(lock_dir) / f"promote-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock", "w") as handle:
+    with open(Path(lock_dir) / f"promote-{slug}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            with _server_lock(f"promote-{slug}"):
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _server_lock(limit: str) -> AbstractContextManager[Any]:
+    """The Prefect server's global concurrency limit `limit` (created with one slot when missing); nothing
+    without a server of the user's (the run's own temporary API serves one process)."""
+    from lifecycle.runtime import is_temporary_api
+
+    if is_temporary_api(os.environ.get("PREFECT_API_URL")):
+        return nullcontext()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(limit)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+            except ObjectAlreadyExists:  # another machine created it first
+                pass
+    return concurrency(limit, occupy=1, strict=True, timeout_seconds=600)
 
 
 def move_champion(ref: ModelRef, tags: dict[str, str]) -> ModelRef | None:

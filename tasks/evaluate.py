@@ -18,14 +18,14 @@ from prefect.cache_policies import NO_CACHE
 from lifecycle.errors import LifecycleError
 from lifecycle.registry import ModelRef, local_copy, tag_version
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, device_tags, run_stage
 from tasks.rlhf import reward_model_of
 
 EVALUATION = "evaluation.json"
 TAGGED = ("val_bpb", "rouge_l_rag", "rouge_l_no_rag", "win_rate_vs_champion")  # on the version, for `lifecycle models`
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOutput, rlhf: StageOutput,
              rag: StageOutput) -> StageOutput:
     cfg, logger = ctx.cfg, get_run_logger()
@@ -57,7 +57,9 @@ def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOu
         mlflow.log_params({f"{role}_model": str(ref) for role, ref in refs.items()} |
                           {"reward_model": str(reward), "questions": len(questions), "device": str(device)})
         result = evaluate_models(cfg, dirs_by_role, questions, validation_texts(documents, cfg.evaluate.text_bytes),
-                                 retriever, local_copy(reward, ctx.models_dir) if reward else None, device)
+                                 retriever, local_copy(reward, ctx.models_dir) if reward else None, device,
+                                 dirs.checkpoints)
+        resumed = result.pop("resumed_models")  # measured by a killed run (not part of the evaluation itself)
         result["metrics"]["candidate"] |= retrieval_metrics(cfg, rag.metrics)
         if champion is not None and "champion" in result["metrics"]:
             result["metrics"]["champion"] |= retrieval_metrics(cfg, champion_index_metrics(ctx, champion))
@@ -72,7 +74,7 @@ def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOu
         tag_version(candidate, {f"lifecycle.eval.{k}": f"{cand[k]:.4f}" for k in TAGGED if k in cand} |
                     {"lifecycle.eval.run_id": mlflow.active_run().info.run_id, "lifecycle.eval.against": str(champion)})
         metrics = {f"{role}/{k}": v for role, found in evaluation["metrics"].items() for k, v in found.items()}
-        return StageResult(metrics | {"questions": len(questions), "cost": card.total_cost},
+        return StageResult(metrics | {"questions": len(questions), "cost": card.total_cost, "resumed_models": resumed},
                            tags={"lifecycle.candidate": str(candidate), "lifecycle.champion": str(champion)}
                            | device_tags(cfg.evaluate.device))
 

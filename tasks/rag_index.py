@@ -22,10 +22,10 @@ from lifecycle.rag.retention import open_dataset, pin_version, referenced_versio
 from lifecycle.rag.search import open_index, open_table, rag_dir, write_current
 from lifecycle.registry import ModelRef
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, run_stage
 
 
-@task(name="rag_index", cache_policy=NO_CACHE)
+@task(name="rag_index", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None) -> StageOutput:
     cfg = ctx.cfg
     section = cfg.rag_index
@@ -39,7 +39,7 @@ def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None)
 
         documents = read_documents(docs.path)
         info = build_index(documents, section, str(rag_dir(state_dir) / "lancedb"), section.table,
-                           engine=Engine.from_config(cfg.run)).to_dict()
+                           engine=Engine.from_config(cfg.run), checkpoints=dirs.checkpoints).to_dict()
         pin_version(open_table(info["uri"], info["table"]), f"stage-{dirs.key}", info["version"])
         (dirs.out / "index.json").write_text(json.dumps(info | {"key": dirs.key}, indent=2))
         mlflow.log_dict(info, "rag_index/index.json")
@@ -49,7 +49,8 @@ def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None)
                            "ann": info["ann"], "table": section.table})
         metrics = {k: float(info[k]) for k in ("rows", "documents", "new_documents", "changed_documents",
                                                "removed_documents", "embedded_chunks", "reused_chunks",
-                                               "deleted_chunks", "embed_seconds")}
+                                               "deleted_chunks", "embed_shards", "resumed_shards",
+                                               "embed_seconds")}
         metrics["table_version"] = float(info["version"])
         if info["embedded_chunks"]:
             metrics["embed_chunks_per_s"] = info["embedded_chunks"] / max(info["embed_seconds"], 1e-9)

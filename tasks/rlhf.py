@@ -19,16 +19,17 @@ from lifecycle.align.pairs import split_pairs, unique_prompts
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
 from lifecycle.preferences.export import read_snapshot
-from lifecycle.registry import ModelRef, local_copy, register_model
+from lifecycle.registry import ModelRef, local_copy
+from lifecycle.resume import register_once
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
+from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
 from tasks.preferences import SNAPSHOT
 
 ALARM_TAG = "lifecycle.rlhf.alarm"
 
 
-@task(name="rlhf", cache_policy=NO_CACHE)
+@task(name="rlhf", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
     cfg, logger = ctx.cfg, get_run_logger()
     if sft.model is None:
@@ -57,7 +58,7 @@ def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
             metrics, tags = train_dpo(cfg, sft_dir, rows, dirs.out, dirs.checkpoints / "dpo", on_metrics).metrics, {}
         else:
             metrics, tags = optimise_policy(ctx, sft_dir, rows, dirs, lineage, on_metrics)
-        policy = register_model(dirs.out / "policy", cfg.run.models.chat, tags=lineage | tags)
+        policy = register_once(dirs.out / "policy", cfg.run.models.chat, lineage | tags, ctx.models_dir)
         logger.info("rlhf: registered %s (%s on %d preference pairs, from %s)", policy, cfg.rlhf.method, len(rows),
                     sft.model)
         return StageResult(metrics, model=policy, tags=tags | device_tags(cfg.rlhf.device, launch.world_size))
@@ -118,8 +119,9 @@ def register_reward(ctx: RunContext, dirs: StageDirs, lineage: dict[str, str], m
                     flagged: bool) -> ModelRef:
     cfg, logger = ctx.cfg, get_run_logger()
     flag = {"lifecycle.reward.flagged": "does not beat the longer-answer-wins baseline"} if flagged else {}
-    reward_ref = register_model(dirs.out / "reward_model", cfg.run.models.reward, task="text-classification",
-                                tags=lineage | flag | {"lifecycle.reward.accuracy": f"{metrics['accuracy']:.4f}"})
+    reward_ref = register_once(dirs.out / "reward_model", cfg.run.models.reward, task="text-classification",
+                               tags=lineage | flag | {"lifecycle.reward.accuracy": f"{metrics['accuracy']:.4f}"},
+                               models_dir=ctx.models_dir)
     if flagged:
         logger.warning("rlhf: reward model %s: held-out accuracy %.3f does not beat the length baseline %.3f",
                        reward_ref, metrics["accuracy"], metrics["length_baseline"])

@@ -12,13 +12,14 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
-from lifecycle.registry import local_copy, register_model
+from lifecycle.registry import local_copy
+from lifecycle.resume import register_once
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, device_tags, run_stage
 
 
-@task(name="sft", cache_policy=NO_CACHE)
+@task(name="sft", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def sft(ctx: RunContext, base: StageOutput, docs: StageOutput) -> StageOutput:
     cfg = ctx.cfg
     logger = get_run_logger()
@@ -39,7 +40,7 @@ def sft(ctx: RunContext, base: StageOutput, docs: StageOutput) -> StageOutput:
         markdown = samples_markdown(result.metrics, result.samples)
         mlflow.log_text(markdown, "sft/report.md")
         create_markdown_artifact(key="sft-report", markdown=markdown, description="SFT model vs base model")
-        ref = register_model(dirs.out / "model", cfg.run.models.chat, tags={
+        ref = register_once(dirs.out / "model", cfg.run.models.chat, models_dir=ctx.models_dir, tags={
             "lifecycle.stage": "sft", "lifecycle.stage_key": dirs.key, "lifecycle.base_model": str(base.model),
             "lifecycle.sft_data_hash": result.data_hash, "lifecycle.config_hash": ctx.config_hash,
             "lifecycle.sft_config_hash": hash_json(cfg.sft.model_dump(mode="json")),

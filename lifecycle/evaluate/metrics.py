@@ -18,7 +18,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,12 @@ from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
 from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.evaluate.text import mean_rouge_l
+from lifecycle.hashing import hash_json
 from lifecycle.model import context_window, evaluating, load_causal_lm
 from lifecycle.rag.answer import fit_prompt
 from lifecycle.rag.prompt import rag_messages
 from lifecycle.rag.search import Hit, Retriever
+from lifecycle.resume import Parts
 from lifecycle.tokenizer import chat_template, stop_token_ids
 
 log = logging.getLogger("lifecycle.evaluate")
@@ -162,13 +164,22 @@ def load_model(path: Path, device: torch.device, system_prompt: str | None) -> t
 
 
 def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair], texts: list[str],
-                    retriever: Retriever, reward_dir: Path | None, device: torch.device) -> dict[str, Any]:
-    """{"metrics": {role: {...}}, "samples": [...], "prompts": n} for the roles in `models` (ROLES)."""
+                    retriever: Retriever, reward_dir: Path | None, device: torch.device,
+                    checkpoints: Path | None = None) -> dict[str, Any]:
+    """{"metrics": {role: {...}}, "samples": [...], "prompts": n, "resumed_models": n} for the roles in `models`
+    (ROLES). With a `checkpoints` folder each model's measurements are saved there as it finishes, and a
+    re-run after a kill reads them back instead of measuring that model again."""
     hits = [retriever.search(p.question, k=cfg.serve.answer.top_k) for p in questions]
     references = [p.answer for p in questions]
-    metrics: dict[str, dict[str, float]] = {}
-    answers: dict[str, Answers] = {}
-    for role in (r for r in ROLES if r in models):
+    roles = [r for r in ROLES if r in models]
+    expect = {role: {"model": str(models[role]), "questions": hash_json([[p.id, p.question] for p in questions]),
+                     "texts": hash_json(texts), "hits": hash_json([[h.chunk_id for h in found] for found in hits])}
+              for role in roles}
+    parts = Parts(checkpoints, "model", log) if checkpoints is not None else None
+    saved = parts.load_json(expect) if parts else {}
+    metrics: dict[str, dict[str, float]] = {role: saved[role]["metrics"] for role in saved}
+    answers: dict[str, Answers] = {role: Answers(**saved[role]["answers"]) for role in saved}
+    for role in (r for r in roles if r not in saved):
         model, tokenizer = load_model(models[role], device, cfg.sft.data.system_prompt)
         found = text_loss(model, tokenizer, texts, cfg.evaluate.batch_size)
         answers[role] = answer_all(model, tokenizer, cfg, questions, hits, role in ("candidate", "champion"), role)
@@ -180,6 +191,8 @@ def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair],
                                      cfg.evaluate.max_new_tokens)
         metrics[role] = found
         log.info("evaluate: %s: %s", role, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
+        if parts:
+            parts.save_json(role, {"metrics": found, "answers": asdict(answers[role])}, expect[role])
         del model
     if reward_dir is not None:
         prompts = answers["candidate"].rag_prompts
@@ -193,7 +206,8 @@ def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair],
         if answers["candidate"].no_rag is not None:
             row["candidate_no_rag"] = answers["candidate"].no_rag[i]
         samples.append(row)
-    return {"metrics": metrics, "samples": samples, "prompts": len(questions)}
+    return {"metrics": {role: metrics[role] for role in roles}, "samples": samples, "prompts": len(questions),
+            "resumed_models": len(saved)}
 
 
 def validation_texts(documents: list[dict[str, Any]], max_bytes: int) -> list[str]:

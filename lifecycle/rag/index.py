@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lancedb
@@ -34,6 +35,7 @@ from lifecycle.hashing import hash_json
 from lifecycle.errors import ConfigError, InputError
 from lifecycle.rag.chunk import chunk_documents, doc_key
 from lifecycle.rag.embed import Embedder, embed_texts, load_embedder
+from lifecycle.resume import Parts
 
 log = logging.getLogger("lifecycle.rag.index")
 STRING_COLUMNS = ("chunk_id", "doc_key", "doc_id", "text", "search_text", "source", "path", "title", "object",
@@ -42,6 +44,7 @@ STRING_COLUMNS = ("chunk_id", "doc_key", "doc_id", "text", "search_text", "sourc
 # exposes no compaction without it (compact_files() needs pylance). No version is 100 years old, so this window
 # prunes nothing. Not timedelta.max: Lance computes now - window and panics on the overflow.
 KEEP_EVERY_VERSION = timedelta(days=36500)
+RAY_WAVE = 16  # on Ray, with checkpoints: shards embedded in parallel between two saves
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class IndexInfo:
     embedded_chunks: int
     reused_chunks: int
     deleted_chunks: int
+    embed_shards: int
+    resumed_shards: int  # embedding shards a killed build had finished (loaded, not embedded again)
     embed_seconds: float
     seconds: float
 
@@ -166,10 +171,35 @@ def indexed_documents(tbl: lancedb.table.Table | None, settings: str,
     return have, identities, None
 
 
+def embed_chunks(texts: list[str], cfg: RagIndexConfig, embedder: Embedder, engine: Engine,
+                 checkpoints: Path | None) -> tuple[np.ndarray, int]:
+    """(vectors (len(texts), dim), shards resumed): `texts` embedded in shards of `embed.shard_size` on
+    `engine`. With a `checkpoints` folder each finished shard is saved there (named by a hash of its texts and
+    the embedding settings) and a re-run after a kill loads it instead of embedding it again."""
+    pieces = shards(texts, cfg.embed.shard_size)
+    settings = {"embed": index_settings(cfg), "dtype": embedder.dtype}
+    names = [hash_json([settings, list(piece)]) for piece in pieces]
+    parts = Parts(checkpoints, "embed", log) if checkpoints is not None else None
+    done = parts.load_arrays(names) if parts else {}
+    todo = [i for i, name in enumerate(names) if name not in done]
+    embed = embedder.embed if engine.kind == "local" else partial(embed_texts, cfg.embed)  # the same computation
+    wave = (1 if engine.kind == "local" else RAY_WAVE) if parts else max(len(todo), 1)  # shards between saves
+    for start in range(0, len(todo), wave):
+        batch = todo[start:start + wave]
+        for i, vectors in zip(batch, engine.map(embed, [pieces[i] for i in batch], "embed-chunks"), strict=True):
+            done[names[i]] = vectors
+            if parts:
+                parts.save_array(names[i], vectors)
+    found = [done[name] for name in names]
+    return (np.concatenate(found) if found else np.empty((0, embedder.dim), dtype=np.float32)), len(pieces) - len(todo)
+
+
 def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, table: str,
-                embedder: Embedder | None = None, engine: Engine = LOCAL) -> IndexInfo:
+                embedder: Embedder | None = None, engine: Engine = LOCAL,
+                checkpoints: Path | None = None) -> IndexInfo:
     """Bring table `table` in `db_uri` up to date with `docs` (dicts with id, text and metadata). New chunks
-    are embedded in shards of `embed.shard_size` on `engine` (on Ray each worker loads the model once)."""
+    are embedded in shards of `embed.shard_size` on `engine` (on Ray each worker loads the model once); with
+    a `checkpoints` folder, finished shards survive a kill (`embed_chunks`)."""
     started = time.perf_counter()
     if not docs:
         raise InputError("rag_index: no documents to index")
@@ -187,9 +217,7 @@ def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, ta
     log.info("rag_index: %d documents (%d new, %d changed, %d removed, %d unchanged) -> embedding %d chunks",
              len(wanted), len(new) - changed, changed, len(gone) - changed, len(wanted) - len(new), len(chunks))
     embed_started = time.perf_counter()
-    embed = embedder.embed if engine.kind == "local" else partial(embed_texts, cfg.embed)  # the same computation
-    parts = engine.map(embed, shards([c["search_text"] for c in chunks], cfg.embed.shard_size), "embed-chunks")
-    vectors = np.concatenate(parts) if parts else np.empty((0, embedder.dim), dtype=np.float32)
+    vectors, resumed = embed_chunks([c["search_text"] for c in chunks], cfg, embedder, engine, checkpoints)
     embed_seconds = time.perf_counter() - embed_started
     data = to_arrow(chunks, vectors, settings, embedder.dim)
     if rebuilt:
@@ -209,6 +237,7 @@ def build_index(docs: list[dict[str, Any]], cfg: RagIndexConfig, db_uri: str, ta
                      unchanged_documents=len(wanted) - len(new), embedded_chunks=len(chunks),
                      reused_chunks=sum(have[k] for k in have if k in wanted),
                      deleted_chunks=(dropped or 0) + sum(have[k] for k in gone),
+                     embed_shards=math.ceil(len(chunks) / cfg.embed.shard_size), resumed_shards=resumed,
                      embed_seconds=embed_seconds, seconds=time.perf_counter() - started)
     rate = f" ({len(chunks) / max(embed_seconds, 1e-9):.1f} chunks/s)" if chunks else ""
     log.info("rag_index: table %s version %d: %d rows; embedded %d chunks%s, reused %d, deleted %d", table,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lancedb
 import numpy as np
 import pytest
 
@@ -164,3 +165,46 @@ def test_embeddings_are_normalised_and_order_preserving(embedder: Embedder) -> N
         assert (vectors * other).sum(axis=1).min() > 0.999
     assert (vectors[0] * vectors[1]).sum() < 0.9  # and different texts differ
 
+
+
+class DyingEmbedder(CountingEmbedder):
+    """Embeds `survive` calls (shards), then dies as a killed process would."""
+
+    def __init__(self, base: Embedder, survive: int) -> None:
+        super().__init__(base)
+        self.survive = survive
+
+    def embed(self, texts: list[str], desc: str = "embed") -> np.ndarray:
+        if self.survive == 0:
+            raise KeyboardInterrupt
+        self.survive -= 1
+        return super().embed(texts, desc)
+
+
+def rows_by_chunk(uri: str) -> dict[str, tuple[str, list[float]]]:
+    rows = open_table(uri, "docs").search().select(["chunk_id", "text", "vector"]).limit(None).to_list()
+    return {r["chunk_id"]: (r["text"], list(r["vector"])) for r in rows}
+
+
+def test_a_killed_build_resumes_from_its_embedded_shards(tmp_path: Path, embedder: Embedder,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    cfg = rag_config("rag_index.embed.shard_size=5")  # 12 chunks: shards of 5, 5 and 2
+    clean = build_index(make_docs(), cfg, str(tmp_path / "clean"), "docs", embedder)
+    uri, checkpoints = str(tmp_path / "db"), tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        build_index(make_docs(), cfg, uri, "docs", DyingEmbedder(embedder, survive=2), checkpoints=checkpoints)
+    assert len(list(checkpoints.glob("embed-*.npy"))) == 2 and not list(checkpoints.glob(".*"))
+    assert "docs" not in lancedb.connect(uri).list_tables().tables  # nothing half-written in the table
+
+    counting = CountingEmbedder(embedder)
+    with caplog.at_level("INFO", logger="lifecycle.rag.index"):
+        resumed = build_index(make_docs(), cfg, uri, "docs", counting, checkpoints=checkpoints)
+    assert "resuming: 2 of 3 embed parts already done" in caplog.text
+    assert (resumed.embed_shards, resumed.resumed_shards, len(counting.seen)) == (3, 2, 2)
+    assert (resumed.rows, resumed.version, resumed.embedded_chunks) == (clean.rows, clean.version, 12)
+    assert rows_by_chunk(uri) == rows_by_chunk(str(tmp_path / "clean"))  # the same chunks, the same vectors
+
+    with caplog.at_level("INFO", logger="lifecycle.rag.index"):
+        other = build_index(make_docs(), rag_config("rag_index.embed.shard_size=4"), str(tmp_path / "db2"), "docs",
+                            CountingEmbedder(embedder), checkpoints=checkpoints)
+    assert other.resumed_shards == 0  # other shards, other texts: nothing saved applies

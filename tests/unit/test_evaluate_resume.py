@@ -1,0 +1,102 @@
+"""evaluate resumes by model: each model's measurements are saved atomically as it finishes; a run killed
+after some models reads them back, measures only the rest, and ends with the evaluation a clean run gives
+(timings aside). A saved part computed from other inputs is not trusted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lifecycle.align.sft_data import Pair
+from lifecycle.config import load_config
+from lifecycle.evaluate import metrics as evaluate_metrics
+from lifecycle.evaluate.metrics import evaluate_models
+from lifecycle.rag.index import build_index
+from lifecycle.rag.search import Retriever, open_index
+from tests.unit.test_rag_answer import save_tiny_policy
+from tests.unit.test_rag_index import TOPICS, make_docs, rag_config, search_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+TIMINGS = ("latency_p50_ms", "tokens_per_s")
+
+
+class Killed(Exception):
+    """Where the process died."""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"candidate": save_tiny_policy(root / "candidate"), "sft": save_tiny_policy(root / "sft", 256),
+            "base": save_tiny_policy(root / "base", 128)}
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory: pytest.TempPathFactory) -> Retriever:
+    info = build_index(make_docs(), rag_config(), str(tmp_path_factory.mktemp("rag") / "db"), "docs")
+    return open_index(info.to_dict(), search_config())
+
+
+def questions() -> list[Pair]:
+    return [Pair(messages=({"role": "user", "content": f"What does {name} do?"},
+                           {"role": "assistant", "content": text}), source="python-docs", held_out=True,
+                 question=f"What does {name} do?") for name, text in list(TOPICS.items())[:4]]
+
+
+def run(models: dict[str, Path], retriever: Retriever, checkpoints: Path | None) -> dict:
+    cfg = load_config(CONF, overrides=["evaluate.max_new_tokens=6", "evaluate.latency_requests=1",
+                                       "evaluate.samples=2"])
+    torch.manual_seed(0)
+    return evaluate_models(cfg, models, questions(), [text for text in TOPICS.values()], retriever, None,
+                           torch.device("cpu"), checkpoints)
+
+
+def without_timings(result: dict) -> dict:
+    return {**result, "metrics": {role: {k: v for k, v in found.items() if k not in TIMINGS}
+                                  for role, found in result["metrics"].items()}}
+
+
+def test_a_killed_evaluation_resumes_by_model_and_ends_as_a_clean_one(
+        tmp_path: Path, models: dict[str, Path], retriever: Retriever, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    clean = run(models, retriever, None)
+    assert clean["resumed_models"] == 0 and list(clean["metrics"]) == ["candidate", "sft", "base"]
+
+    checkpoints = tmp_path / "ckpt"
+    real_text_loss, measured = evaluate_metrics.text_loss, []
+
+    def dies_on_the_third_model(model, tokenizer, texts, batch_size):  # the process is killed measuring "base"
+        measured.append(model.config.max_position_embeddings)
+        if len(measured) == 3:
+            raise Killed
+        return real_text_loss(model, tokenizer, texts, batch_size)
+
+    monkeypatch.setattr(evaluate_metrics, "text_loss", dies_on_the_third_model)
+    with pytest.raises(Killed):
+        run(models, retriever, checkpoints)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["model-candidate.json", "model-sft.json"]
+
+    measured.clear()
+    monkeypatch.setattr(evaluate_metrics, "text_loss", real_text_loss)
+    with caplog.at_level("INFO", logger="lifecycle.evaluate"):
+        resumed = run(models, retriever, checkpoints)
+    assert resumed["resumed_models"] == 2
+    assert "resuming: 2 of 3 model parts already done" in caplog.text
+    assert without_timings(resumed) == without_timings(clean) | {"resumed_models": 2}
+
+
+def test_a_part_saved_from_other_inputs_is_measured_again(tmp_path: Path, models: dict[str, Path],
+                                                           retriever: Retriever) -> None:
+    checkpoints = tmp_path / "ckpt"
+    first = run(models, retriever, checkpoints)
+    part = checkpoints / "model-sft.json"
+    saved = json.loads(part.read_text())
+    saved["expect"]["model"] = "/elsewhere/another-model"
+    saved["value"]["metrics"]["val_bpb"] = -1.0
+    part.write_text(json.dumps(saved))
+    again = run(models, retriever, checkpoints)
+    assert again["resumed_models"] == 2  # candidate and base; sft measured again
+    assert again["metrics"]["sft"]["val_bpb"] == first["metrics"]["sft"]["val_bpb"] > 0
