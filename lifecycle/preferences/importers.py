@@ -12,8 +12,11 @@ Formats, recognised row by row (extra columns are ignored):
   user/assistant turns; the answers are the text after it.
 
 Files: `.jsonl` (numbered by physical line, blank lines skipped), `.json` (a list of rows, numbered from
-1) and `.parquet` (rows numbered from 1). A bad row is refused with a message naming the file, the line or
-row, the reason and the value seen; the other rows are kept. A file with no usable row is an InputError.
+1) and `.parquet` (rows numbered from 1); UTF-8, with or without a byte-order mark. A bad row (not JSON,
+a missing field, an empty or whitespace-only prompt or answer, identical answers, text with NUL characters
+or lone surrogates) is refused with a message naming the file, the line or row, the reason and the value
+seen; the other rows are kept and the refusals counted (skip and count). A file with no usable row, a file
+that is not UTF-8 or not JSON as a whole is an InputError.
 
     pairs, refused = read_preference_file(Path("oasst-en-pairs.jsonl"))
     pairs[0].prompt, pairs[0].chosen, pairs[0].rejected, pairs[0].origin   # ..., "oasst-en-pairs.jsonl:1"
@@ -38,6 +41,7 @@ SUFFIXES = (".jsonl", ".json", ".parquet")
 _HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _SEEN_CHARS = 80
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates (JSON escapes can carry them)
 _Parsed = tuple[tuple[Message, ...], str, str]  # (prompt, chosen, rejected)
 
 
@@ -99,7 +103,7 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
         yield from enumerate(rows, 1)
         return
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if suffix == ".json":
@@ -107,6 +111,8 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
             raise InputError(f"{path} line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+        except (ValueError, RecursionError) as err:  # an integer too long to convert, nesting too deep
+            raise InputError(f"{path}: not usable JSON ({str(err) or type(err).__name__})") from None
         if not isinstance(rows, list):
             raise InputError(f"{path}: a .json preference file must hold a list of rows, got {type(rows).__name__}")
         yield from enumerate(rows, 1)
@@ -118,6 +124,8 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as err:
             yield lineno, _Refused(f"not valid JSON ({err.msg} at column {err.colno})", line)
+        except (ValueError, RecursionError) as err:
+            yield lineno, _Refused(f"not usable JSON ({str(err) or type(err).__name__})", line)
 
 
 def _to_pair(row: Any) -> _Parsed:
@@ -194,6 +202,9 @@ def _answers(prompt: tuple[Message, ...], chosen: str, rejected: str) -> _Parsed
             raise _Refused(f"empty '{field}' answer", answer)
     if chosen.strip() == rejected.strip():
         raise _Refused("'chosen' is identical to 'rejected'", chosen)
+    for text in (chosen, rejected, *(m["content"] for m in prompt)):
+        if _UNSTORABLE.search(text):
+            raise _Refused("text with a NUL character or a lone surrogate (not storable as UTF-8)", text)
     return prompt, chosen, rejected
 
 
@@ -212,6 +223,6 @@ def _messages(value: list[Any], field: str) -> tuple[Message, ...]:
 
 
 def _show(value: Any) -> str:
-    """The value seen, as JSON cut to about 80 characters."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    """The value seen, as JSON cut to about 80 characters (lone surrogates escaped: the line is stored as UTF-8)."""
+    text = json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= _SEEN_CHARS else text[:_SEEN_CHARS - 3] + "..."

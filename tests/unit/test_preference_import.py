@@ -104,6 +104,13 @@ def test_json_and_parquet_files(tmp_path: Path) -> None:
     ({"prompt": "Q?", "chosen": "same", "rejected": "same "}, "'chosen' is identical to 'rejected'"),
     ({"prompt": [user("Q?")], "chosen": [user("x")], "rejected": [bot("y")]}, "must be an assistant message"),
     ({"chosen": "plain text", "rejected": "other"}, "no 'prompt' field and no '\\n\\nAssistant:' turn"),
+    ({"prompt": None, "chosen": "x", "rejected": "y"}, "missing field(s) 'prompt'"),
+    ({"prompt": "Q?", "chosen": "x", "rejected": "\t\u3000"}, "empty 'rejected' answer"),
+    ({"prompt": [user(" \n")], "chosen": [bot("x")], "rejected": [bot("y")]}, "prompt[0] has empty content"),
+    ({"prompt": "Q?", "chosen": "x\u0000", "rejected": "y"}, "text with a NUL character or a lone surrogate"),
+    ({"prompt": "Q\ud800?", "chosen": "x", "rejected": "y"}, "text with a NUL character or a lone surrogate"),
+    ("[" * 50_000 + "]" * 50_000, "not usable JSON (maximum recursion depth"),
+    ('{"prompt": "Q?", "chosen": ' + "7" * 5000 + ', "rejected": "y"}', "not usable JSON (Exceeds the limit"),
 ])
 def test_bad_rows_refused_with_line_number(tmp_path: Path, bad: Any, expected: str) -> None:
     path = write_jsonl(tmp_path / "mixed.jsonl", [GOOD, bad, "", GOOD])  # line 3 is blank
@@ -111,6 +118,21 @@ def test_bad_rows_refused_with_line_number(tmp_path: Path, bad: Any, expected: s
     assert [p.origin for p in pairs] == [f"{path}:1", f"{path}:4"]
     assert len(refused) == 1 and refused[0].startswith(f"{path} line 2: ") and expected in refused[0]
     assert ", seen " in refused[0] and len(refused[0].split(", seen ", 1)[1]) <= 80
+
+
+def test_refusals_are_storable_text_and_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" +
+                     json.dumps({**GOOD, "chosen": "\ud800"}).encode() + b"\n")
+    pairs, refused = read_preference_file(path)
+    assert [p.origin for p in pairs] == [f"{path}:1"]  # the BOM does not spoil the first line
+    assert refused == [f"{path} line 2: text with a NUL character or a lone surrogate (not storable as UTF-8), "
+                       'seen "\\ud800"']
+    (tmp_path / "refused.txt").write_text("\n".join(refused), encoding="utf-8")  # as the preferences stage keeps them
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(InputError, match=r"deep\.json: not usable JSON \(maximum recursion depth"):
+        read_preference_file(deep)
 
 
 def test_seen_value_truncated(tmp_path: Path) -> None:
