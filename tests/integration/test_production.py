@@ -2,7 +2,8 @@
 behind a real Prefect server and a real MLflow server, MLflow's artifacts on an S3-compatible store (the
 `moto` server), `lifecycle deploy` registering every deployment of infra/prefect.yaml with its schedules,
 and the quickstart deployment run (with the test's tiny parameters) by `lifecycle worker`. Then the flow
-run, the MLflow runs, the artifacts in the bucket and the registry are checked on those servers."""
+run, the MLflow runs, the artifacts in the bucket and the registry are checked on those servers, and hand
+promotions racing from several machines leave one champion (the server's concurrency limit)."""
 
 from __future__ import annotations
 
@@ -161,3 +162,17 @@ def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, 
         time.sleep(2)
         chained = api.post("/flow_runs/filter", json={"deployments": {"name": {"any_": ["align-and-promote"]}}}).json()
     assert chained and chained[0]["parameters"]["from_stage"] == "rlhf"
+
+    # hand promotions racing from 4 machines (4 lock folders): the Prefect server's concurrency limit
+    # serialises them, so there is one champion and each move replaced exactly the one before it
+    source = client.get_model_version("lifecycle-gpt", "1").source
+    versions = [client.create_model_version("lifecycle-gpt", source=source).version for _ in range(4)]
+    race = subprocess.run([sys.executable, str(ROOT / "tests" / "integration" / "promotion_race.py"),
+                           str(tmp_path / "race"), "lifecycle-gpt", "1", *versions],
+                          env=env | {"PYTHONPATH": str(ROOT)}, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert race.returncode == 0, race.stdout[-3000:] + race.stderr[-3000:]
+    found = json.loads(race.stdout.strip().splitlines()[-1])
+    assert found["errors"] == [] and len(found["champions"]) == 1
+    assert sorted(found["chain"]) == sorted(["1", *versions]) and found["chain"][-1] == "1"
+    limits = api.post("/v2/concurrency_limits/filter", json={}).json()
+    assert [(c["name"], c["limit"], c["active_slots"]) for c in limits] == [("promote-lifecycle-gpt", 1, 0)]
