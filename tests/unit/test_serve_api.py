@@ -207,6 +207,12 @@ def test_feedback_reaches_the_preference_store(client: openai.OpenAI, base: str,
     gone = httpx.post(f"{base}/v1/feedback", json={**rating, "feedback_id": str(uuid.uuid4()),
                                                   "completion_id": "chatcmpl-unknown"})
     assert gone.status_code == 404 and "ask again" in gone.json()["error"]["message"]
+    digest = feedback_digest(store)
+    for hostile in ("'; DROP TABLE votes; --", "' OR '1'='1"):  # looked up in memory, never in SQL
+        refused = httpx.post(f"{base}/v1/feedback", json={**compare, "feedback_id": str(uuid.uuid4()),
+                                                          "left": hostile})
+        assert refused.status_code == 404 and hostile in refused.json()["error"]["message"]
+    assert feedback_digest(store) == digest and feedback_rows(store) == rows
     assert httpx.post(f"{base}/v1/feedback", json={**rating, "score": 5}).status_code == 400
 
 
