@@ -14,7 +14,8 @@
     lifecycle models | promote VERSION --reason TEXT | rollback   # the registry and @champion (evaluate/cli.py)
     lifecycle serve [--host 127.0.0.1] [--port 8000]   # OpenAI-shaped API + chat page over @champion (serve/cli.py)
 
-User errors (bad config, bad input, failed validation) print a message and exit with status 2, no traceback.
+User errors (bad config, bad input, failed validation, a full or read-only disk) print a message and exit with
+status 2, no traceback.
 """
 
 from __future__ import annotations
@@ -277,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except LifecycleError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from lifecycle.faults import storage_error
+
+        problem = storage_error(err, None, getattr(args, "state_dir", None))  # a full or read-only disk: its path
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ never imported cannot have raised, so its exception types are looked up in `sys.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from lifecycle.errors import LifecycleError, StorageError
 
+Where = Path | str | list[Path] | None  # the folder(s) a failed write was under, when the error names no file
 # errno -> (what happened, what to do)
 STORAGE_ERRNOS: dict[int, tuple[str, str]] = {
     errno.ENOSPC: ("no space left on device", "free some space or point --state-dir elsewhere"),
@@ -66,20 +68,44 @@ def storage_failure(exc: BaseException) -> tuple[int, str | None] | None:
     return None
 
 
-def storage_error(exc: BaseException, what: str | None, where: Path | str | None) -> StorageError | None:
-    """The user error for a disk-full or permission error in `exc`'s chain: it names the path (or, when the
-    library did not say which file, the folder `where` it was writing under). None for any other error."""
+def storage_error(exc: BaseException, what: str | None, where: Where) -> StorageError | None:
+    """The user error for a disk-full or permission error in `exc`'s chain: it names the path, or, when the
+    library did not say which file (Arrow, SQLite), the folder among `where` that was being written under (the
+    one on the fullest, or the read-only, file system). None for any other error."""
     found = storage_failure(exc)
     if found is None:
         return None
     code, path = found
     happened, advice = STORAGE_ERRNOS[code]
-    target = f"'{path}'" if path else f"under '{where}'" if where else "to the state directory"
+    folders = [Path(w) for w in ([where] if isinstance(where, (str, Path)) else where or [])]
+    if path:
+        target = f"'{path}'"
+    elif folder := _likely_folder(folders, code):
+        target = f"under '{folder}'"
+    else:
+        target = "to the state directory"
     return StorageError(f"{what + ': ' if what else ''}{happened} while writing {target} ({advice})")
 
 
+def _likely_folder(folders: list[Path], code: int) -> Path | None:
+    """The folder (or its nearest existing parent) on the fullest file system for ENOSPC/EDQUOT, on a read-only
+    one for EROFS; else the first."""
+    stats = []
+    for folder in folders:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None:
+            stats.append((folder, os.statvfs(existing)))
+    if not stats:
+        return folders[0] if folders else None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return min(stats, key=lambda item: item[1].f_bavail * item[1].f_frsize)[0]
+    if code == errno.EROFS:
+        return next((folder for folder, st in stats if st.f_flag & os.ST_RDONLY), stats[0][0])
+    return stats[0][0]
+
+
 @contextmanager
-def storage_errors(what: str | None, where: Path | str | None) -> Iterator[None]:
+def storage_errors(what: str | None, where: Where) -> Iterator[None]:
     """Raise a disk-full or permission error from inside as a `StorageError` (see `storage_error`)."""
     try:
         yield

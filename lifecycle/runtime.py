@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import warnings
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import LifecycleError, StorageError
 
 if TYPE_CHECKING:
     from lifecycle.config import Config
@@ -56,6 +57,12 @@ def prepare_environment(state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise LifecycleError(f"state directory '{state_dir}' cannot be created: {err.strerror}") from None
+    try:  # a read-only or forbidden state dir fails here, naming it, not later as a Prefect API that won't start
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+    except OSError as err:
+        raise StorageError(f"state directory '{state_dir}' cannot be written: {err.strerror} (point --state-dir "
+                           "at a writable folder)") from None
     if not os.environ.get("PREFECT_API_URL"):  # embedded: ephemeral API on SQLite inside the state dir
         os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
     quiet_environment()

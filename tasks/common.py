@@ -119,7 +119,7 @@ def pipeline_run(settings: RunSettings, cfg: Config, plan: Plan) -> Iterator[Run
     """The MLflow parent run of this Prefect flow run: created, or re-attached when the flow run resumes.
     It ends FINISHED or FAILED with the flow; a suspended flow (Prefect's Pause) leaves it RUNNING."""
     state_dir = settings.state(cfg)
-    with storage_errors(None, state_dir):
+    with storage_errors(None, [state_dir / "mlflow", state_dir]):
         experiment_id = setup_mlflow(state_dir, cfg.run.experiment)
     commit, cfg_hash = git_commit(Path(__file__).resolve().parents[1]), config_hash(cfg)
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
@@ -295,7 +295,8 @@ def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
         return cached
     logger.info("%s: computing %s", stage, key)
     started = time.perf_counter()
-    with storage_errors(stage, ctx.state_dir), \
+    state = Path(ctx.state_dir)  # where a stage writes: its output, its checkpoints, MLflow's store, the rest
+    with storage_errors(stage, [store.root / stage, state / "checkpoints", state / "mlflow", state]), \
             child_run(stage, ctx.parent_run_id, ctx.experiment_id, tags | {"lifecycle.cache_hit": "false"}) as run:
         with store.building(stage, key) as tmp:
             checkpoints = Path(ctx.state_dir) / "checkpoints" / stage / key
