@@ -23,11 +23,11 @@ import datasets
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from lifecycle.align.callbacks import MetricsCallback, MetricsHook
 from lifecycle.align.pairs import Row, trl_rows
 from lifecycle.align.reward import conversation_ids, prepare_rows
+from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
 from lifecycle.model import context_window, evaluating, load_causal_lm, right_pad
@@ -93,10 +93,10 @@ def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_d
     trainer = trl.DPOTrainer(model=model, ref_model=None, args=dpo_args(cfg, ckpt_dir, window),
                              processing_class=tokenizer, train_dataset=datasets.Dataset.from_list(trl_rows(train)),
                              eval_dataset=datasets.Dataset.from_list(trl_rows(held_out)),
-                             callbacks=[MetricsCallback(on_metrics, prefix="rlhf/dpo", logger=log)])
+                             callbacks=[MetricsCallback(on_metrics, prefix="rlhf/dpo", logger=log), SealCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
     before = float(np.mean(logprob_margins(trainer.model, tokenizer, held_out)))  # the SFT model, on its device
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
         log.info("rlhf: dpo: resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=resume)

@@ -26,10 +26,10 @@ from typing import Any
 import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from lifecycle.align.callbacks import MetricsCallback, MetricsHook
 from lifecycle.align.health import HealthMonitor, HealthReport, LengthTracker, RewardFunc, assess
+from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.loader import describe
 from lifecycle.config.passthrough import trainer_config
@@ -132,7 +132,8 @@ def build_trainer(cfg: Config, sft_dir: Path, reward_funcs: Sequence[RewardFunc]
     cls = trl.RLOOTrainer if method == "rloo" else trl.GRPOTrainer
     trainer = cls(model=model, reward_funcs=tracker.wrap(reward_funcs), args=args, processing_class=tokenizer,
                   train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
-                  callbacks=[MetricsCallback(on_metrics, prefix="rlhf/policy", logger=log), monitor])
+                  callbacks=[MetricsCallback(on_metrics, prefix="rlhf/policy", logger=log), monitor,
+                             SealCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
     for func in reward_funcs:
         if isinstance(func, RewardModelScore):
@@ -150,7 +151,7 @@ def train_policy(cfg: Config, sft_dir: Path, reward_dir: Path | None, prompts: l
             raise ConfigError("policy: no reward model folder and no reward functions were given")
         reward_funcs = [RewardModelScore.load(reward_dir)]
     trainer, monitor = build_trainer(cfg, sft_dir, reward_funcs, prompts, ckpt_dir, on_metrics)
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
         log.info("policy: resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=resume)

@@ -32,10 +32,10 @@ from transformers import (
     PrinterCallback,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from lifecycle.align.callbacks import MetricsCallback, MetricsHook
 from lifecycle.align.pairs import Row, split_pairs, trl_rows
+from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
 from lifecycle.errors import LifecycleError
@@ -175,9 +175,10 @@ def fit_reward(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_
     trainer = trl.RewardTrainer(model=model, args=reward_args(cfg, ckpt_dir, window), processing_class=tokenizer,
                                 train_dataset=datasets.Dataset.from_list(trl_rows(train)),
                                 eval_dataset=datasets.Dataset.from_list(trl_rows(held_out)),
-                                callbacks=[MetricsCallback(on_metrics, prefix="rlhf/reward_model", logger=log)])
+                                callbacks=[MetricsCallback(on_metrics, prefix="rlhf/reward_model", logger=log),
+                                           SealCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
         log.info("rlhf: reward model: resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=resume)

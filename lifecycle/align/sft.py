@@ -22,11 +22,11 @@ from typing import Any
 import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from lifecycle.align.callbacks import MetricsCallback as _Metrics
 from lifecycle.align.callbacks import MetricsHook
 from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
+from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
 from lifecycle.evaluate.text import mean_rouge_l, rouge_l
@@ -64,7 +64,7 @@ def build_trainer(cfg: Config, model: PreTrainedModel, tokenizer: PreTrainedToke
     args = sft_args(cfg, ckpt_dir, context_window(model, tokenizer))
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=to_dataset(train),
                              eval_dataset=to_dataset(held_out) if held_out else None, processing_class=tokenizer,
-                             callbacks=[_Metrics(on_metrics)])
+                             callbacks=[_Metrics(on_metrics), SealCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: _Metrics logs them instead
     return trainer
 
@@ -130,7 +130,7 @@ def train_sft(cfg: Config, base_dir: Path, documents: list[dict[str, Any]], out_
     if held_out:
         metrics["base_eval_loss"] = trainer.evaluate()["eval_loss"]
     metrics["base_rouge_l"], base_answers = score_answers(trainer.model, tokenizer, scored, cfg.sft.eval.max_new_tokens)
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
         log.info("sft: resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=resume)

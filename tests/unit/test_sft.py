@@ -1,11 +1,12 @@
 """SFT on a tiny in-process model: only the assistant's tokens are trained on (checked on the collated
-labels), held-out assistant loss falls, a crashed run resumes from its checkpoint, the instruction data is
-derived and split as documented, bad files are refused with file and line, and the model's chat template
-carries the system prompt it was trained with."""
+labels), held-out assistant loss falls, a crashed run resumes from its last sealed checkpoint (a half-written
+one is skipped), the instruction data is derived and split as documented, bad files are refused with file and
+line, and the model's chat template carries the system prompt it was trained with."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -17,6 +18,7 @@ from lifecycle.align.sft_data import build_pairs, file_pairs, first_paragraph, f
 from lifecycle.config import SourceConfig, TokenizeConfig, load_config
 from lifecycle.data.sources import read_python_docs
 from lifecycle.errors import InputError
+from lifecycle.manifest import SEAL
 from lifecycle.model import build_model, load_causal_lm
 from lifecycle.tokenizer import chat_template, train_tokenizer
 
@@ -123,8 +125,8 @@ def test_only_assistant_tokens_are_trained_on(base_dir: Path, documents: list[di
         assert "Question:" not in text and "Context:" not in text and "system" not in text
 
 
-def test_sft_lowers_held_out_loss_and_resumes_after_a_crash(base_dir: Path, documents: list[dict],
-                                                            tmp_path: Path) -> None:
+def test_sft_lowers_held_out_loss_and_resumes_after_a_crash(base_dir: Path, documents: list[dict], tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     cfg = load_config(CONF, overrides=TINY + ["sft.trainer.save_steps=10", "sft.trainer.logging_steps=1"])
 
     def crash_at_step_12(metrics: dict[str, float], step: int) -> None:
@@ -134,9 +136,16 @@ def test_sft_lowers_held_out_loss_and_resumes_after_a_crash(base_dir: Path, docu
     ckpt = tmp_path / "ckpt"
     with pytest.raises(RuntimeError, match="killed"):
         train_sft(cfg, base_dir, documents, tmp_path / "out1", ckpt, crash_at_step_12)
-    assert (ckpt / "checkpoint-10").is_dir()
+    assert (ckpt / "checkpoint-10" / SEAL).is_file()  # sealed once the Trainer finished writing it
+    half = ckpt / "checkpoint-12"  # what a kill -9 while the Trainer writes checkpoint-12 leaves
+    shutil.copytree(ckpt / "checkpoint-10", half)
+    (half / SEAL).unlink()
+    weights = half / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
     seen: list[int] = []
-    result = train_sft(cfg, base_dir, documents, tmp_path / "out", ckpt, lambda m, step: seen.append(step))
+    with caplog.at_level("WARNING", logger="lifecycle.sft"):
+        result = train_sft(cfg, base_dir, documents, tmp_path / "out", ckpt, lambda m, step: seen.append(step))
+    assert f"checkpoint {half} cannot be resumed from: incomplete (no seal" in caplog.text
     metrics = result.metrics
     assert metrics["resumed"] == 1 and metrics["steps"] == 30 and min(s for s in seen if s > 0) == 11
     assert metrics["eval_loss"] < metrics["base_eval_loss"] - 0.5  # held-out assistant loss, same pairs
