@@ -90,3 +90,14 @@ def child_run(name: str, parent_run_id: str, experiment_id: str, tags: dict[str,
     with mlflow.start_run(run_name=name, experiment_id=experiment_id, parent_run_id=parent_run_id,
                           nested=True, tags=tags) as run:
         yield run
+
+
+def fail_stale_runs(experiment_id: str, task_run_id: str) -> list[str]:
+    """Mark FAILED the stage runs of this Prefect task run that are still RUNNING: a failed attempt could not
+    end its run when the tracking store was the thing that failed; the retry is about to open a new one."""
+    client = MlflowClient()
+    query = f"tags.`prefect.task_run_id` = '{task_run_id}' and attributes.status = 'RUNNING'"
+    stale = [run.info.run_id for run in client.search_runs([experiment_id], query)]
+    for run_id in stale:
+        client.set_terminated(run_id, "FAILED")
+    return stale

@@ -45,7 +45,8 @@ from lifecycle.registry import ModelRef
 from lifecycle.runtime import RunSettings
 from lifecycle.stages import STAGES, Plan, key_extras, planned_keys, section_data, stage_key
 from lifecycle.store import ArtifactStore, StageOutput
-from lifecycle.tracking import child_run, close_parent_run, git_commit, open_parent_run, setup_mlflow
+from lifecycle.tracking import (child_run, close_parent_run, fail_stale_runs, git_commit, open_parent_run,
+                                setup_mlflow)
 
 
 # Seconds before retry 1, 2, 3 (bounded exponential backoff, +-20% jitter): enough for a tracking server to
@@ -285,6 +286,8 @@ def run_stage(stage: str, ctx: RunContext, inputs: dict[str, StageOutput],
     if str(flow_run.id) != ctx.flow_run_id:
         tags["prefect.stage_flow_run_id"] = str(flow_run.id)
     tags |= {f"lifecycle.input.{name}": value for name, value in (key_inputs | extras).items()}
+    if task_run.run_count > 1 and (stale := fail_stale_runs(ctx.experiment_id, str(task_run.id))):
+        logger.info("%s: marked FAILED the MLflow run(s) a failed attempt left open: %s", stage, ", ".join(stale))
     if cached is not None and stage not in ctx.plan.force:
         logger.info("%s: cache hit %s (computed by MLflow run %s); nothing to do", stage, key, cached.run_id)
         tags |= {"lifecycle.cache_hit": "true", "lifecycle.cached_from_run": cached.run_id}

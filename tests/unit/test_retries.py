@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import prefect.runtime
 import pytest
 import requests
+import mlflow
 import sqlalchemy
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -23,6 +25,7 @@ from prefect.client.orchestration import get_client
 
 from lifecycle.errors import InputError, LifecycleError, StorageError, ValidationFailed
 from lifecycle.faults import storage_error, storage_errors, transient_reason
+from lifecycle.tracking import fail_stale_runs
 from tasks.common import STAGE_RETRIES
 
 
@@ -147,10 +150,12 @@ def _task_run_facts(task_run_id) -> tuple[int, list[str]]:
 
 def test_a_stage_task_retries_a_locked_database_and_not_a_user_error(caplog: pytest.LogCaptureFixture) -> None:
     calls = {"locked": 0, "user": 0}
+    attempts: list[int] = []
 
     @task(name="flaky-stage", **STAGE_RETRIES)
     def flaky() -> str:
         calls["locked"] += 1
+        attempts.append(prefect.runtime.task_run.run_count)  # what run_stage reads to close a failed attempt's run
         if calls["locked"] == 1:
             raise sqlite3.OperationalError("database is locked")
         return "done"
@@ -165,7 +170,7 @@ def test_a_stage_task_retries_a_locked_database_and_not_a_user_error(caplog: pyt
         return flaky(return_state=True), bad_input(return_state=True)
 
     retried, refused = stages()
-    assert retried.is_completed() and retried.result() == "done" and calls["locked"] == 2
+    assert retried.is_completed() and retried.result() == "done" and calls["locked"] == 2 and attempts == [1, 2]
     run_count, states = _task_run_facts(retried.state_details.task_run_id)
     assert run_count == 2 and "AwaitingRetry" in states
     logs = [r.getMessage() for r in caplog.records]
@@ -174,3 +179,20 @@ def test_a_stage_task_retries_a_locked_database_and_not_a_user_error(caplog: pyt
     run_count, states = _task_run_facts(refused.state_details.task_run_id)
     assert run_count == 1 and "AwaitingRetry" not in states
     assert sum("transient failure" in m for m in logs) == 1
+
+
+def test_a_retry_closes_the_stage_runs_a_failed_attempt_left_running(tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("retries", artifact_location=(tmp_path / "artifacts").as_uri())
+    left_open = client.create_run(experiment, tags={"prefect.task_run_id": "task-1"}).info.run_id
+    other_task = client.create_run(experiment, tags={"prefect.task_run_id": "task-2"}).info.run_id
+    ended = client.create_run(experiment, tags={"prefect.task_run_id": "task-1"}).info.run_id
+    client.set_terminated(ended, "FINISHED")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)  # fail_stale_runs works on the pipeline's tracking store
+    try:
+        assert fail_stale_runs(experiment, "task-1") == [left_open]
+    finally:
+        mlflow.set_tracking_uri(before)
+    status = {run_id: client.get_run(run_id).info.status for run_id in (left_open, other_task, ended)}
+    assert status == {left_open: "FAILED", other_task: "RUNNING", ended: "FINISHED"}
