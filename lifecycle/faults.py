@@ -118,6 +118,21 @@ def storage_errors(what: str | None, where: Where) -> Iterator[None]:
         raise problem from None
 
 
+@contextmanager
+def unavailable(what: str, where: str, hint: str) -> Iterator[None]:
+    """Raise a transient failure from inside (one the retries did not outlast, or outside any retry) as a user
+    error naming the service and where it is, instead of a traceback."""
+    try:
+        yield
+    except LifecycleError:
+        raise
+    except Exception as err:
+        reason = transient_reason(err)
+        if reason is None:
+            raise
+        raise LifecycleError(f"{what} at {where} is unavailable ({reason}); {hint}") from None
+
+
 def transient_reason(exc: BaseException) -> str | None:
     """A short reason ("database is locked", "connection refused", "HTTP 503") when `exc` is a transient
     failure worth retrying; None for anything else: a user error, a full or read-only disk, a bug."""

@@ -38,7 +38,7 @@ from prefect.states import State
 from lifecycle.config import Config, config_hash
 from lifecycle.config.distributed import LaunchConfig
 from lifecycle.errors import LifecycleError
-from lifecycle.faults import storage_errors, transient_reason
+from lifecycle.faults import storage_errors, transient_reason, unavailable
 from lifecycle.hashing import hash_json
 from lifecycle.orphans import PROCESS, close_orphans, process_token
 from lifecycle.registry import ModelRef
@@ -46,7 +46,7 @@ from lifecycle.runtime import RunSettings
 from lifecycle.stages import STAGES, Plan, key_extras, planned_keys, section_data, stage_key
 from lifecycle.store import ArtifactStore, StageOutput
 from lifecycle.tracking import (child_run, close_parent_run, fail_stale_runs, git_commit, open_parent_run,
-                                setup_mlflow)
+                                setup_mlflow, tracking_uri)
 
 
 # Seconds before retry 1, 2, 3 (bounded exponential backoff, +-20% jitter): enough for a tracking server to
@@ -120,8 +120,9 @@ def pipeline_run(settings: RunSettings, cfg: Config, plan: Plan) -> Iterator[Run
     """The MLflow parent run of this Prefect flow run: created, or re-attached when the flow run resumes.
     It ends FINISHED or FAILED with the flow; a suspended flow (Prefect's Pause) leaves it RUNNING."""
     state_dir = settings.state(cfg)
-    with storage_errors(None, [state_dir / "mlflow", state_dir]):
-        experiment_id = setup_mlflow(state_dir, cfg.run.experiment)
+    with storage_errors(None, [state_dir / "mlflow", state_dir]), unavailable(
+            "MLflow tracking", tracking_uri(state_dir), "start it (or check MLFLOW_TRACKING_URI) and run again"):
+        experiment_id = setup_mlflow(state_dir, cfg.run.experiment)  # the first contact: no stage has run yet
     commit, cfg_hash = git_commit(Path(__file__).resolve().parents[1]), config_hash(cfg)
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
             "mlflow.source.git.commit": commit, "lifecycle.config_hash": cfg_hash,

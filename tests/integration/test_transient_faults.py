@@ -170,3 +170,19 @@ def test_a_user_error_in_a_stage_is_not_retried(tmp_path: Path) -> None:
     assert result["state"] == "Failed" and "InputError" in result["message"] and str(missing) in result["message"]
     assert result["run_count"] == 1 and "AwaitingRetry" not in result["states"], result
     assert "transient failure" not in runner.output()
+
+
+def test_a_tracking_server_down_when_the_run_starts_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV} | {"MLFLOW_TRACKING_URI": url}
+    done = subprocess.run([sys.executable, "-m", "lifecycle.cli", "run", "--state-dir", str(tmp_path / "state"),
+                           "--until", "ingest", *[a for o in TINY for a in ("--set", o)]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    message = (f"MLflow tracking at {url} is unavailable (connection refused); start it (or check "
+               "MLFLOW_TRACKING_URI) and run again")
+    assert done.returncode == 2 and f"error: {message}" in output, output[-3000:]
+    assert output.count(message) == 1 and "Traceback" not in output
+    assert "Task run 'ingest" not in output  # stopped before any stage
