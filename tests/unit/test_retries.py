@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
 from prefect.client.orchestration import get_client
+from prefect.exceptions import Pause
 
 from lifecycle.errors import InputError, LifecycleError, StorageError, ValidationFailed
 from lifecycle.faults import storage_error, storage_errors, transient_reason
@@ -111,7 +112,7 @@ def test_a_tracking_server_that_is_down_or_answers_503_is_transient_and_a_404_is
 def test_user_errors_full_disks_and_bugs_are_not_transient(locked_db: Path) -> None:
     locked = caught(lambda: sqlite3.connect(locked_db, timeout=0.1).execute("SELECT * FROM t").fetchall())
     for error in (InputError("corpus/a.txt: line 3: invalid UTF-8"), ValidationFailed("min_documents: observed 1"),
-                  LifecycleError("bad"), ValueError("connection refused"), KeyError("x"),
+                  LifecycleError("bad"), ValueError("connection refused"), KeyError("x"), Pause("waiting for votes"),
                   sqlite3.OperationalError("database or disk is full"), OSError(errno.ENOSPC, "No space left", "/s")):
         assert transient_reason(error) is None, error
 
