@@ -7,9 +7,12 @@
 - generation latency (p50 of single requests) and tokens/s;
 - a table of answers side by side.
 
+Each model's measurements are saved in the stage's checkpoint folder as it finishes: a run killed half way
+resumes with the models it has not measured yet.
+
     questions = held_out_questions(cfg, documents, tokenizer)
     result = evaluate_models(cfg, {"candidate": dir, "champion": dir2, "sft": dir3, "base": dir4}, questions,
-                             documents, retriever, reward_dir)   # evaluation.json (docs/ARCHITECTURE.md)
+                             documents, retriever, reward_dir, device, ckpt_dir)   # evaluation.json
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ chunk.py). A build embeds only documents whose key is not in the table yet and d
 that are gone, then folds the new rows into the existing indexes (`optimize`, deleting no old version: which
 versions go is retention.py's rule). When the settings (chunking, embedding model, dtype) differ from the
 table's, the table is rebuilt from scratch. A crash between the delete and the add leaves a consistent table
-that the next build repairs, because the diff is by content.
+that the next build repairs, because the diff is by content. Embedding, the long part, is saved shard by
+shard in a checkpoint folder when one is given: a build killed while embedding resumes from its shards.
 
-    info = build_index(docs, cfg.rag_index, db_uri="state/rag/lancedb", table="docs")
+    info = build_index(docs, cfg.rag_index, db_uri="state/rag/lancedb", table="docs", checkpoints=ckpt_dir)
     info.version, info.embedded_chunks, info.reused_chunks, info.deleted_chunks
 """
 
