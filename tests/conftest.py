@@ -24,6 +24,15 @@ from lifecycle.runtime import prepare_environment  # noqa: E402
 
 prepare_environment(_SESSION_HOME)
 
+# Property-based tests (tests/unit/test_properties.py): the same examples on every run, no example database
+# written into the checkout, no per-example deadline on a shared CI machine. HYPOTHESIS_PROFILE=deep explores more.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("deep", parent=settings.get_profile("ci"), max_examples=2000, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 # A small but real corpus: a few stdlib modules' docstrings, with validation thresholds to match.
 TINY = [
     "ingest.sources=[{name: stdlib, kind: python-docs, include: [json, textwrap, string, csv, shlex, fnmatch]}]",

@@ -90,6 +90,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except (ValueError, RecursionError) as err:  # a timestamp like 2001-13-01, nesting too deep for the parser
+        raise ConfigError(f"{path}: not usable YAML ({str(err) or type(err).__name__})") from None
+    check_acyclic(value, str(path))
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -120,9 +125,29 @@ def explain(err: ValidationError, origin: Origins) -> str:
     return "\n".join(lines)
 
 
+def check_acyclic(value: Any, where: str) -> None:
+    """Refuse a value that contains itself (a YAML anchor used inside its own node): nothing downstream (validation,
+    hashing, JSON) can walk it. Shared anchors are fine; each node is walked once."""
+    done: set[int] = set()
+
+    def walk(node: Any, path: tuple[int, ...]) -> None:
+        if not isinstance(node, (dict, list)) or id(node) in done:
+            return
+        if id(node) in path:
+            raise ConfigError(f"{where}: a value contains itself (a YAML anchor used inside its own node)")
+        for child in node.values() if isinstance(node, dict) else node:
+            walk(child, (*path, id(node)))
+        done.add(id(node))
+
+    walk(value, ())
+
+
 def describe(path: str, value: Any, what: str, origin: Origins) -> str:
     """One error line: `  key.path = value: what is wrong  [where it came from]`."""
-    seen = json.dumps(value, default=str)
+    try:
+        seen = json.dumps(value, default=str)
+    except (ValueError, RecursionError):  # nested too deep to show
+        seen = repr(value)
     if len(seen) > 120:
         seen = seen[:117] + "..."
     source = origin_of(path, origin)
@@ -151,8 +176,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set tokenize.vocab_size=1024")
     try:
         value = load_yaml(raw) if raw else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or a bad date, or too deep): the text itself
         value = raw
+    check_acyclic(value, f"--set {item!r}")
     return key.strip(), value
 
 

@@ -50,7 +50,7 @@ def test_hostile_corpus_is_refused_in_ingest_once_with_nothing_left_behind(tmp_p
     corpus = tmp_path / "corpus"
     (corpus / "empty-folder").mkdir(parents=True)
     (corpus / "empty.txt").write_bytes(b"")
-    (corpus / "page.html").write_text("<p>" + "Visible words about parsers and corpora. " * 5 + "</p><script>x()</script>")
+    (corpus / "page.html").write_text(f"<p>{'Visible words about parsers and corpora. ' * 5}</p><script>x()</script>")
     (corpus / "notes.md").write_bytes(("# Notes\n\n" + "A note with a NUL byte far in. " * 400).encode() + b"\x00 end")
     (corpus / "rows.csv").write_text('id,text\n1,"a good row of text that is long enough"\n2,"never closed\n3,x\n')
     state = tmp_path / "state"

@@ -59,6 +59,24 @@ def test_yaml_syntax_error_names_line(conf_copy: Path) -> None:
         load_config(conf)
 
 
+@pytest.mark.parametrize(("content", "pattern"), [
+    (b"vocab_size: 2001-13-01\n", r"tokenize.yaml: not usable YAML \(month must be in 1..12\)"),
+    (b"vocab_size: &a [*a]\n", r"tokenize.yaml: a value contains itself"),
+    (b"vocab_size: \xff\xfe\n", r"tokenize.yaml: not UTF-8 text \(invalid start byte at byte 12\)"),
+])
+def test_unusable_yaml_file_is_named(conf_copy: Path, content: bytes, pattern: str) -> None:
+    (conf_copy / "tokenize.yaml").write_bytes(content)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(conf_copy)
+
+
+def test_override_that_is_not_usable_yaml(conf_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tokenize.vocab_size = \"2001-13-01\": Input should be a valid integer"):
+        load_config(conf_dir, overrides=["tokenize.vocab_size=2001-13-01"])  # kept as text, then refused by type
+    with pytest.raises(ConfigError, match=r"--set 'tokenize=&a \{x: \*a\}': a value contains itself"):
+        load_config(conf_dir, overrides=["tokenize=&a {x: *a}"])
+
+
 def test_unknown_profile_lists_known_ones(conf_dir: Path) -> None:
     with pytest.raises(ConfigError, match="quickstart"):
         load_config(conf_dir, "nope")
