@@ -44,8 +44,10 @@ def collect_documents(cfg: IngestConfig, engine: Engine = LOCAL) -> tuple[list[d
                 stats[key] += value
         log.info("source %s: %d documents", source.name, len(docs) - before)
         if len(docs) == before:
-            raise InputError(f"source '{source.name}' produced no documents of at least "
-                             f"{cfg.min_doc_chars} characters (ingest.min_doc_chars)")
+            files = sorted({r["path"] for r in records})
+            raise InputError(f"source '{source.name}' produced no documents of at least {cfg.min_doc_chars} "
+                             f"characters (ingest.min_doc_chars): {len(records)} records read from {len(files)} "
+                             f"files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}), all empty or shorter")
     return docs, stats
 
 

@@ -108,6 +108,18 @@ def test_repairable_files_are_cleaned_and_counted(tmp_path: Path, conf_dir: Path
     assert not any(word in page for word in ("STYLEX", "HEADSCRIPTX", "BODYSCRIPTX", "NOSCRIPTX", "UNCLOSEDX"))
 
 
+def test_corpus_of_only_empty_files_is_refused_by_source(tmp_path: Path, conf_dir: Path) -> None:
+    (tmp_path / "empty-folder").mkdir()
+    for name in ("a.txt", "b.jsonl", "c.csv", "d.parquet"):
+        (tmp_path / name).write_bytes(b"")
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"source 't' produced no documents of at least 40 characters "
+                                         r"\(ingest.min_doc_chars\): 4 records read from 4 files \(.*a.txt, .*b.jsonl, "
+                                         r".*c.csv, \.\.\.\), all empty or shorter"):
+        ingest_documents(make_cfg(conf_dir, [files_source(tmp_path)]), out)
+    assert not out.exists()
+
+
 def test_source_encoding_decodes_cp1252_and_latin1(tmp_path: Path, conf_dir: Path) -> None:
     quotes = "He said \u201chello\u201d \u2014 it\u2019s fine, caf\u00e9. " * 4
     (tmp_path / "smart.txt").write_bytes(quotes.encode("cp1252"))
