@@ -28,7 +28,7 @@ prepare_environment(_SESSION_HOME)
 # written into the checkout, no per-example deadline on a shared CI machine. HYPOTHESIS_PROFILE=deep explores more.
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, database=None, print_blob=True,
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None, print_blob=True,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.register_profile("deep", parent=settings.get_profile("ci"), max_examples=2000, derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

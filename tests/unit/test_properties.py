@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lifecycle.config import SourceConfig, load_config
@@ -76,7 +76,6 @@ def assert_clean(records: list[dict[str, Any]]) -> None:
         assert record["invalid_bytes"] >= 0
 
 
-@settings(max_examples=150)
 @given(file=FILES)
 @example(file=(".jsonl", b'{"text": "a\\ud800 b\\u0000", "title": "\\udfff"}'))  # JSON escapes: lone surrogate, NUL
 @example(file=(".json", b'[{"text": "\\udc00"}]'))
@@ -149,7 +148,6 @@ ROW = st.one_of(JSON, st.dictionaries(st.sampled_from(["prompt", "chosen", "reje
                 st.fixed_dictionaries({"prompt": TEXT, "chosen": TEXT, "rejected": TEXT}))  # often a valid pair
 
 
-@settings(max_examples=100)
 @given(rows=st.lists(ROW, min_size=1, max_size=6))
 @example(rows=[{"prompt": "Q", "chosen": "a\ud800", "rejected": "b"},
                {"prompt": "Q", "chosen": "a", "rejected": "\x00"}])
