@@ -172,7 +172,7 @@ def _record(origin: Origins, prefix: str, value: Any, source: str) -> None:
 
 def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
+    if not sep or not all(part.strip() for part in key.split(".")):  # no key, or an empty part: "a..b", ".x"
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set tokenize.vocab_size=1024")
     try:
         value = load_yaml(raw) if raw else ""

@@ -131,13 +131,14 @@ VALUES = st.one_of(st.text(max_size=30), st.integers().map(str), st.floats().map
 @given(key=KEYS | st.text(max_size=20), value=VALUES)
 @example(key="tokenize", value="&a {x: *a}")  # a value that contains itself
 @example(key="tokenize.vocab_size", value="2001-13-01")  # a YAML date that is no date
+@example(key=".", value="")  # a key path with empty parts
 def test_config_overrides_load_or_name_the_key(conf_dir: Path, key: str, value: str) -> None:
     item = f"{key}={value}"
     try:
         load_config(conf_dir, overrides=[item])
     except ConfigError as err:
         named = item.partition("=")[0].strip().split(".")[0]  # shown as is, or escaped when not printable
-        assert (named in str(err) or repr(named)[1:-1] in str(err)) if named else "--set" in str(err)
+        assert (named in str(err) or repr(named)[1:-1] in str(err)) if named.strip() else "--set" in str(err)
 
 
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "robot"]),
