@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,8 +88,10 @@ class ArtifactStore:
 
     @contextmanager
     def building(self, stage: str, key: str) -> Iterator[Path]:
-        """Yield a temporary folder; on success it replaces `<stage>/<key>` in one rename."""
-        tmp = self.root / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        """Yield a temporary folder; on success it replaces `<stage>/<key>` in one rename. The temporary
+        folders of the same key that a killed process on this host left behind are removed first."""
+        _remove_leftovers(self.root / stage, key)
+        tmp = self.root / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
         tmp.mkdir(parents=True)
         try:
             yield tmp
@@ -109,3 +112,15 @@ class ArtifactStore:
         else:
             os.rename(tmp, final)
         return output
+
+
+def _remove_leftovers(folder: Path, key: str) -> None:
+    """`.tmp-<key>-<random>-<pid>@<host>` folders of this host whose process is gone (or is this one: a pid
+    reused after a restart): what a killed run was building."""
+    for tmp in folder.glob(f".tmp-{key}-*@*"):
+        rest, _, host = tmp.name.rpartition("@")
+        pid = rest.rsplit("-", 1)[-1]
+        if host == socket.gethostname() and pid.isdigit() and (
+                int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed %s: a killed run was building it", tmp)

@@ -117,6 +117,7 @@ def test_each_long_stage_resumes_after_kill_9_and_leaves_nothing_half_written(tm
     assert [v["version"] for v in tbl.list_versions()] == list(range(1, int(rag["rag_index/table_version"]) + 1))
     assert tbl.count_rows() == len({r["chunk_id"] for r in tbl.search().select(["chunk_id"]).limit(None).to_list()})
     assert not list((state / "checkpoints").glob("*/*/*"))  # every stage's checkpoints removed once it committed
+    assert not list((state / "artifacts").glob("*/.tmp-*"))  # what the killed runs were building: removed
     client = MlflowClient(tracking_uri(state))
     experiment = client.get_experiment_by_name("llm-lifecycle").experiment_id
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
