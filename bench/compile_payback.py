@@ -58,7 +58,8 @@ def main() -> None:
     tokens = args.batch * args.context
     break_even = compile_s / saved if saved > 0 else None
     print(json.dumps({
-        "eager_tokens_per_s": round(tokens / step["eager"], 1), "compiled_tokens_per_s": round(tokens / step["compiled"], 1),
+        "eager_tokens_per_s": round(tokens / step["eager"], 1),
+        "compiled_tokens_per_s": round(tokens / step["compiled"], 1),
         "speedup": round(step["eager"] / step["compiled"], 3), "compile_s": round(compile_s, 1),
         "eager_step_ms": round(1000 * step["eager"], 2), "compiled_step_ms": round(1000 * step["compiled"], 2),
         "saved_per_step_ms": round(1000 * saved, 2), "break_even_steps": round(break_even) if break_even else None,

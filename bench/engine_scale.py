@@ -95,7 +95,8 @@ def run_steps(files: list[str], engine, out: Path, embed: bool, overrides: list[
         import lancedb
 
         rows = lancedb.connect(info.uri).open_table("docs").to_arrow().sort_by("chunk_id")
-        vectors = hashlib.sha256(np.round(np.stack(rows["vector"].to_numpy(zero_copy_only=False)), 5).tobytes()).hexdigest()
+        stacked = np.stack(rows["vector"].to_numpy(zero_copy_only=False))
+        vectors = hashlib.sha256(np.round(stacked, 5).tobytes()).hexdigest()
     return seconds, (int(stats["documents"]), int(tok["train_tokens"]), chunks, blocks, vectors)
 
 

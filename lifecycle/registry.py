@@ -209,7 +209,8 @@ def list_versions(name: str) -> list[dict[str, Any]]:
     except MlflowException:
         raise LifecycleError(f"no model named '{name}' is registered") from None
     found = _client().search_model_versions(f"name = '{name}'")
-    return sorted(({"version": int(v.version), "aliases": sorted(a for a, ver in aliases.items() if str(ver) == str(v.version)),
+    return sorted(({"version": int(v.version),
+                    "aliases": sorted(a for a, ver in aliases.items() if str(ver) == str(v.version)),
                     "created": v.creation_timestamp,
                     "run_id": v.run_id, "tags": dict(v.tags)} for v in found), key=lambda v: v["version"])
 

@@ -113,7 +113,8 @@ def pack_split(texts: Sequence[str], tok_dir: Path, cfg: TokenizeConfig, eos_id:
     stream = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
     size = cfg.context_length
     usable = len(stream) // size * size
-    blocks = pa.ListArray.from_arrays(pa.array(np.arange(0, usable + 1, size, dtype=np.int32)), pa.array(stream[:usable]))
+    offsets = pa.array(np.arange(0, usable + 1, size, dtype=np.int32))
+    blocks = pa.ListArray.from_arrays(offsets, pa.array(stream[:usable]))
     return datasets.Dataset(InMemoryTable(pa.table({"input_ids": blocks})))
 
 
@@ -151,7 +152,8 @@ def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path, engine: E
     tok.save_pretrained(str(tok_dir))
     val_texts = list(docs["validation"]["text"])
     bpt, val_bytes, val_tokens = bytes_per_token(tok, val_texts)
-    blocks = datasets.DatasetDict({split: pack_split(list(docs[split]["text"]), tok_dir, cfg, tok.eos_token_id, engine, split)
+    eos = tok.eos_token_id
+    blocks = datasets.DatasetDict({split: pack_split(list(docs[split]["text"]), tok_dir, cfg, eos, engine, split)
                                    for split in ("train", "validation")})
     if not len(blocks["train"]):
         raise LifecycleError(f"tokenize: the train split has fewer than tokenize.context_length={cfg.context_length} "

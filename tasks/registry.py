@@ -12,8 +12,8 @@ from lifecycle.store import StageOutput
 from tasks.common import STAGE_RETRIES, RunContext
 
 # stage output -> the version tag naming it (the rlhf and rag_index stages tag the rest themselves)
-LINEAGE = {"ingest": "lifecycle.data_key", "validate": "lifecycle.validation_key", "tokenize": "lifecycle.tokenizer_key",
-           "preferences": "lifecycle.preference_set_hash"}
+LINEAGE = {"ingest": "lifecycle.data_key", "validate": "lifecycle.validation_key",
+           "tokenize": "lifecycle.tokenizer_key", "preferences": "lifecycle.preference_set_hash"}
 
 
 @task(name="mark-challenger", cache_policy=NO_CACHE, **STAGE_RETRIES)

@@ -195,7 +195,8 @@ def _bench(args: argparse.Namespace, conf_dir: Path) -> dict:
     fpt = flops_per_token(sizes["matmul"], cfg.model.n_layer, cfg.model.d_model, args.context)
     peak, source = detect_peak_flops(dist.device, args.dtype, cfg.peak_flops)
     result: dict = {
-        "tokens_per_s": round(median["ours"], 1), "step_ms": round(1000 * statistics.median(times["ours"]) / args.steps, 2),
+        "tokens_per_s": round(median["ours"], 1),
+        "step_ms": round(1000 * statistics.median(times["ours"]) / args.steps, 2),
         "mfu": round(mfu(fpt, median["ours"], peak), 4), "final_loss": round(last["ours"], 4), "params": sizes["total"],
         "device": torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "dtype": args.dtype, "compile": args.compile, "arch": cfg.model.arch,

@@ -1,8 +1,9 @@
 """The whole chain on a tiny corpus and model, for real: ingest -> validate -> tokenize -> pretrain -> sft ->
 preferences -> rlhf -> rag_index. The base model's reference flows into sft, the SFT model's into rlhf,
-the policy's into the index pairing and the `@candidate` alias; the SFT model beats the base model on held-out pairs; stored outputs are never
-written to by later stages; a stage runs alone as its own flow on the others' cached outputs; `ask`
-answers with the candidate and its paired index, with the model's own context length."""
+the policy's into the index pairing and the `@candidate` alias; the SFT model beats the base model on
+held-out pairs; stored outputs are never written to by later stages; a stage runs alone as its own flow on
+the others' cached outputs; `ask` answers with the candidate and its paired index, with the model's own
+context length."""
 
 from __future__ import annotations
 
