@@ -1,7 +1,7 @@
 """What kind of failure an exception is: transient (worth retrying: a locked SQLite database, a tracking
 server that is down or answers 429/5xx) or a full or read-only disk (a user error naming the path).
 
-`transient_reason` is what the stage tasks' retry condition asks (tasks/common.py `is_transient`);
+`transient_reason` is what the stage tasks' retry condition asks (tasks/retries.py `is_transient`);
 `storage_errors` turns a disk-full or permission error into a `StorageError` where a stage or the
 pipeline writes (the state directory: artifact store, checkpoints, the MLflow store). Both look through
 the whole chain of causes, since MLflow and SQLAlchemy wrap the error that matters. A library that was

@@ -171,7 +171,7 @@ def quiet_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow's own HTTP retries default to 7 with a factor-2 backoff (minutes against a server that is down) and
-    # a 120 s timeout; the stage tasks' retries (tasks/common.py STAGE_RETRIES) come on top, so keep these short
+    # a 120 s timeout; the stage tasks' retries (tasks/retries.py STAGE_RETRIES) come on top, so keep these short
     for name, value in MLFLOW_HTTP_RETRIES.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

@@ -10,7 +10,7 @@ can resume, and is removed once the stage succeeds. The key comes from the stage
 library code that computes (torch, transformers, TRL, datasets, LanceDB...) inside `work`: a run of cache
 hits never loads it (docs/BENCHMARKS.md, "Start-up cost").
 
-Every stage task is declared `@task(..., **STAGE_RETRIES)`: a transient failure (lifecycle/faults.py) is
+Every stage task is declared `@task(..., **STAGE_RETRIES)` (tasks/retries.py): a transient failure is
 retried with a bounded backoff; anything else fails at once. A full or read-only disk under the state
 directory fails as a `StorageError` naming the path, with no partial output left behind.
 """
@@ -28,17 +28,15 @@ from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
-from prefect import Task, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.client.schemas.objects import TaskRun
 from prefect.exceptions import Pause
 from prefect.runtime import flow_run, task_run
-from prefect.states import State
 
 from lifecycle.config import Config, config_hash
 from lifecycle.config.distributed import LaunchConfig
 from lifecycle.errors import LifecycleError
-from lifecycle.faults import storage_errors, transient_reason, unavailable
+from lifecycle.faults import storage_errors, unavailable
 from lifecycle.hashing import hash_json
 from lifecycle.orphans import PROCESS, close_orphans, process_token
 from lifecycle.registry import ModelRef
@@ -47,29 +45,6 @@ from lifecycle.stages import STAGES, Plan, key_extras, planned_keys, section_dat
 from lifecycle.store import ArtifactStore, StageOutput
 from lifecycle.tracking import (child_run, close_parent_run, fail_stale_runs, git_commit, open_parent_run,
                                 setup_mlflow, tracking_uri)
-
-
-# Seconds before retry 1, 2, 3 (bounded exponential backoff, +-20% jitter): enough for a tracking server to
-# restart or a SQLite writer to let go (MLflow itself waits 20 s on a lock and retries HTTP a few seconds,
-# lifecycle/runtime.py `quiet_environment`), while a server that stays down fails the stage within ~2 min.
-RETRY_DELAYS_S = (2, 8, 30)
-
-
-def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Prefect's retry condition for the stage tasks: retry only a transient failure (a locked database, a
-    tracking server down or answering 429/5xx), never a user error, a full disk, a failed validation or a bug;
-    say so in the run's log."""
-    error = state.data if isinstance(state.data, BaseException) else None
-    reason = transient_reason(error) if error is not None else None
-    if reason is not None:
-        attempt = max(task_run.run_count, 1)  # the attempt that failed; Prefect asks only while retries remain
-        get_run_logger().warning("%s: transient failure (%s), retry %d of %d in about %d s", task.name, reason,
-                                  attempt, task.retries, RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1])
-    return reason is not None
-
-
-STAGE_RETRIES: dict[str, Any] = dict(retries=len(RETRY_DELAYS_S), retry_delay_seconds=list(RETRY_DELAYS_S),
-                                     retry_jitter_factor=0.2, retry_condition_fn=is_transient)
 
 
 @dataclass(frozen=True)

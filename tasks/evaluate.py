@@ -18,7 +18,8 @@ from prefect.cache_policies import NO_CACHE
 from lifecycle.errors import LifecycleError
 from lifecycle.registry import ModelRef, local_copy, tag_version
 from lifecycle.store import StageOutput
-from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.retries import STAGE_RETRIES
 from tasks.rlhf import reward_model_of
 
 EVALUATION = "evaluation.json"

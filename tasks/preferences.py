@@ -29,7 +29,8 @@ from lifecycle.registry import local_copy
 from lifecycle.hashing import hash_json
 from lifecycle.stages import STAGES, key_extras
 from lifecycle.store import StageOutput
-from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, key_parts, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, key_parts, run_stage
+from tasks.retries import STAGE_RETRIES
 
 SNAPSHOT = "preferences.jsonl"
 

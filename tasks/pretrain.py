@@ -16,7 +16,8 @@ from lifecycle.hashing import hash_json
 from lifecycle.registry import register_model
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
+from tasks.retries import STAGE_RETRIES
 
 
 @task(name="pretrain", cache_policy=NO_CACHE, **STAGE_RETRIES)

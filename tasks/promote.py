@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from lifecycle.evaluate.gate import Decision, decide
 from lifecycle.registry import ModelRef, resolve, version_tags
 from lifecycle.store import StageOutput
-from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.retries import STAGE_RETRIES
 from tasks.evaluate import read_evaluation
 from tasks.rlhf import ALARM_TAG
 

@@ -22,7 +22,8 @@ from lifecycle.rag.retention import open_dataset, pin_version, referenced_versio
 from lifecycle.rag.search import open_index, open_table, rag_dir, write_current
 from lifecycle.registry import ModelRef
 from lifecycle.store import StageOutput
-from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.retries import STAGE_RETRIES
 
 
 @task(name="rag_index", cache_policy=NO_CACHE, **STAGE_RETRIES)

@@ -9,7 +9,8 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle.registry import CANDIDATE, CHALLENGER, ModelRef, set_alias, tag_version, version_tags
 from lifecycle.store import StageOutput
-from tasks.common import STAGE_RETRIES, RunContext
+from tasks.common import RunContext
+from tasks.retries import STAGE_RETRIES
 
 # stage output -> the version tag naming it (the rlhf and rag_index stages tag the rest themselves)
 LINEAGE = {"ingest": "lifecycle.data_key", "validate": "lifecycle.validation_key",

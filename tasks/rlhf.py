@@ -23,7 +23,8 @@ from lifecycle.registry import ModelRef, local_copy
 from lifecycle.resume import register_once
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
+from tasks.retries import STAGE_RETRIES
 from tasks.preferences import SNAPSHOT
 
 ALARM_TAG = "lifecycle.rlhf.alarm"

@@ -16,7 +16,8 @@ from lifecycle.registry import local_copy
 from lifecycle.resume import register_once
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.retries import STAGE_RETRIES
 
 
 @task(name="sft", cache_policy=NO_CACHE, **STAGE_RETRIES)

@@ -12,7 +12,8 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle.errors import ValidationFailed
 from lifecycle.store import StageOutput
-from tasks.common import STAGE_RETRIES, RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.retries import STAGE_RETRIES
 
 
 @task(name="validate", cache_policy=NO_CACHE, **STAGE_RETRIES)

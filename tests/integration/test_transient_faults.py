@@ -1,6 +1,6 @@
 """Transient faults during a stage, for real: a tracking server (`mlflow server` on loopback) stopped just before
 the ingest task starts and restarted seconds later, and the SQLite tracking database held by another
-connection's BEGIN EXCLUSIVE. The task is retried (tasks/common.py STAGE_RETRIES) and completes, and MLflow has
+connection's BEGIN EXCLUSIVE. The task is retried (tasks/retries.py STAGE_RETRIES) and completes, and MLflow has
 its finished run; a user error is not retried (docs/RELIABILITY.md). The pipeline runs in a subprocess
 (tests/integration/transient_runner.py) that waits for the fault before it calls the task."""
 

@@ -1,4 +1,4 @@
-"""Which failures the stage tasks retry (lifecycle/faults.py, tasks/common.py STAGE_RETRIES): real errors from a
+"""Which failures the stage tasks retry (lifecycle/faults.py, tasks/retries.py STAGE_RETRIES): real errors from a
 locked SQLite database, a closed port and a server answering 503 are transient; user errors, a full or read-only
 disk and anything else are not. A real Prefect task with the stage policy retries the first kind only."""
 
@@ -27,7 +27,7 @@ from prefect.exceptions import Pause
 from lifecycle.errors import InputError, LifecycleError, StorageError, ValidationFailed
 from lifecycle.faults import storage_error, storage_errors, transient_reason
 from lifecycle.tracking import fail_stale_runs
-from tasks.common import STAGE_RETRIES
+from tasks.retries import STAGE_RETRIES
 
 
 def closed_port() -> int:
