@@ -110,13 +110,22 @@ def same_weights(a: Path, b: Path) -> bool:
     return bool(left) and left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
 
 
+def _holds(ref: ModelRef, model_dir: Path, models_dir: Path) -> bool:
+    """Whether `ref` holds the weights in `model_dir`; a version whose upload was cut short does not."""
+    try:
+        return same_weights(model_dir, local_copy(ref, models_dir))
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with it, it is not these weights
+        log.warning("%s cannot be read (%s)", ref, err)
+        return False
+
+
 def register_once(model_dir: Path, name: str, tags: dict[str, str], models_dir: Path,
                   task: str = "text-generation") -> ModelRef:
     """register_model, unless a killed or failed run of the same stage key registered these weights already
     (its output never committed): that version is adopted and re-tagged; one with other weights is deleted."""
     adopted = None
     for ref in unfinished_versions(name, tags[STAGE_KEY]):
-        if adopted is None and same_weights(model_dir, local_copy(ref, models_dir)):
+        if adopted is None and _holds(ref, model_dir, models_dir):
             adopted = ref
             log.info("%s was registered by a run that did not finish, with these weights: adopting it", ref)
         else:

@@ -29,7 +29,8 @@ TWO = ["rlhf.distributed.nproc=2", "rlhf.policy.rloo.per_device_train_batch_size
 # changed), the reward model's version and accuracy (the pairs are sharded another way), the verdicts
 DIFFERENT = {"lifecycle.pipeline_run_id", "lifecycle.pipeline_config_hash", "lifecycle.stage_key",
              "lifecycle.config_hash", "lifecycle.rlhf_config_hash", "lifecycle.reward_model",
-             "lifecycle.reward.accuracy", "lifecycle.rlhf.alarm", "lifecycle.reward.flagged"}
+             "lifecycle.reward.accuracy", "lifecycle.rlhf.alarm", "lifecycle.reward.flagged",
+             "lifecycle.files_sha256"}  # the weights: two processes train other ones
 
 
 def write_pairs(path: Path) -> Path:
