@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lifecycle.hashing import hash_json
+from lifecycle.manifest import write_json_atomic
 from lifecycle.registry import register_model
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
@@ -41,7 +42,7 @@ def pretrain(ctx: RunContext, tokens: StageOutput) -> StageOutput:
         else:
             spec = dirs.checkpoints.parent / f"{dirs.key}-node{launch.node_rank}.json"  # one per node: shared storage
             spec.parent.mkdir(parents=True, exist_ok=True)
-            spec.write_text(json.dumps({"seed": seed, "pretrain": section.model_dump(mode="json")}))
+            write_json_atomic(spec, {"seed": seed, "pretrain": section.model_dump(mode="json")})
             if not launch_stage("pretrain", "lifecycle.train.pretrain",
                                 ["--data", tokens.path, "--config", str(spec), "--out", str(dirs.out),
                                  "--checkpoints", str(dirs.checkpoints), "--mlflow-run-id", run_id],

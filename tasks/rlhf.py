@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from lifecycle.align.pairs import split_pairs, unique_prompts
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
+from lifecycle.manifest import write_json_atomic
 from lifecycle.preferences.export import read_snapshot
 from lifecycle.registry import ModelRef, local_copy
 from lifecycle.resume import register_once
@@ -92,9 +93,9 @@ def train_under_torchrun(ctx: RunContext, sft_dir, prefs: StageOutput, dirs: Sta
     result = spec.with_suffix(".result.json")
     spec.parent.mkdir(parents=True, exist_ok=True)
     result.unlink(missing_ok=True)
-    spec.write_text(json.dumps({"config": ctx.cfg.dump(), "sft_dir": str(sft_dir),
-                                "preferences": str(prefs.file(SNAPSHOT)), "out": str(dirs.out),
-                                "checkpoints": str(dirs.checkpoints), "result": str(result), "mlflow_run_id": run_id}))
+    write_json_atomic(spec, {"config": ctx.cfg.dump(), "sft_dir": str(sft_dir),
+                             "preferences": str(prefs.file(SNAPSHOT)), "out": str(dirs.out),
+                             "checkpoints": str(dirs.checkpoints), "result": str(result), "mlflow_run_id": run_id})
     if not launch_stage("rlhf", "lifecycle.align.launch", ["--spec", str(spec)], launch, dirs, expect=result):
         return None
     return json.loads(result.read_text())
