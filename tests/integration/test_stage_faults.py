@@ -1,5 +1,6 @@
 """kill -9 of a whole `lifecycle run --until evaluate` during each long stage after pretraining (sft, the
-reward model, policy optimisation, rag_index embedding, evaluate), each time followed by the same command:
+reward model, policy optimisation, rag_index embedding, evaluate; then DPO as the policy optimisation), each
+time followed by the same command:
 the killed stage leaves no committed output, registers no model version and writes no LanceDB table; the
 next run resumes it from what the dead one saved (Trainer checkpoints, embedded shards, measured models)
 and, at the end, the registry and the table hold what one clean run would (docs/RELIABILITY.md).
@@ -32,19 +33,19 @@ FAULTS = [*OVERRIDES, "pretrain.max_steps=20", "pretrain.eval_every=0", "evaluat
 MODELS = ("lifecycle-gpt-base", "lifecycle-gpt", "lifecycle-gpt-reward")
 
 
-def the_command(state: Path) -> list[str]:
-    cmd = command(state, FAULTS)
+def the_command(state: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    cmd = command(state, [*FAULTS, *extra])
     cmd[cmd.index("--until") + 1] = "evaluate"
     return cmd
 
 
-def run_until_killed(state: Path, saved: str) -> None:
+def run_until_killed(state: Path, saved: str, extra: tuple[str, ...] = ()) -> None:
     """Start the run; kill its whole process group (the run and its Prefect API server, as a lost machine
     would) as soon as `<state>/checkpoints/<saved>` matches."""
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     log = state.parent / f"killed-{saved.split('/')[0]}-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(the_command(state), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(the_command(state, extra), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     deadline = time.monotonic() + 600
     while not list((state / "checkpoints").glob(saved)):
@@ -68,9 +69,9 @@ def committed(state: Path, stage: str) -> list[str]:
     return keys
 
 
-def stage_metrics(state: Path, stage: str) -> dict[str, float]:
-    """The metrics of the run that computed `stage`'s committed output."""
-    [key] = committed(state, stage)
+def stage_metrics(state: Path, stage: str, old: tuple[str, ...] = ()) -> dict[str, float]:
+    """The metrics of the run that computed `stage`'s committed output (the one whose key is not in `old`)."""
+    [key] = set(committed(state, stage)) - set(old)
     output = ArtifactStore(state / "artifacts").lookup(stage, key)
     return MlflowClient(tracking_uri(state)).get_run(output.run_id).data.metrics
 
@@ -105,10 +106,8 @@ def test_each_long_stage_resumes_after_kill_9_and_leaves_nothing_half_written(tm
     assert rag["rag_index/embedded_chunks"] == rag["rag_index/rows"]  # every chunk once, none twice
     assert not committed(state, "evaluate")
 
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    done = subprocess.run(the_command(state), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "resuming: " in done.stdout + done.stderr and "model parts already done" in done.stdout + done.stderr
+    done = run_to_the_end(state)
+    assert "resuming: " in done and "model parts already done" in done
     evaluate = stage_metrics(state, "evaluate")
     assert 1 <= evaluate["evaluate/resumed_models"] < 3  # candidate, sft, base: at least one measured before
 
@@ -123,3 +122,22 @@ def test_each_long_stage_resumes_after_kill_9_and_leaves_nothing_half_written(tm
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
     found = prefect_states(state)
     assert [s for n, s in found["flow_run"] if n == "pipeline-default"] == ["CRASHED"] * 5 + ["COMPLETED"]
+
+    # DPO as the policy optimisation, on the same state (pairs, SFT and base models cached): killed, then resumed
+    dpo = ("rlhf.method=dpo", "rlhf.dpo.trainer.max_steps=40", "rlhf.dpo.trainer.save_steps=5")
+    rloo = committed(state, "rlhf")
+    run_until_killed(state, f"rlhf/*/dpo/checkpoint-*/{SEAL}", dpo)
+    assert committed(state, "rlhf") == rloo and versions(state)["lifecycle-gpt"] == 2
+    run_to_the_end(state, dpo)
+    assert stage_metrics(state, "rlhf", tuple(rloo))["rlhf/resumed"] == 1
+    assert versions(state) == {"lifecycle-gpt-base": 1, "lifecycle-gpt": 3, "lifecycle-gpt-reward": 1}
+    assert not list((state / "checkpoints").glob("*/*/*")) and not list((state / "artifacts").glob("*/.tmp-*"))
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+
+
+def run_to_the_end(state: Path, extra: tuple[str, ...] = ()) -> str:
+    """The same command, left to finish; its output."""
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    done = subprocess.run(the_command(state, extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
