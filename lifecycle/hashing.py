@@ -33,14 +33,19 @@ def hash_modules(names: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of one file's bytes (64 hex chars), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def hash_file(path: Path) -> str:
     """Content hash of one file (16 hex chars); a missing file is a user error naming the path."""
     from lifecycle.errors import InputError
 
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(path)[:16]

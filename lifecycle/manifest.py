@@ -5,6 +5,7 @@ refused (or recomputed) instead of being loaded. Small JSON files are written at
     files = hash_tree(folder, skip={"_lifecycle.json"})      # {"model.safetensors": {"size": .., "sha256": ..}}
     problems = check_tree(folder, files)                       # [] or ["model.safetensors: 120 bytes, expected 4096"]
     write_json_atomic(folder / "index.json", {...})            # a temporary file, fsynced, then renamed
+    write_bytes_atomic(folder / "part.npy", data)              # the same, for bytes
     seal(checkpoint_dir); unsealed_reason(checkpoint_dir)      # a manifest file of its own, for checkpoints
 """
 
@@ -17,15 +18,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from lifecycle.hashing import file_sha256
+
 SEAL = "_lifecycle_seal.json"  # in a checkpoint folder: written last, so its presence means "complete"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hash_tree(folder: Path, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, dict[str, Any]]:
@@ -64,19 +59,24 @@ def check_tree(folder: Path, files: dict[str, dict[str, Any]]) -> list[str]:
     return problems
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` through a temporary file in the same folder (fsynced, then renamed),
-    so a reader sees the old file or the new one, never half of one."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder (fsynced, then renamed), so a
+    reader sees the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as JSON (indented) to `path` atomically (`write_bytes_atomic`)."""
+    write_bytes_atomic(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
 def seal(folder: Path) -> None:

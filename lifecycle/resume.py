@@ -6,7 +6,7 @@ weights) or deletes, so the registry holds what one clean run would have registe
 
     parts = Parts(dirs.checkpoints, "embed", log)
     done = parts.load_arrays(names)              # logs "resuming: 3 of 8 embed parts already done"
-    parts.save_array(name, vectors)              # a temporary file, then os.replace
+    parts.save_array(name, vectors)              # a temporary file, fsynced, then renamed
     ref = register_once(model_dir, name, tags, models_dir)   # adopts a dangling version with these weights
 """
 
@@ -15,14 +15,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lifecycle.manifest import write_json_atomic
+from lifecycle.manifest import write_bytes_atomic, write_json_atomic
 from lifecycle.registry import ModelRef, delete_version, local_copy, register_model, tag_version, unfinished_versions
 
 log = logging.getLogger("lifecycle.resume")
@@ -54,7 +52,8 @@ class Parts:
     def save_array(self, name: str, array: np.ndarray) -> None:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
-        self._write(self.path(name, "npy"), buffer.getvalue())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.path(name, "npy"), buffer.getvalue())
 
     def load_json(self, expect: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """{name: value} of the JSON parts already saved with the same header as `expect[name]` (what they were
@@ -75,18 +74,6 @@ class Parts:
     def save_json(self, name: str, value: Any, expect: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path(name, "json"), {"expect": expect, "value": value})
-
-    def _write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _report(self, done: int, total: int) -> None:
         if done:

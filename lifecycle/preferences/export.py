@@ -26,8 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 
 from lifecycle.errors import InputError
 from lifecycle.hashing import hash_json
+from lifecycle.manifest import write_bytes_atomic
 from lifecycle.preferences.importers import Message, PreferencePair
 from lifecycle.preferences.stats import CHOICES, majority
 
@@ -130,16 +129,7 @@ def write_snapshot(rows: list[dict[str, Any]], path: Path) -> str:
     """Write rows as JSONL atomically (a temp file beside `path`, then renamed); returns its sha256 hex."""
     data = snapshot_bytes(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data)
     digest = hashlib.sha256(data).hexdigest()
     log.info("preferences: %d rows written to %s (sha256 %s)", len(rows), path, digest[:12])
     return digest

@@ -13,8 +13,6 @@ registered model carries the index version it was paired with (`index_of_model`)
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,6 +21,7 @@ import numpy as np
 
 from lifecycle.config import RagEmbedConfig, SearchConfig
 from lifecycle.errors import LifecycleError
+from lifecycle.manifest import write_json_atomic
 
 if TYPE_CHECKING:  # LanceDB and the embedder (torch, sentence-transformers) load when a table is opened
     import lancedb
@@ -140,9 +139,7 @@ def write_current(state_dir: Path, payload: dict[str, Any]) -> None:
     """Point `<state_dir>/rag/current.json` at an index, atomically (readers never see half a file)."""
     path = rag_dir(state_dir) / "current.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".current-{uuid.uuid4().hex[:8]}.json")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, payload)
 
 
 def read_current(state_dir: Path) -> dict[str, Any]:
