@@ -61,6 +61,8 @@ def test_a_paused_flow_run_resumes_under_the_same_parent_run(tmp_path: Path, con
                     return
                 time.sleep(0.2)
 
+    with get_client(sync_client=True) as client:  # Prefect's ephemeral server started here, once: two threads
+        client.api_healthcheck()                   # starting it at the same time race (server_process None)
     person = threading.Thread(target=resume_when_paused, daemon=True)
     person.start()
     parent_id = waits_for_people(str(state), str(conf_dir), tiny_overrides, suspend=False)
