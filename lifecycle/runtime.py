@@ -75,10 +75,11 @@ class EmbeddedApi:
     """The run's own Prefect API: Prefect's temporary server (the same uvicorn app with the ephemeral-mode
     services, on the SQLite database under PREFECT_HOME), started before prefect is imported so it comes
     up while the pipeline's modules load; Prefect would start it only at the first flow call, after them.
-    It lives as long as this process."""
+    It lives as long as this process. Its own output goes to `PREFECT_HOME/api.log`, not the run's console
+    (uvicorn and Prefect's services print tracebacks of the work they cancel when stopped)."""
 
-    def __init__(self, url: str, process: subprocess.Popen) -> None:
-        self.url, self.process = url, process
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:
+        self.url, self.process, self.log_path = url, process, log_path
 
     def wait(self, timeout_s: float | None = None) -> None:
         """Return once it answers; an error naming its exit status if it stops first."""
@@ -96,11 +97,11 @@ class EmbeddedApi:
             if time.monotonic() > deadline:
                 self.stop()
                 raise LifecycleError(f"the run's Prefect API {self.url} did not answer in {timeout_s:.0f} s "
-                                     "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+                                     f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log: {self.log_path}")
             time.sleep(0.05)
         raise LifecycleError(f"the run's Prefect API {self.url} stopped with status {self.process.returncode} before "
                              "it answered (3: its port was taken meanwhile; run again, or set PREFECT_API_URL to "
-                             "a running Prefect server)")
+                             f"a running Prefect server); its log: {self.log_path}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -119,12 +120,19 @@ def start_embedded_api() -> EmbeddedApi | None:
         return None
     port = _free_port()
     app_dir = Path(importlib.util.find_spec("prefect").origin).parents[1]  # as Prefect runs it (spec: not imported)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
-         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
-         "--lifespan", "on"],
-        env=os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
-    api = EmbeddedApi(f"http://127.0.0.1:{port}/api", process)
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "api.log", "a", encoding="utf-8") as log:  # the child keeps its own descriptor
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: pid {os.getpid()} starts the run's Prefect API on "
+                  f"port {port}\n")
+        log.flush()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+             "error", "--lifespan", "on"], stdout=log, stderr=subprocess.STDOUT,
+            env=os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                              "PREFECT__SERVER_FINAL": "1"})
+    api = EmbeddedApi(f"http://127.0.0.1:{port}/api", process, home / "api.log")
     atexit.register(api.stop)
     os.environ["PREFECT_API_URL"] = os.environ[EMBEDDED_API] = api.url
     os.environ.setdefault("PREFECT_UI_URL", "")  # no "View at" links: the server has no UI, and goes with the run

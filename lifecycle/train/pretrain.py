@@ -21,10 +21,11 @@ import random
 import resource
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -250,13 +251,29 @@ def main(argv: list[str] | None = None) -> int:
         hooks = dict(zip(("on_metrics", "on_text"), mlflow_hooks(args.mlflow_run_id)))
     try:
         metrics = train(cfg, int(spec["seed"]), Path(args.data), Path(args.out), Path(args.checkpoints), **hooks)
-    except LifecycleError as err:
+    except Exception as err:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one rank of several: report, then leave at once
+            leave_the_group(err)
+        if not isinstance(err, LifecycleError):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     if rank == 0:
         print(json.dumps({k: metrics[k] for k in ("final_loss", "val_loss", "val_bpb", "unigram_bpb",
                                                   "resumed_from_step", "tokens_per_s")}))
     return 0
+
+
+def leave_the_group(err: Exception) -> NoReturn:
+    """End a failed rank without freeing its process group: the error's traceback holds the model, whose DDP
+    reducer holds the gloo group, and freeing that while the group's worker thread still releases the last
+    collective deadlocks in torch (the worker waits for the GIL, the main thread holds it joining the worker).
+    The peers see this process gone and fail too; torchrun reports the exit status."""
+    message = f"error: {err}" if isinstance(err, LifecycleError) else "".join(traceback.format_exception(err))
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2 if isinstance(err, LifecycleError) else 1)
 
 
 if __name__ == "__main__":

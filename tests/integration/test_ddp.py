@@ -72,9 +72,20 @@ def run_two_nodes(data: Path, tmp: Path, shared_checkpoints: bool) -> list[tuple
         cmd = torchrun_command("lifecycle.train.pretrain", ["--data", str(data), "--config", str(spec), "--out",
                                                             str(tmp / f"out{rank}"), "--checkpoints", str(ckpt)],
                                cfg.distributed, "test-two-nodes")
-        nodes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    return [(node.returncode, out) for node, out in zip(nodes, outputs, strict=True)]
+        with open(tmp / f"node{rank}.log", "w") as log:  # files, not pipes: neither node blocks on a full one
+            nodes.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+    try:
+        codes = [node.wait(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:  # a node that hangs: stopped (torchrun stops its workers on SIGTERM), not left running
+            if node.poll() is None:
+                node.terminate()
+                try:
+                    node.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    node.kill()
+                    node.wait()
+    return [(code, (tmp / f"node{rank}.log").read_text()) for rank, code in enumerate(codes)]
 
 
 def test_two_nodes_meet_at_the_rendezvous_and_node_0_runs_rank_0(

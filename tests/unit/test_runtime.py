@@ -70,7 +70,7 @@ def probe() -> int:
     return 1
 
 print(json.dumps({"url": api.url, "prefect": get_current_settings().api.url, "pid": api.process.pid,
-                  "result": probe()}))
+                  "result": probe(), "server_stderr": os.readlink(f"/proc/{api.process.pid}/fd/2")}))
 """
 
 
@@ -83,6 +83,8 @@ def test_the_runs_own_prefect_api_serves_its_flows_and_goes_with_the_process(tmp
     assert found["prefect"] == found["url"] and found["result"] == 1  # Prefect ran the flow on it ...
     assert "Starting temporary server" not in done.stderr  # ... and started no server of its own
     assert (tmp_path / "prefect" / "prefect.db").is_file()  # the database under PREFECT_HOME
+    log = tmp_path / "prefect" / "api.log"  # the server's own output (tracebacks as it stops): a file, not the console
+    assert found["server_stderr"] == str(log) and f"port {found['url'].split(':')[2].split('/')[0]}" in log.read_text()
     with pytest.raises(ProcessLookupError):  # stopped (and reaped) when the process exited
         os.kill(found["pid"], 0)
     with pytest.raises(OSError):
