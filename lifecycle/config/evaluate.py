@@ -8,6 +8,14 @@ from pydantic import Field
 from lifecycle.config.base import Section
 
 
+class Intervals(Section):
+    """The seeded paired bootstrap behind every interval of the evaluation (lifecycle/evaluate/bootstrap.py)."""
+
+    level: float = Field(gt=0, lt=1)  # e.g. 0.95: a 95% percentile interval
+    resamples: int = Field(ge=100)
+    seed: int
+
+
 class EvaluateConfig(Section):
     questions: int = Field(ge=1)  # held-out python-docs questions (not among the preference prompts), answered
     max_new_tokens: int = Field(ge=1)  # per answer (fewer when the model's context leaves less room)
@@ -18,6 +26,7 @@ class EvaluateConfig(Section):
     device: str  # auto | cpu | cuda
     prices: dict[str, float]  # per device-hour, by device ("cpu", "cuda", or "cuda:<GPU name>")
     currency: str = Field(min_length=1)
+    intervals: Intervals
 
 
 class AgainstChampion(Section):
