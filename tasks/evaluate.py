@@ -36,6 +36,7 @@ def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOu
 
     def work(dirs: StageDirs) -> StageResult:
         from lifecycle.data.ingest import read_documents
+        from lifecycle.evaluate.compare import split_retrieval_metrics
         from lifecycle.evaluate.metrics import evaluate_models, held_out_questions, load_model, validation_texts
         from lifecycle.evaluate.promotion import champion_before
         from lifecycle.evaluate.report import build_report, report_markdown_for_prefect
@@ -61,9 +62,13 @@ def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOu
                                  retriever, local_copy(reward, ctx.models_dir) if reward else None, device,
                                  dirs.checkpoints)
         resumed = result.pop("resumed_models")  # measured by a killed run (not part of the evaluation itself)
-        result["metrics"]["candidate"] |= retrieval_metrics(cfg, rag.metrics)
-        if champion is not None and "champion" in result["metrics"]:
-            result["metrics"]["champion"] |= retrieval_metrics(cfg, champion_index_metrics(ctx, champion))
+        indexes = {"candidate": rag.metrics} | ({"champion": champion_index_metrics(ctx, champion)}
+                                                 if champion is not None and "champion" in result["metrics"] else {})
+        for role, index_metrics in indexes.items():
+            found, intervals = split_retrieval_metrics(index_metrics, cfg.serve.search.mode,
+                                                       cfg.evaluate.intervals.level)
+            result["metrics"][role] |= found
+            result["intervals"][role] |= intervals
         evaluation = {"models": {role: str(ref) if ref else None for role, ref in refs.items()}} | result
         (dirs.out / EVALUATION).write_text(json.dumps(evaluation, indent=2))
         mlflow.log_table(pd.DataFrame(evaluation["samples"]), "evaluate/samples.json")
@@ -75,19 +80,14 @@ def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOu
         tag_version(candidate, {f"lifecycle.eval.{k}": f"{cand[k]:.4f}" for k in TAGGED if k in cand} |
                     {"lifecycle.eval.run_id": mlflow.active_run().info.run_id, "lifecycle.eval.against": str(champion)})
         metrics = {f"{role}/{k}": v for role, found in evaluation["metrics"].items() for k, v in found.items()}
+        metrics |= {f"{name}/{k}{end}": iv[field] for name, found in evaluation["comparisons"].items()
+                    for k, iv in found.items() for end, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))}
         return StageResult(metrics | {"questions": len(questions), "cost": card.total_cost, "resumed_models": resumed},
                            tags={"lifecycle.candidate": str(candidate), "lifecycle.champion": str(champion)}
                            | device_tags(cfg.evaluate.device))
 
     return run_stage("evaluate", ctx, {"ingest": docs, "pretrain": base, "sft": sft, "rlhf": rlhf, "rag_index": rag},
                      work)
-
-
-def retrieval_metrics(cfg: Any, metrics: dict[str, float]) -> dict[str, float]:
-    """recall@k and MRR of the serving search mode, from a rag_index output's metrics."""
-    mode = cfg.serve.search.mode
-    return {k.removeprefix(f"{mode}_"): v for k, v in metrics.items()
-            if k.startswith(f"{mode}_recall_at_") or k == f"{mode}_mrr"}
 
 
 def champion_index_metrics(ctx: RunContext, champion: ModelRef) -> dict[str, float]:

@@ -5,10 +5,13 @@
   chunks retrieved from the run's index and without (the same metric: the gain from retrieval is a number);
 - the reward model's win rate of the candidate's answers against the champion's and the SFT model's;
 - generation latency (p50 of single requests) and tokens/s;
-- a table of answers side by side.
+- a table of answers side by side;
+- what the intervals need (compare.py, which also documents evaluation.json): ROUGE-L per question, bits per
+  validation text, reward margins per question; and the intervals and comparisons themselves.
 
-Each model's measurements are saved in the stage's checkpoint folder as it finishes: a run killed half way
-resumes with the models it has not measured yet.
+Each model's measurements (per question and per text too) are saved in the stage's checkpoint folder as it
+finishes: a run killed half way resumes with the models it has not measured yet, and its intervals are the
+ones a clean run gives.
 
     questions = held_out_questions(cfg, documents, tokenizer)
     result = evaluate_models(cfg, {"candidate": dir, "champion": dir2, "sft": dir3, "base": dir4}, questions,
@@ -32,7 +35,8 @@ from lifecycle.align.sft import generate_answers
 from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
 from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
-from lifecycle.evaluate.text import mean_rouge_l
+from lifecycle.evaluate.compare import interval_sections
+from lifecycle.evaluate.text import rouge_l
 from lifecycle.hashing import hash_json
 from lifecycle.model import context_window, evaluating, load_causal_lm
 from lifecycle.rag.answer import fit_prompt
@@ -45,6 +49,7 @@ log = logging.getLogger("lifecycle.evaluate")
 ROLES = ("candidate", "champion", "sft", "base")
 TURN_END = 4  # tokens closing an assistant turn in the chat template
 Messages = list[dict[str, str]]
+PART_FORMAT = 2  # a saved part holds per-question ROUGE-L and per-text bits (format 1, without them, is re-measured)
 
 
 @dataclass
@@ -73,29 +78,44 @@ def held_out_questions(cfg: Config, documents: list[dict[str, Any]], tokenizer: 
 
 
 def text_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-              batch_size: int) -> dict[str, float]:
-    """{"val_bpb", "perplexity"}: the texts (EOS-separated) in blocks of the model's context, every token after
-    a block's first predicted; bits per byte uses the UTF-8 bytes of the texts, so tokenizers compare."""
+              batch_size: int) -> tuple[dict[str, float], list[float]]:
+    """({"val_bpb", "perplexity"}, bits of each text): the texts (EOS-separated) in blocks of the model's
+    context, every token after a block's first predicted; bits per byte uses the UTF-8 bytes of the texts
+    (`text_bytes`), so tokenizers compare. A token no block predicts counts at the mean loss: the texts' bits
+    sum to the total behind val_bpb, and bits per byte is sum(bits) / sum(bytes) resampled over texts."""
     window = context_window(model, tokenizer)
     ids: list[int] = []
-    for text in texts:
-        ids += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
-    blocks = [ids[i:i + window] for i in range(0, len(ids), window)]
-    blocks = [b for b in blocks if len(b) > 1]
-    nats, predicted = 0.0, 0
+    owner: list[int] = []  # the text each token belongs to
+    for i, text in enumerate(texts):
+        row = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids += row
+        owner += [i] * len(row)
+    starts = [s for s in range(0, len(ids), window) if len(ids) - s > 1]  # a last block of one token predicts none
+    owners = torch.tensor(owner)
+    nats = torch.zeros(len(texts), dtype=torch.float64)
+    predicted = torch.zeros(len(texts), dtype=torch.float64)
     with evaluating(model), torch.inference_mode():
-        for start in range(0, len(blocks), batch_size):
-            for length in sorted({len(b) for b in blocks[start:start + batch_size]}):  # the last block is short
-                x = torch.tensor([b for b in blocks[start:start + batch_size] if len(b) == length],
-                                 device=model.device)
+        for first in range(0, len(starts), batch_size):
+            batch = starts[first:first + batch_size]
+            for length in sorted({min(window, len(ids) - s) for s in batch}):  # the last block is short
+                picked = [s for s in batch if min(window, len(ids) - s) == length]
+                x = torch.tensor([ids[s:s + length] for s in picked], device=model.device)  # (b, length)
                 logits = model(input_ids=x).logits[:, :-1].float()
-                nats += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                                x[:, 1:].reshape(-1), reduction="sum"))
-                predicted += x[:, 1:].numel()
-    n_bytes = sum(len(t.encode("utf-8")) + 1 for t in texts)
-    per_token = nats / max(predicted, 1)
-    return {"val_bpb": per_token * len(ids) / n_bytes / math.log(2),
-            "perplexity": math.exp(per_token) if per_token < 700 else math.inf}  # a broken model overflows exp
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                                         reduction="none")  # (b * (length - 1),)
+                who = torch.cat([owners[s + 1:s + length] for s in picked])
+                nats.index_add_(0, who, loss.double().cpu())
+                predicted.index_add_(0, who, torch.ones_like(who, dtype=torch.float64))
+    per_token = float(nats.sum() / max(float(predicted.sum()), 1.0))
+    bits = (nats + (torch.bincount(owners, minlength=len(texts)) - predicted) * per_token) / math.log(2)
+    return ({"val_bpb": float(bits.sum()) / sum(text_bytes(texts)),
+             "perplexity": math.exp(per_token) if per_token < 700 else math.inf},  # a broken model overflows exp
+            bits.tolist())
+
+
+def text_bytes(texts: list[str]) -> list[int]:
+    """UTF-8 bytes of each text and its separator: the denominator of bits per byte."""
+    return [len(t.encode("utf-8")) + 1 for t in texts]
 
 
 def rag_prompts(tokenizer: PreTrainedTokenizerBase, window: int, questions: list[Pair], hits: list[list[Hit]],
@@ -142,20 +162,26 @@ def time_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return {"latency_p50_ms": 1000 * statistics.median(times), "tokens_per_s": tokens / sum(times)}
 
 
-def win_rate(reward_dir: Path, prompts: list[Messages], ours: list[str], theirs: list[str]) -> float | None:
-    """Share of prompts where the reward model scores our answer above theirs (ties count half); None when
-    no pair fits the reward model's context."""
+def reward_margins(reward_dir: Path, prompts: list[Messages], ours: list[str],
+                   theirs: list[str]) -> list[float | None]:
+    """Per prompt the reward model's score of our answer minus its score of theirs; None where the pair does not
+    fit the reward model's context."""
     from lifecycle.align.reward import fit_rows, load_reward_model, score_pairs
 
     model, tokenizer = load_reward_model(reward_dir)
     rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": a}],
              "rejected": [{"role": "assistant", "content": b}]} for p, a, b in zip(prompts, ours, theirs, strict=True)]
-    rows, _ = fit_rows(rows, tokenizer, context_window(model, tokenizer))
-    if not rows:
+    kept, _ = fit_rows(rows, tokenizer, context_window(model, tokenizer))
+    scored = dict(zip(map(id, kept), score_pairs(model, tokenizer, kept, batch_size=16), strict=True))
+    if not kept:
         log.warning("evaluate: no answer pair fits the reward model's context: no win rate")
-        return None
-    margins = score_pairs(model, tokenizer, rows, batch_size=16)
-    return sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)
+    return [scored.get(id(row)) for row in rows]
+
+
+def win_share(margins: list[float | None]) -> float | None:
+    """Share of the scored prompts where our answer wins (ties count half); None when none was scored."""
+    found = [m for m in margins if m is not None]
+    return sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in found) / len(found) if found else None
 
 
 def load_model(path: Path, device: torch.device, system_prompt: str | None) -> tuple[PreTrainedModel,
@@ -166,51 +192,74 @@ def load_model(path: Path, device: torch.device, system_prompt: str | None) -> t
     return model.to(device), tokenizer
 
 
+def measure_model(cfg: Config, path: Path, role: str, questions: list[Pair], texts: list[str],
+                  hits: list[list[Hit]], device: torch.device) -> dict[str, Any]:
+    """One model's part: {"metrics", "answers", "rouge_l" (per question, by "rag"/"no_rag"), "bits" (per text)}."""
+    model, tokenizer = load_model(path, device, cfg.sft.data.system_prompt)
+    found, bits = text_loss(model, tokenizer, texts, cfg.evaluate.batch_size)
+    answers = answer_all(model, tokenizer, cfg, questions, hits, role in ("candidate", "champion"), role)
+    references = [p.answer for p in questions]
+    scores = {"rag": list(map(rouge_l, answers.rag, references))}
+    found["rouge_l_rag"] = sum(scores["rag"]) / len(references)
+    if answers.no_rag is not None:
+        scores["no_rag"] = list(map(rouge_l, answers.no_rag, references))
+        found["rouge_l_no_rag"] = sum(scores["no_rag"]) / len(references)
+        found["rag_gain"] = found["rouge_l_rag"] - found["rouge_l_no_rag"]
+        found |= time_generation(model, tokenizer, answers.rag_prompts[:cfg.evaluate.latency_requests],
+                                 cfg.evaluate.max_new_tokens)
+    log.info("evaluate: %s: %s", role, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
+    return {"metrics": found, "answers": asdict(answers), "rouge_l": scores, "bits": bits}
+
+
 def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair], texts: list[str],
                     retriever: Retriever, reward_dir: Path | None, device: torch.device,
                     checkpoints: Path | None = None) -> dict[str, Any]:
-    """{"metrics": {role: {...}}, "samples": [...], "prompts": n, "resumed_models": n} for the roles in `models`
-    (ROLES). With a `checkpoints` folder each model's measurements are saved there as it finishes, and a
-    re-run after a kill reads them back instead of measuring that model again."""
+    """{"metrics": {role: {...}}, "samples": [...], "prompts": n, "per_question", "per_text", "intervals",
+    "comparisons", "resumed_models": n} for the roles in `models` (ROLES); the schema is in
+    lifecycle/evaluate/compare.py. With a `checkpoints` folder each model's measurements (per question and per
+    text too) are saved there as it finishes, and a re-run after a kill reads them back instead of measuring
+    that model again."""
     hits = [retriever.search(p.question, k=cfg.serve.answer.top_k) for p in questions]
-    references = [p.answer for p in questions]
     roles = [r for r in ROLES if r in models]
     expect = {role: {"model": str(models[role]), "questions": hash_json([[p.id, p.question] for p in questions]),
-                     "texts": hash_json(texts), "hits": hash_json([[h.chunk_id for h in found] for found in hits])}
-              for role in roles}
+                     "texts": hash_json(texts), "hits": hash_json([[h.chunk_id for h in found] for found in hits]),
+                     "part": PART_FORMAT} for role in roles}
     parts = Parts(checkpoints, "model", log) if checkpoints is not None else None
     saved = parts.load_json(expect) if parts else {}
-    metrics: dict[str, dict[str, float]] = {role: saved[role]["metrics"] for role in saved}
-    answers: dict[str, Answers] = {role: Answers(**saved[role]["answers"]) for role in saved}
+    measured = dict(saved)
     for role in (r for r in roles if r not in saved):
-        model, tokenizer = load_model(models[role], device, cfg.sft.data.system_prompt)
-        found = text_loss(model, tokenizer, texts, cfg.evaluate.batch_size)
-        answers[role] = answer_all(model, tokenizer, cfg, questions, hits, role in ("candidate", "champion"), role)
-        found["rouge_l_rag"] = mean_rouge_l(answers[role].rag, references)
-        if answers[role].no_rag is not None:
-            found["rouge_l_no_rag"] = mean_rouge_l(answers[role].no_rag, references)
-            found["rag_gain"] = found["rouge_l_rag"] - found["rouge_l_no_rag"]
-            found |= time_generation(model, tokenizer, answers[role].rag_prompts[:cfg.evaluate.latency_requests],
-                                     cfg.evaluate.max_new_tokens)
-        metrics[role] = found
-        log.info("evaluate: %s: %s", role, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
+        measured[role] = measure_model(cfg, models[role], role, questions, texts, hits, device)
         if parts:
-            parts.save_json(role, {"metrics": found, "answers": asdict(answers[role])}, expect[role])
-        del model
+            parts.save_json(role, measured[role], expect[role])
+    answers = {role: Answers(**measured[role]["answers"]) for role in roles}
+    metrics = {role: measured[role]["metrics"] for role in roles}
+    margins = {}
     if reward_dir is not None:
-        prompts = answers["candidate"].rag_prompts
         for other in (r for r in ("champion", "sft") if r in answers):
-            rate = win_rate(reward_dir, prompts, answers["candidate"].rag, answers[other].rag)
-            if rate is not None:
+            margins[other] = reward_margins(reward_dir, answers["candidate"].rag_prompts, answers["candidate"].rag,
+                                            answers[other].rag)
+            if (rate := win_share(margins[other])) is not None:
                 metrics["candidate"][f"win_rate_vs_{other}"] = rate
+    evaluation = {"metrics": metrics, "samples": sample_rows(questions[:cfg.evaluate.samples], answers),
+                  "prompts": len(questions),
+                  "per_question": {"ids": [p.id for p in questions],
+                                   **{f"rouge_l_{kind}": {r: measured[r]["rouge_l"][kind] for r in roles
+                                                          if kind in measured[r]["rouge_l"]}
+                                      for kind in ("rag", "no_rag")},
+                                   "reward_margin": margins},
+                  "per_text": {"bytes": text_bytes(texts), "bits": {r: measured[r]["bits"] for r in roles}}}
+    return evaluation | interval_sections(evaluation, cfg.evaluate.intervals) | {"resumed_models": len(saved)}
+
+
+def sample_rows(questions: list[Pair], answers: dict[str, Answers]) -> list[dict[str, str]]:
+    """The first questions with every model's answer (with retrieval) and the candidate's without."""
     samples = []
-    for i, pair in enumerate(questions[:cfg.evaluate.samples]):
+    for i, pair in enumerate(questions):
         row = {"question": pair.question, "reference": pair.answer} | {role: a.rag[i] for role, a in answers.items()}
         if answers["candidate"].no_rag is not None:
             row["candidate_no_rag"] = answers["candidate"].no_rag[i]
         samples.append(row)
-    return {"metrics": {role: metrics[role] for role in roles}, "samples": samples, "prompts": len(questions),
-            "resumed_models": len(saved)}
+    return samples
 
 
 def validation_texts(documents: list[dict[str, Any]], max_bytes: int) -> list[str]:

@@ -1,6 +1,6 @@
 """evaluate resumes by model: each model's measurements are saved atomically as it finishes; a run killed
 after some models reads them back, measures only the rest, and ends with the evaluation a clean run gives
-(timings aside). A saved part computed from other inputs is not trusted."""
+(timings aside), intervals included. A saved part computed from other inputs is not trusted."""
 
 from __future__ import annotations
 
@@ -64,6 +64,10 @@ def test_a_killed_evaluation_resumes_by_model_and_ends_as_a_clean_one(
         caplog: pytest.LogCaptureFixture) -> None:
     clean = run(models, retriever, None)
     assert clean["resumed_models"] == 0 and list(clean["metrics"]) == ["candidate", "sft", "base"]
+    assert set(clean["comparisons"]) == {"candidate_vs_sft", "candidate_vs_base", "candidate_rag_vs_no_rag"}
+    for role, found in clean["metrics"].items():  # the intervals' estimates are the metrics
+        assert clean["intervals"][role]["val_bpb"]["estimate"] == pytest.approx(found["val_bpb"])
+        assert clean["intervals"][role]["rouge_l_rag"]["n"] == len(questions())
 
     checkpoints = tmp_path / "ckpt"
     real_text_loss, measured = evaluate_metrics.text_loss, []
