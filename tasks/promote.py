@@ -65,11 +65,14 @@ def decision_markdown(decision: Decision, champion: str) -> str:
     lines = [f"# Promotion decision: {decision.candidate}", "",
              f"**{'PROMOTED' if decision.passed else 'REFUSED'}** ({decision.mode}; compared with "
              f"{decision.champion or 'no champion'}). @champion is now {champion}.", "",
-             "| rule | metric | value | threshold | verdict |", "|---|---|---:|---:|---|"]
+             "| rule | metric | compared | value | threshold | verdict | interval |", "|---|---|---|---:|---:|---|---|"]
     for r in decision.rules:
         value = "n/a" if r.value is None else f"{r.value:.4f}"
         verdict = {True: "pass", False: "**FAIL**", None: "skipped"}[r.passed]
-        lines.append(f"| {r.rule} | {r.metric} | {value} | {r.op} {r.threshold:.4f} | {verdict} |")
+        iv = r.interval
+        shown = "—" if iv is None else f"{iv['estimate']:.4f} [{iv['low']:.4f}, {iv['high']:.4f}], n {iv['n']}"
+        lines.append(f"| {r.rule} | {r.metric} | {r.bound} | {value} | {r.op} {r.threshold:.4f} | {verdict} | "
+                     f"{shown} |")
     return "\n".join(lines + ["", *(f"- {r.rule}: {r.detail}" for r in decision.rules)])
 
 

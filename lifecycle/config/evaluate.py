@@ -3,6 +3,8 @@ and conf/promote.yaml (the promotion gate's rules)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from lifecycle.config.base import Section
@@ -32,9 +34,17 @@ class EvaluateConfig(Section):
 class AgainstChampion(Section):
     """Rules that compare the candidate with the champion (skipped when there is none)."""
 
-    max_bpb_regression: float = Field(ge=0)  # candidate val_bpb <= champion's + this
+    max_bpb_regression: float = Field(ge=0)  # candidate val_bpb - champion's <= this
     min_win_rate: float = Field(ge=0, le=1)  # reward-model win rate against the champion (ties count half)
-    max_rouge_l_drop: float = Field(ge=0)  # candidate ROUGE-L with retrieval >= champion's - this
+    min_gold_win_rate: float = Field(ge=0, le=1)  # questions where the candidate's ROUGE-L is higher (ties half)
+    max_rouge_l_drop: float = Field(ge=0)  # candidate ROUGE-L with retrieval - champion's >= -this
+
+
+class AgainstSft(Section):
+    """Rules that compare the candidate with the SFT model it was aligned from (skipped when not measured)."""
+
+    min_gold_win_rate: float = Field(ge=0, le=1)  # questions where the candidate's ROUGE-L is higher (ties half)
+    max_rouge_l_drop: float = Field(ge=0)  # candidate ROUGE-L with retrieval - the SFT model's >= -this
 
 
 class Minimums(Section):
@@ -49,6 +59,29 @@ class Minimums(Section):
     no_rlhf_alarm: bool  # refuse a policy whose RLHF run raised a health (reward-hacking) alarm
 
 
+AtLeast = Literal["estimate", "lower"]  # a ">=" rule: the estimate, or its interval's lower bound
+AtMost = Literal["estimate", "upper"]  # a "<=" rule: the estimate, or its interval's upper bound
+
+
+class Bounds(Section):
+    """Per gate rule, the value of its interval compared with the threshold: the estimate, or the bound a model
+    that is no better would still show (lower for an at-least rule, upper for an at-most rule)."""
+
+    max_bpb: AtMost
+    min_rouge_l: AtLeast
+    min_rag_gain: AtLeast
+    min_gain_over_base: AtLeast
+    min_recall: AtLeast
+    bpb_regression: AtMost
+    win_rate: AtLeast
+    gold_win_rate: AtLeast
+    rouge_l_drop: AtLeast
+    sft_gold_win_rate: AtLeast
+    sft_rouge_l_drop: AtLeast
+
+
 class PromoteConfig(Section):
     against_champion: AgainstChampion
+    against_sft: AgainstSft
     minimums: Minimums
+    bounds: Bounds

@@ -1,7 +1,13 @@
 """The promotion gate: configurable rules over the evaluation (conf/promote.yaml). With a champion, the
-candidate is compared with it on the same held-out data; the absolute minimums apply always (and alone
-when there is no champion yet). A rule whose metric could not be measured (no reward model for a win
-rate, e.g. after DPO) is recorded as skipped, not passed silently.
+candidate is compared with it on the same held-out data; the rules against the SFT model and the absolute
+minimums apply always (the minimums alone, with the SFT rules, when there is no champion yet). A rule whose
+metric could not be measured (no reward model for a win rate, e.g. after DPO) is recorded as skipped, not
+passed silently.
+
+Each rule compares one value with its threshold: the estimate, or a bound of the metric's 95% interval
+(evaluation.json `intervals` and `comparisons`, lifecycle/evaluate/compare.py), as `bounds` in
+conf/promote.yaml says: `lower` for an at-least rule, `upper` for an at-most rule. A rule on a bound whose
+interval was not recorded fails (the evaluation cannot show what the rule asks for).
 
     decision = decide(cfg.promote, evaluation, alarm="none")
     decision.passed, [r.line() for r in decision.rules], decision.to_dict()   # decision.json
@@ -13,31 +19,54 @@ import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lifecycle.config import PromoteConfig
+from lifecycle.config.evaluate import PromoteConfig
 
 _OPS = {"<=": operator.le, ">=": operator.ge}
+_BOUND_KEY = {"lower": "low", "upper": "high"}
 
 
 @dataclass(frozen=True)
 class Rule:
     rule: str
     metric: str
-    value: float | None  # None: not measured (the rule is skipped)
+    estimate: float | None  # None: not measured (the rule is skipped)
     threshold: float
     op: str  # "<=" or ">="
     detail: str
+    bound: str  # which value is compared: "estimate", "lower" or "upper" (conf/promote.yaml bounds)
+    interval: dict[str, Any] | None  # {"estimate", "low", "high", "n", "level"} when the evaluation has one
+
+    @property
+    def value(self) -> float | None:
+        """The value compared with the threshold; None when not measured or when its bound was not recorded."""
+        if self.bound == "estimate" or self.estimate is None:
+            return self.estimate
+        return None if self.interval is None else float(self.interval[_BOUND_KEY[self.bound]])
 
     @property
     def passed(self) -> bool | None:
-        return None if self.value is None else _OPS[self.op](self.value, self.threshold)
+        if self.estimate is None:
+            return None
+        return False if self.value is None else _OPS[self.op](self.value, self.threshold)
 
     def line(self) -> str:
         verdict = {True: "pass", False: "FAIL", None: "skipped"}[self.passed]
-        value = "n/a" if self.value is None else f"{self.value:.4f}"
-        return f"{verdict}: {self.rule}: {self.metric} {value} {self.op} {self.threshold:.4f} ({self.detail})"
+        shown = "n/a" if self.value is None else f"{self.value:.4f}"
+        what = self.metric if self.bound == "estimate" else f"{self.metric} {self.bound} bound"
+        return f"{verdict}: {self.rule}: {what} {shown} {self.op} {self.threshold:.4f} ({self.evidence()}{self.detail})"
+
+    def evidence(self) -> str:
+        """"estimate 0.5500, 95% [0.3500, 0.7500], n 48; " (or why the bound is missing); "" when not measured."""
+        if self.estimate is None:
+            return ""
+        if self.interval is None:
+            return "" if self.bound == "estimate" else f"estimate {self.estimate:.4f}, no interval recorded; "
+        iv = self.interval
+        return (f"estimate {self.estimate:.4f}, {100 * iv['level']:g}% [{iv['low']:.4f}, {iv['high']:.4f}], "
+                f"n {iv['n']}; ")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"passed": self.passed}
+        return asdict(self) | {"value": self.value, "passed": self.passed}
 
 
 @dataclass(frozen=True)
@@ -77,36 +106,49 @@ class Decision:
 def decide(cfg: PromoteConfig, evaluation: dict[str, Any], alarm: str) -> Decision:
     """Apply the rules to an evaluation (evaluation.json); `alarm` is the candidate's RLHF health alarm tag
     ("none" when healthy)."""
+    floor, rel, sft, bounds = cfg.minimums, cfg.against_champion, cfg.against_sft, cfg.bounds
     metrics = evaluation["metrics"]
-    cand, champ = metrics["candidate"], metrics.get("champion")
-    floor, rel = cfg.minimums, cfg.against_champion
-    recall = cand.get(f"recall_at_{floor.recall_k}")
-    base = metrics.get("base", {}).get("rouge_l_rag")
-    over_base = cand["rouge_l_rag"] - base if base is not None and "rouge_l_rag" in cand else None
+    champ = metrics.get("champion")
+
+    def single(rule: str, metric: str, threshold: float, op: str, detail: str) -> Rule:
+        iv = ((evaluation.get("intervals") or {}).get("candidate") or {}).get(metric)
+        return Rule(rule, metric, metrics["candidate"].get(metric), threshold, op, detail, getattr(bounds, rule), iv)
+
+    def versus(rule: str, other: str, metric: str, threshold: float, op: str, detail: str) -> Rule:
+        iv = ((evaluation.get("comparisons") or {}).get(f"candidate_vs_{other}") or {}).get(metric)
+        missing = ("no reward model in the candidate's lineage" if metric == "reward_win_rate" and other in metrics
+                   else f"no {other} model")
+        return Rule(rule, f"{metric}_vs_{other}", iv["estimate"] if iv else None, threshold, op,
+                    detail if iv else f"{detail}: not measured ({missing})", getattr(bounds, rule), iv)
+
     rules = [
-        Rule("max_bpb", "val_bpb", cand.get("val_bpb"), floor.max_bpb, "<=", "bits per byte on validation text"),
-        Rule("min_rouge_l", "rouge_l_rag", cand.get("rouge_l_rag"), floor.min_rouge_l, ">=",
-             "ROUGE-L with retrieval against held-out references"),
-        Rule("min_rag_gain", "rag_gain", cand.get("rag_gain"), floor.min_rag_gain, ">=",
-             "ROUGE-L with retrieval minus without"),
-        Rule("min_gain_over_base", "rouge_l_gain_over_base", over_base, floor.min_gain_over_base, ">=",
-             "ROUGE-L with retrieval minus the base model's" + (f" ({base:.4f})" if base is not None
-                                                                else ": not measured")),
-        Rule("min_recall", f"recall_at_{floor.recall_k}", recall, floor.min_recall, ">=",
-             "retrieval recall of the paired index"),
+        single("max_bpb", "val_bpb", floor.max_bpb, "<=", "bits per byte on validation text"),
+        single("min_rouge_l", "rouge_l_rag", floor.min_rouge_l, ">=",
+               "ROUGE-L with retrieval against held-out references"),
+        single("min_rag_gain", "rag_gain", floor.min_rag_gain, ">=", "ROUGE-L with retrieval minus without"),
+        versus("min_gain_over_base", "base", "rouge_l_rag_delta", floor.min_gain_over_base, ">=",
+               "ROUGE-L with retrieval minus the base model's"),
+        single("min_recall", f"recall_at_{floor.recall_k}", floor.min_recall, ">=",
+               "retrieval recall of the paired index"),
+        versus("sft_gold_win_rate", "sft", "gold_win_rate", sft.min_gold_win_rate, ">=",
+               "questions where the answer is closer to the reference than the SFT model's (ties half)"),
+        versus("sft_rouge_l_drop", "sft", "rouge_l_rag_delta", -sft.max_rouge_l_drop, ">=",
+               f"ROUGE-L with retrieval minus the SFT model's, at least -{sft.max_rouge_l_drop}"),
     ]
     if floor.no_rlhf_alarm:
         rules.append(Rule("no_rlhf_alarm", "rlhf_alarm", 0.0 if alarm in ("", "none") else 1.0, 0.0, "<=",
-                          "RLHF health alarm: " + (alarm or "none")))
+                          "RLHF health alarm: " + (alarm or "none"), "estimate", None))
     if champ is not None:
         rules += [
-            Rule("bpb_regression", "val_bpb", cand.get("val_bpb"), champ["val_bpb"] + rel.max_bpb_regression, "<=",
-                 f"champion {champ['val_bpb']:.4f} + {rel.max_bpb_regression}"),
-            Rule("win_rate", "win_rate_vs_champion", cand.get("win_rate_vs_champion"), rel.min_win_rate, ">=",
-                 "reward-model win rate against the champion" if "win_rate_vs_champion" in cand
-                 else "no reward model in the candidate's lineage"),
-            Rule("rouge_l_drop", "rouge_l_rag", cand.get("rouge_l_rag"), champ["rouge_l_rag"] - rel.max_rouge_l_drop,
-                 ">=", f"champion {champ['rouge_l_rag']:.4f} - {rel.max_rouge_l_drop}"),
+            versus("bpb_regression", "champion", "val_bpb_delta", rel.max_bpb_regression, "<=",
+                   f"bits per byte minus the champion's ({champ['val_bpb']:.4f})"),
+            versus("win_rate", "champion", "reward_win_rate", rel.min_win_rate, ">=",
+                   "reward-model win rate against the champion (ties half)"),
+            versus("gold_win_rate", "champion", "gold_win_rate", rel.min_gold_win_rate, ">=",
+                   "questions where the answer is closer to the reference than the champion's (ties half)"),
+            versus("rouge_l_drop", "champion", "rouge_l_rag_delta", -rel.max_rouge_l_drop, ">=",
+                   f"ROUGE-L with retrieval minus the champion's ({champ['rouge_l_rag']:.4f}), "
+                   f"at least -{rel.max_rouge_l_drop}"),
         ]
     models = evaluation["models"]
     return Decision(candidate=models["candidate"], champion=models.get("champion"),

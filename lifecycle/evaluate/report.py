@@ -1,8 +1,9 @@
 """The report card: what a person reads to decide whether a candidate model replaces the champion.
 
 `report.md` with PNG plots beside it (`plots/*.png`, relative links, so it renders in MLflow's artifact viewer):
-metrics against the champion (and the SFT and base models), loss curves of pretraining, SFT and RLHF, reward
-and KL curves, answers side by side, each stage's wall time and compute cost, and the gate's decision.
+metrics against the champion (and the SFT and base models), every comparison with its 95% interval and n
+(report_intervals.py), loss curves of pretraining, SFT and RLHF, reward and KL curves, answers side by side,
+each stage's wall time and compute cost, and the gate's decision (with the bound and interval of each rule).
 
     card = build_report(parent_run_id, evaluation, Path("state/report"), prices={"cpu": 0.05, "cuda": 3.5},
                         currency="USD", decision=decision)
@@ -32,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lifecycle.evaluate.plots import draw_figures, format_number, metrics_lines, table_lines
+from lifecycle.evaluate.report_intervals import interval_lines, span
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,9 @@ def build_report(parent_run_id: str, evaluation: dict[str, Any], out_dir: Path, 
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
     try:
         figures, plots = draw_figures(client, {r.stage: r.source for r in runs}, evaluation, staging / "plots")
-        lines = (header_lines(parent, evaluation, decision) + metrics_lines(evaluation) + figures
+        compared, forest = interval_lines(evaluation, staging / "plots")
+        plots += forest
+        lines = (header_lines(parent, evaluation, decision) + metrics_lines(evaluation) + compared + figures
                  + sample_lines(evaluation.get("samples") or []) + cost_lines(costs, totals, tokens, prices, currency)
                  + decision_lines(decision))
         markdown = "\n".join(lines).rstrip() + "\n"
@@ -277,13 +281,15 @@ def decision_lines(decision: dict[str, Any] | None) -> list[str]:
     verdict = "passed: promote" if decision.get("passed") else "refused: keep the champion"
     rows = [[r.get("rule", "?"), f"`{r.get('metric', '?')}`", format_number(r.get("value")),
              f"{r.get('op', '')} {format_number(r.get('threshold'))}",
-             {True: "pass", False: "**FAIL**"}.get(r.get("passed"), "skipped"), escape_cell(r.get("detail", ""))]
+             {True: "pass", False: "**FAIL**"}.get(r.get("passed"), "skipped"), r.get("bound", "estimate"),
+             f"{span(r['interval'])}, n {r['interval']['n']}" if r.get("interval") else "—",
+             escape_cell(r.get("detail", ""))]
             for r in decision.get("rules") or []]
     lines = [f"## Decision: {verdict}", "", f"Mode `{decision.get('mode', '?')}`, candidate "
              f"`{decision.get('candidate', '?')}`, champion `{decision.get('champion') or 'none'}`.", "",
              escape_cell(decision.get("reason", ""), 2000), ""]
-    return lines + (table_lines(["rule", "metric", "value", "threshold", "result", "detail"], rows) if rows
-                    else ["- No rules were applied."]) + [""]
+    head = ["rule", "metric", "value", "threshold", "result", "compared", "interval", "detail"]
+    return lines + (table_lines(head, rows) if rows else ["- No rules were applied."]) + [""]
 
 
 def escape_cell(value: Any, limit: int = CELL_CHARS) -> str:

@@ -34,15 +34,31 @@ def registry(tmp_path: Path) -> tuple[Path, list[ModelRef]]:
     return tmp_path, refs
 
 
+def iv(estimate: float, low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    """An interval as evaluation.json holds it; without bounds, a point (every prompt agreed)."""
+    return {"estimate": estimate, "low": estimate if low is None else low, "high": estimate if high is None else high,
+            "n": 48, "level": 0.95}
+
+
 def evaluation(candidate: ModelRef, champion: ModelRef | None, **changes: float) -> dict[str, Any]:
     good = {"val_bpb": 2.0, "rouge_l_rag": 0.20, "rouge_l_no_rag": 0.12, "rag_gain": 0.08, "recall_at_5": 0.9,
             "mrr": 0.7}
-    metrics = {"candidate": good | changes | ({"win_rate_vs_champion": changes.get("win", 0.6)} if champion else {})}
-    metrics["base"] = {"val_bpb": 1.9, "rouge_l_rag": 0.11}
+    cand = good | {k: v for k, v in changes.items() if k in good}
+    metrics = {"candidate": cand, "sft": {"val_bpb": 2.0, "rouge_l_rag": 0.19}, "base": {"val_bpb": 1.9,
+                                                                                        "rouge_l_rag": 0.11}}
+    comparisons = {"candidate_vs_base": {"rouge_l_rag_delta": iv(cand["rouge_l_rag"] - 0.11)},
+                   "candidate_vs_sft": {"rouge_l_rag_delta": iv(cand["rouge_l_rag"] - 0.19),
+                                        "gold_win_rate": iv(changes.get("sft_gold", 0.55))}}
     if champion:
         metrics["champion"] = dict(good)
+        comparisons["candidate_vs_champion"] = {
+            "val_bpb_delta": iv(cand["val_bpb"] - good["val_bpb"]),
+            "rouge_l_rag_delta": iv(cand["rouge_l_rag"] - good["rouge_l_rag"]),
+            "reward_win_rate": iv(changes.get("win", 0.6)), "gold_win_rate": iv(changes.get("gold", 0.6))}
+        cand["win_rate_vs_champion"] = changes.get("win", 0.6)
     return {"models": {"candidate": str(candidate), "champion": str(champion) if champion else None},
-            "metrics": metrics, "samples": [], "prompts": 8}
+            "metrics": metrics, "samples": [], "prompts": 48, "comparisons": comparisons,
+            "intervals": {"candidate": {k: iv(v) for k, v in cand.items() if k != "mrr"}}}
 
 
 def test_rules_pass_a_sound_candidate_and_name_what_a_worse_one_fails() -> None:
@@ -50,21 +66,50 @@ def test_rules_pass_a_sound_candidate_and_name_what_a_worse_one_fails() -> None:
     a, b = ModelRef(NAME, "1"), ModelRef(NAME, "2")
     first = decide(cfg, evaluation(a, None), alarm="none")
     assert first.passed and first.mode == "absolute" and {r.rule for r in first.rules} == {
-        "max_bpb", "min_rouge_l", "min_rag_gain", "min_gain_over_base", "min_recall", "no_rlhf_alarm"}
+        "max_bpb", "min_rouge_l", "min_rag_gain", "min_gain_over_base", "min_recall", "no_rlhf_alarm",
+        "sft_gold_win_rate", "sft_rouge_l_drop"}
     worse = decide(cfg, evaluation(b, a, val_bpb=2.3, rouge_l_rag=0.15, win=0.3), alarm="none")
     assert not worse.passed and worse.mode == "champion"
     assert {r.rule for r in worse.failed} == {"bpb_regression", "win_rate", "rouge_l_drop"}
     assert decide(cfg, evaluation(a, None, rouge_l_rag=0.105), "none").failed[0].rule == "min_gain_over_base"
     bpb = next(r for r in worse.rules if r.rule == "bpb_regression")
-    assert bpb.value == 2.3 and bpb.threshold == pytest.approx(2.0 + cfg.against_champion.max_bpb_regression)
-    assert "FAIL: bpb_regression: val_bpb 2.3000 <= 2.0500" in worse.summary()
+    assert bpb.value == pytest.approx(0.3) and bpb.threshold == cfg.against_champion.max_bpb_regression
+    assert "FAIL: bpb_regression: val_bpb_delta_vs_champion upper bound 0.3000 <= 0.0500 (estimate 0.3000, " \
+           "95% [0.3000, 0.3000], n 48; " in worse.summary()
     assert decide(cfg, evaluation(b, None), alarm="reward rose while KL exploded").failed[0].rule == "no_rlhf_alarm"
     no_reward = evaluation(b, a)
-    del no_reward["metrics"]["candidate"]["win_rate_vs_champion"]  # DPO: no reward model to judge with
+    del no_reward["comparisons"]["candidate_vs_champion"]["reward_win_rate"]  # DPO: no reward model to judge with
     skipped = decide(cfg, no_reward, alarm="none")
-    assert skipped.passed and next(r for r in skipped.rules if r.rule == "win_rate").passed is None
+    win = next(r for r in skipped.rules if r.rule == "win_rate")
+    assert skipped.passed and win.passed is None and "no reward model in the candidate's lineage" in win.line()
+    no_sft = evaluation(b, None)
+    del no_sft["comparisons"]["candidate_vs_sft"]
+    assert {r.rule: r.passed for r in decide(cfg, no_sft, "none").rules if r.rule.startswith("sft_")} == {
+        "sft_gold_win_rate": None, "sft_rouge_l_drop": None}  # skipped, not passed
     tags = worse.tags()
     assert tags["lifecycle.decision"] == "refused" and tags["lifecycle.gate.win_rate"].startswith("FAIL")
+    assert "lower bound" in tags["lifecycle.gate.win_rate"]
+
+
+def test_a_rule_on_the_lower_bound_refuses_a_point_estimate_that_passes() -> None:
+    cfg = load_config(CONF).promote
+    assert cfg.bounds.win_rate == "lower"  # min_win_rate applies to the lower bound by default
+    noisy = evaluation(ModelRef(NAME, "2"), ModelRef(NAME, "1"))
+    noisy["comparisons"]["candidate_vs_champion"]["reward_win_rate"] = iv(0.55, 0.35, 0.75)  # 48 noisy prompts
+    decision = decide(cfg, noisy, "none")
+    rule = next(r for r in decision.rules if r.rule == "win_rate")
+    assert rule.estimate == 0.55 > cfg.against_champion.min_win_rate == 0.45
+    assert not decision.passed and [r.rule for r in decision.failed] == ["win_rate"] and rule.value == 0.35
+    assert rule.to_dict() | {"interval": None} == {
+        "rule": "win_rate", "metric": "reward_win_rate_vs_champion", "estimate": 0.55, "threshold": 0.45, "op": ">=",
+        "detail": "reward-model win rate against the champion (ties half)", "bound": "lower", "interval": None,
+        "value": 0.35, "passed": False}
+    on_estimate = load_config(CONF, overrides=["promote.bounds.win_rate=estimate"]).promote
+    assert decide(on_estimate, noisy, "none").passed
+    no_interval = evaluation(ModelRef(NAME, "1"), None)
+    del no_interval["intervals"]["candidate"]["rouge_l_rag"]  # a bound asked for, none recorded: not a pass
+    refused = decide(cfg, no_interval, "none").failed
+    assert [r.rule for r in refused] == ["min_rouge_l"] and "no interval recorded" in refused[0].line()
 
 
 def test_a_worse_candidate_is_refused_and_the_champion_stays(registry: tuple[Path, list[ModelRef]]) -> None:

@@ -67,11 +67,22 @@ def evaluation(champion: bool) -> dict[str, Any]:
     champ = {"val_bpb": 2.2, "rouge_l_rag": 0.25, "latency_p50_ms": 80.0, "tokens_per_s": 250.0}
     sample = {"question": "What does json.dumps do?", "reference": "Serialize obj.",
               "candidate": "<script>alert('x')</script> a|b\nnext line & more", "sft": "x" * 1000}
+    comparisons = {"candidate_vs_sft": {"rouge_l_rag_delta": interval(0.04, 0.01, 0.07),
+                                        "gold_win_rate": interval(0.55, 0.41, 0.69)},
+                   "candidate_rag_vs_no_rag": {"rouge_l_delta": interval(0.1, 0.06, 0.14)}}
+    if champion:
+        comparisons["candidate_vs_champion"] = {"val_bpb_delta": interval(-0.1, -0.12, -0.08),
+                                                "reward_win_rate": interval(0.55, 0.35, 0.75)}
     return {"models": {"candidate": "lifecycle-gpt/7", "champion": "lifecycle-gpt/5" if champion else None,
                        "sft": "lifecycle-gpt/6", "base": "lifecycle-gpt-base/3"},
             "metrics": {"candidate": cand, "champion": champ if champion else None, "sft": {"val_bpb": 2.15},
                         "base": {}},
-            "samples": [sample], "prompts": 48}
+            "samples": [sample], "prompts": 48, "comparisons": comparisons,
+            "intervals": {"candidate": {"rouge_l_rag": interval(0.2, 0.15, 0.25)}}}
+
+
+def interval(estimate: float, low: float, high: float) -> dict[str, Any]:
+    return {"estimate": estimate, "low": low, "high": high, "n": 48, "level": 0.95}
 
 
 DECISION = {"passed": False, "mode": "champion", "candidate": "lifecycle-gpt/7", "champion": "lifecycle-gpt/5",
@@ -81,7 +92,10 @@ DECISION = {"passed": False, "mode": "champion", "candidate": "lifecycle-gpt/7",
                       {"rule": "rouge_l_drop", "metric": "rouge_l_rag", "value": 0.2, "threshold": 0.24, "op": ">=",
                        "passed": False, "detail": "champion 0.25 - 0.01"},
                       {"rule": "win_rate", "metric": "win_rate_vs_sft", "value": None, "threshold": 0.5, "op": ">=",
-                       "passed": None, "detail": "no reward model"}]}
+                       "passed": None, "detail": "no reward model"},
+                      {"rule": "sft_gold_win_rate", "metric": "gold_win_rate_vs_sft", "value": 0.41, "threshold": 0.4,
+                       "op": ">=", "passed": True, "detail": "gold", "bound": "lower",
+                       "interval": interval(0.55, 0.41, 0.69)}]}
 
 
 def row(markdown: str, first_cell: str) -> list[str]:
@@ -102,7 +116,7 @@ def assert_plots_valid(card: ReportCard, out: Path) -> set[str]:
 def test_report_with_champion(store: dict[str, Any], tmp_path: Path) -> None:
     card = build_report(store["parent"], evaluation(True), tmp_path, PRICES, "EUR", DECISION)
     md = card.markdown
-    assert assert_plots_valid(card, tmp_path) == {"deltas.png", "losses.png", "reward_kl.png"}
+    assert assert_plots_valid(card, tmp_path) == {"deltas.png", "intervals.png", "losses.png", "reward_kl.png"}
     assert md.startswith("# Report card: `lifecycle-gpt/7` vs champion `lifecycle-gpt/5`")
     # deltas: sign of candidate - champion, verdict by direction
     assert row(md, "`val_bpb`")[1:5] == ["2.1", "2.2", "-0.1 (-4.5%)", "better"]
@@ -133,6 +147,14 @@ def test_report_with_champion(store: dict[str, Any], tmp_path: Path) -> None:
     assert row(md, "bpb_regression")[2:5] == ["2.1", "<= 2.2", "pass"]
     assert row(md, "rouge_l_drop")[2:5] == ["0.2", ">= 0.24", "**FAIL**"]
     assert row(md, "win_rate")[2:5] == ["—", ">= 0.5", "skipped"]
+    assert row(md, "sft_gold_win_rate")[2:7] == ["0.41", ">= 0.4", "pass", "lower", "[0.41, 0.69], n 48"]
+    # every comparison with its interval, n and a verdict only where the interval excludes no difference
+    assert "## Comparisons with 95% intervals" in md
+    assert row(md, "candidate vs champion")[1:] == ["bits per byte, Δ", "-0.1", "[-0.12, -0.08]", "48", "better"]
+    reward = [r for r in md.splitlines() if r.startswith("| candidate vs champion | reward-model")][0]
+    assert reward.endswith("| 0.55 | [0.35, 0.75] | 48 | not distinguishable |")
+    assert row(md, "candidate: with vs without retrieval")[2:] == ["0.1", "[0.06, 0.14]", "48", "better"]
+    assert row(md, "candidate")[1:] == ["`rouge_l_rag`", "0.2", "[0.15, 0.25]", "48"]
     assert "## Decision: refused: keep the champion" in md
     prefect = report_markdown_for_prefect(card)
     assert "![" not in prefect and "`plots/deltas.png` in the evaluate run's MLflow artifacts" in prefect
@@ -143,9 +165,10 @@ def test_report_dpo_without_champion(store: dict[str, Any], tmp_path: Path) -> N
     (tmp_path / "plots" / "stale.png").write_bytes(PNG)  # from an earlier report in the same folder
     card = build_report(store["dpo_parent"], evaluation(False), tmp_path, {"cpu": 0.10}, "USD")
     md = card.markdown
-    assert assert_plots_valid(card, tmp_path) == {"metrics.png", "losses.png"}
+    assert assert_plots_valid(card, tmp_path) == {"metrics.png", "intervals.png", "losses.png"}
     assert "(no champion yet)" in md and "No champion yet" in md
-    assert "Δ" not in md and "| metric | candidate | sft |" in md
+    assert "Δ (candidate − champion)" not in md and "| metric | candidate | sft |" in md
+    assert "candidate vs champion" not in md and row(md, "candidate vs sft")[-1] == "better"
     assert "The policy was trained by DPO: no reward-model reward or KL curve" in md
     assert "No rlhf curves: run" in md and "No pretrain curves: this pipeline run has no pretrain stage." in md
     assert card.cost_per_million_tokens is None and card.total_cost == pytest.approx(60 / 3600 * 0.10)
