@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from lifecycle.config import load_config
 from lifecycle.errors import LifecycleError
+from lifecycle.evaluate.compare import interval_sections
 from lifecycle.evaluate.gate import decide
 from lifecycle.evaluate.promotion import apply_decision, champion_before, promote_by_hand, rollback
 from lifecycle.registry import CHAMPION, PREVIOUS, ModelRef, get_alias, list_versions, version_tags
@@ -204,3 +206,45 @@ def test_the_cli_lists_promotes_and_rolls_back(registry: tuple[Path, list[ModelR
     assert "@champion" in next(line for line in table if line.split()[0] == "2") and "better" in table[2]
     assert main(["rollback", "--reason", "regressed", *where]) == 0
     assert "back on lifecycle-gpt/1" in capsys.readouterr().out and get_alias(NAME, CHAMPION) == v1
+
+
+def shaped(rng: np.random.Generator, mean: float, n: int = 48) -> np.ndarray:
+    """Per-question ROUGE-L scores with this mean: spread like real answers (many near 0, a few good)."""
+    scores = rng.beta(mean * 3, (1 - mean) * 3, n)
+    return np.clip(scores - scores.mean() + mean, 0, 1)
+
+
+def measured(candidate: np.ndarray, no_rag: np.ndarray, others: dict[str, np.ndarray], bpb: float,
+             rng: np.random.Generator) -> dict[str, Any]:
+    """An evaluation as evaluate_models writes it, from per-question ROUGE-L (intervals computed from them)."""
+    n_bytes = rng.integers(200, 3000, 120)
+    rag = {"candidate": candidate} | others
+    evaluation = {
+        "models": {"candidate": f"{NAME}/2", "champion": None},
+        "metrics": {role: {"val_bpb": bpb, "rouge_l_rag": float(s.mean())} for role, s in rag.items()},
+        "per_question": {"rouge_l_rag": {r: s.tolist() for r, s in rag.items()},
+                         "rouge_l_no_rag": {"candidate": no_rag.tolist()}, "reward_margin": {}},
+        "per_text": {"bytes": n_bytes.tolist(),
+                     "bits": {r: (n_bytes * rng.normal(bpb, 0.1, len(n_bytes))).tolist() for r in rag}}}
+    evaluation["metrics"]["candidate"] |= {"rouge_l_no_rag": float(no_rag.mean()), "recall_at_5": 0.93,
+                                           "rag_gain": float(candidate.mean() - no_rag.mean())}
+    return evaluation | interval_sections(evaluation, load_config(CONF).evaluate.intervals)
+
+
+def test_the_quickstart_gate_refuses_a_champion_answering_as_todays_and_passes_one_that_reads_its_context() -> None:
+    cfg = load_config(CONF, "quickstart").promote
+    rng = np.random.default_rng(19)
+    today = shaped(rng, 0.126)  # the first quickstart's numbers: nonsense answers, retrieval barely helps
+    nonsense = measured(today, shaped(rng, 0.092), {"sft": np.clip(today + rng.normal(0, 0.03, 48), 0, 1),
+                                                    "base": shaped(rng, 0.110)}, 2.557, rng)
+    refused = decide(cfg, nonsense, "none")
+    assert nonsense["metrics"]["candidate"]["rouge_l_rag"] == pytest.approx(0.126, abs=0.005)
+    assert not refused.passed and {"min_rouge_l", "min_rag_gain"} <= {r.rule for r in refused.failed}
+    gain = next(r for r in refused.rules if r.rule == "min_rag_gain")
+    assert gain.bound == "lower" and gain.interval is not None and gain.interval["n"] == 48
+    good = shaped(rng, 0.5)  # issue 19's targets: ROUGE-L >= 0.45, gain from retrieval >= 0.20
+    reads = measured(good, shaped(rng, 0.22), {"sft": np.clip(good - 0.02 + rng.normal(0, 0.05, 48), 0, 1),
+                                               "base": shaped(rng, 0.11)}, 2.3, rng)
+    decision = decide(cfg, reads, "none")
+    assert decision.passed, decision.summary()
+    assert {r.rule for r in decision.rules if r.passed is None} == set()  # every rule measured, none skipped
