@@ -78,7 +78,9 @@ GRAPH: tuple[Stage, ...] = (
           produces="the candidate against @champion, the SFT and base models on held-out data: bits per byte, "
                    "ROUGE-L with and without retrieval, reward-model win rates, recall@k, latency; the report card",
           code=("lifecycle.evaluate.metrics", "lifecycle.evaluate.text", "lifecycle.evaluate.report",
-                "lifecycle.rag.answer", "lifecycle.rag.prompt", "lifecycle.align.reward", "lifecycle.align.sft")),
+                "lifecycle.evaluate.compare", "lifecycle.evaluate.bootstrap", "lifecycle.evaluate.report_intervals",
+                "lifecycle.evaluate.plots", "lifecycle.rag.answer", "lifecycle.rag.prompt", "lifecycle.align.reward",
+                "lifecycle.align.sft")),
     Stage("promote", inputs=("evaluate",),
           produces="the gate's decision (each rule, value, threshold, verdict); @champion moves only on a pass",
           code=("lifecycle.evaluate.gate",)),
