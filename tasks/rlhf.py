@@ -2,7 +2,9 @@
 grpo: train a reward model (registered as run.models.reward), then optimise the policy against it with a
 KL leash to the SFT model, watching its health; dpo: train the policy on the pairs directly. The policy
 is registered as a new version of run.models.chat with its lineage (preference-set hash, SFT version,
-reward-model version, config hash) and a reward-hacking alarm tag the promotion gate reads. With
+reward-model version, config hash) and a reward-hacking alarm tag the promotion gate reads: KL or length
+running away while reward rises, or (simulated preferences: a gold judge on held-out prompts) the proxy
+reward rising while the gold judge falls, for RLOO/GRPO and DPO alike. With
 rlhf.distributed asking for more than one process, the training runs under torchrun (lifecycle/align/launch.py)
 and this task registers what it wrote, on node 0."""
 
@@ -57,7 +59,8 @@ def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
         elif cfg.rlhf.method == "dpo":
             from lifecycle.align.dpo import train_dpo
 
-            metrics, tags = train_dpo(cfg, sft_dir, rows, dirs.out, dirs.checkpoints / "dpo", on_metrics).metrics, {}
+            dpo = train_dpo(cfg, sft_dir, rows, dirs.out, dirs.checkpoints / "dpo", on_metrics)
+            metrics, tags = report_policy(None, {}, dpo.metrics, dpo.health)
         else:
             metrics, tags = optimise_policy(ctx, sft_dir, rows, dirs, lineage, on_metrics)
         policy = register_once(dirs.out / "policy", cfg.run.models.chat, lineage | tags, ctx.models_dir)
@@ -70,17 +73,19 @@ def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
 
 def optimise_policy(ctx: RunContext, sft_dir, rows: list[dict], dirs: StageDirs, lineage: dict[str, str],
                     on_metrics) -> tuple[dict[str, float], dict[str, str]]:
-    """The reward model, registered, then RLOO/GRPO against it; (metrics, tags for the policy version)."""
+    """The reward model, registered, then RLOO/GRPO against it, watched on the held-out prompts by the gold
+    judge; (metrics, tags for the policy version)."""
+    from lifecycle.align.gold import gold_set
     from lifecycle.align.policy import train_policy
     from lifecycle.align.reward import train_reward
 
     cfg = ctx.cfg
     reward = train_reward(cfg, sft_dir, rows, dirs.out, dirs.checkpoints / "reward", on_metrics)
     reward_ref = register_reward(ctx, dirs, lineage, reward.metrics, reward.flagged)
-    train, _ = split_pairs(rows, cfg.rlhf.held_out_fraction)
+    train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
     prompts = unique_prompts(train, cfg.rlhf.policy.max_prompts)
     result = train_policy(cfg, sft_dir, dirs.out / "reward_model", prompts, dirs.out, dirs.checkpoints / "policy",
-                          on_metrics)
+                          on_metrics, gold=gold_set(held_out, cfg.rlhf.gold))
     return report_policy(reward_ref, reward.metrics, result.metrics, result.health)
 
 
@@ -109,7 +114,8 @@ def register_trained(ctx: RunContext, trained: dict, dirs: StageDirs,
 
     world = {"world_size": float(trained["world_size"])}
     if "dpo" in trained:
-        return trained["dpo"]["metrics"] | world, {}
+        metrics, tags = report_policy(None, {}, trained["dpo"]["metrics"], HealthReport(**trained["dpo"]["health"]))
+        return metrics | world, tags
     reward = trained["reward"]
     reward_ref = register_reward(ctx, dirs, lineage, reward["metrics"], reward["flagged"])
     metrics, tags = report_policy(reward_ref, reward["metrics"], trained["policy"]["metrics"],
@@ -130,12 +136,15 @@ def register_reward(ctx: RunContext, dirs: StageDirs, lineage: dict[str, str], m
     return reward_ref
 
 
-def report_policy(reward_ref: ModelRef, reward_metrics: dict[str, float], policy_metrics: dict[str, float],
+def report_policy(reward_ref: ModelRef | None, reward_metrics: dict[str, float], policy_metrics: dict[str, float],
                   report) -> tuple[dict[str, float], dict[str, str]]:
-    """The health report as a Prefect artifact and an MLflow text; (metrics, tags for the policy version)."""
+    """The health report as a Prefect artifact and an MLflow text; (metrics, tags for the policy version).
+    `reward_ref` None: DPO, no reward model."""
     create_markdown_artifact(key="rlhf-health", markdown=report.markdown(), description="RLHF health checks")
     mlflow.log_text(report.markdown(), "rlhf/health.md")
-    tags = {"lifecycle.reward_model": str(reward_ref), ALARM_TAG: "; ".join(report.reasons) if report.alarm else "none"}
+    tags = {ALARM_TAG: "; ".join(report.reasons) if report.alarm else "none"}
+    if reward_ref is not None:
+        tags["lifecycle.reward_model"] = str(reward_ref)
     if report.alarm:
         get_run_logger().warning("rlhf: HEALTH ALARM: %s", "; ".join(report.reasons))
     metrics = {**{f"reward_model/{k}": v for k, v in reward_metrics.items()}, **policy_metrics,

@@ -5,17 +5,22 @@ SFT folder).
 The held-out pairs measure what DPO is meant to change: the policy's log-probability margin
 log p(chosen | prompt) - log p(rejected | prompt) (answer tokens summed, through the chat template, as
 TRL tokenises them), before and after training. Pairs longer than the model's context are dropped and
-counted. A killed run, re-run with the same checkpoint folder, resumes from its newest checkpoint.
+counted. With simulated preferences the held-out prompts carry reference answers: the policy's greedy
+answers to them are scored by the gold judge every `rlhf.gold.every` steps, next to the DPO implicit reward
+(the proxy: beta * log-ratio to the reference) and the KL (lifecycle/align/gold.py); `DpoResult.health` judges
+that curve (proxy up while gold falls, or while the KL passes max_kl: alarm). A killed run, re-run with the
+same checkpoint folder, resumes from its newest checkpoint.
 
     result = train_dpo(cfg, sft_dir, rows, out_dir, ckpt_dir, on_metrics=hook)   # out_dir/policy
     result.metrics["margin_after"] > result.metrics["margin_before"]
+    result.metrics["gold_last"], result.health.alarm                            # out_dir/policy_health.json
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, set_seed
 
 from lifecycle.align.callbacks import MetricsCallback, MetricsHook
-from lifecycle.align.pairs import Row, trl_rows
+from lifecycle.align.gold import GoldMonitor, dpo_proxy, fit_gold_prompts, gold_note, gold_set, json_ready
+from lifecycle.align.health import HealthReport, assess, summarize_gold
+from lifecycle.align.pairs import Row, split_pairs, trl_rows
 from lifecycle.align.reward import conversation_ids, prepare_rows
 from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
@@ -38,6 +45,7 @@ log = logging.getLogger("lifecycle.rlhf")
 @dataclass(frozen=True)
 class DpoResult:
     metrics: dict[str, float]
+    health: HealthReport
 
 
 def dpo_args(cfg: Config, ckpt_dir: Path, max_length: int) -> Any:
@@ -90,11 +98,18 @@ def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_d
     model, tokenizer = load_causal_lm(sft_dir)
     window = context_window(model, tokenizer)
     train, held_out, dropped = prepare_rows(cfg, rows, tokenizer, window)
-    trainer = trl.DPOTrainer(model=model, ref_model=None, args=dpo_args(cfg, ckpt_dir, window),
-                             processing_class=tokenizer, train_dataset=datasets.Dataset.from_list(trl_rows(train)),
+    args = dpo_args(cfg, ckpt_dir, window)
+    gold = gold_set(split_pairs(rows, cfg.rlhf.held_out_fraction)[1], cfg.rlhf.gold)
+    gold_monitor = GoldMonitor(fit_gold_prompts(gold.prompts, tokenizer, window, cfg.rlhf.gold.max_new_tokens),
+                               tokenizer, cfg.rlhf.gold, dpo_proxy(args.beta), on_metrics)
+    trainer = trl.DPOTrainer(model=model, ref_model=None, args=args, processing_class=tokenizer,
+                             train_dataset=datasets.Dataset.from_list(trl_rows(train)),
                              eval_dataset=datasets.Dataset.from_list(trl_rows(held_out)),
-                             callbacks=[MetricsCallback(on_metrics, prefix="rlhf/dpo", logger=log), SealCheckpoints()])
+                             callbacks=[MetricsCallback(on_metrics, prefix="rlhf/dpo", logger=log), gold_monitor,
+                                        SealCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
+    if trainer.ref_model is not None:  # None with PEFT: the gold monitor disables the adapter instead
+        gold_monitor.reference = trainer.accelerator.unwrap_model(trainer.ref_model)
     before = float(np.mean(logprob_margins(trainer.model, tokenizer, held_out)))  # the SFT model, on its device
     resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
@@ -104,11 +119,18 @@ def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_d
     metrics = {"train_pairs": len(train), "held_out_pairs": len(held_out), "dropped_pairs": dropped,
                "train_loss": output.training_loss, "steps": output.global_step, "resumed": float(bool(resume)),
                "margin_before": before, "margin_after": after, "margin_gain": after - before}
+    health = assess([], cfg.rlhf.health, gold_monitor.history, cfg.rlhf.gold, [gold_note(gold, gold_monitor)])
+    if gold_monitor.history:  # the gold numbers, where there are any (JSON and MLflow keep finite numbers)
+        metrics |= summarize_gold(gold_monitor.history)
     trainer.save_model(str(out_dir / "policy"))  # by the main process only (under torchrun: global rank 0)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out_dir / "policy"))
         (out_dir / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))
+        report = {"metrics": metrics, "alarm": health.alarm, "reasons": health.reasons, "notes": health.notes,
+                  "gold": [asdict(p) for p in gold_monitor.history]}
+        (out_dir / "policy_health.json").write_text(json.dumps(json_ready(report), indent=2))
     trainer.accelerator.wait_for_everyone()
-    log.info("rlhf: dpo: held-out log-probability margin chosen - rejected %.3f -> %.3f (%d pairs)", before, after,
-             len(held_out))
-    return DpoResult(metrics=metrics)
+    log.info("rlhf: dpo: held-out log-probability margin chosen - rejected %.3f -> %.3f (%d pairs)%s", before, after,
+             len(held_out), "" if not gold_monitor.history else
+             f"; held-out gold {metrics['gold_first']:.4g} -> {metrics['gold_last']:.4g}")
+    return DpoResult(metrics=metrics, health=health)

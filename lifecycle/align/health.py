@@ -4,12 +4,14 @@ A policy that learns to please its reward model can do it honestly, or by drifti
 (KL to the reference runs away) or by padding its answers (length grows, and reward tracks length). The
 `HealthMonitor` callback records, per logged step, what TRL's RLOO/GRPO trainers log (`reward`, `kl`,
 `completions/mean_length`, `entropy`) plus the correlation of reward with completion length, which
-`LengthTracker` measures by wrapping the reward functions. `assess` turns the history into a verdict.
+`LengthTracker` measures by wrapping the reward functions. `assess` turns the history into a verdict, with the
+proxy vs gold curve of `lifecycle.align.gold.GoldMonitor` where there is one: proxy reward rising on held-out
+prompts while the gold judge falls there is over-optimisation of the reward model, an alarm of its own.
 
     tracker = LengthTracker()
     monitor = HealthMonitor(tracker, on_metrics=hook)                 # hook({"rlhf/health/kl": ...}, step)
     trainer = trl.RLOOTrainer(..., reward_funcs=tracker.wrap(funcs), callbacks=[monitor])
-    report = assess(monitor.history, cfg.rlhf.health)
+    report = assess(monitor.history, cfg.rlhf.health, gold.history, cfg.rlhf.gold, notes)  # gold: a GoldMonitor
     report.alarm, report.reasons, report.markdown()                   # the markdown: a Prefect artifact
 """
 
@@ -25,7 +27,8 @@ import numpy as np
 from transformers import TrainerCallback
 
 from lifecycle.align.callbacks import MetricsHook
-from lifecycle.config.rlhf import HealthConfig
+from lifecycle.align.gold import GoldPoint
+from lifecycle.config.rlhf import GoldConfig, HealthConfig
 
 log = logging.getLogger("lifecycle.rlhf.health")
 RewardFunc = Callable[..., list[float | None]]
@@ -51,27 +54,41 @@ class HealthReport:
     reasons: list[str]
     summary: dict[str, float]
     bounds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the gold curve is, or why there is none
 
     def markdown(self) -> str:
-        """A short table a person reads: the verdict, then each number with its bound."""
+        """A short table a person reads: the verdict, then each number with its bound, then the notes."""
         s, b = self.summary, self.bounds
 
         def n(value: float, spec: str = ".4g") -> str:
-            return "–" if math.isnan(value) else format(value, spec)
+            return "–" if value is None or math.isnan(value) else format(value, spec)
 
-        rows = [("reward (first -> last quarter)", f"{n(s['reward_first'])} -> {n(s['reward_last'])}",
-                 f"rises when > +{n(b.get('min_reward_rise', NAN), '.3g')}"),
-                ("KL to reference (max / last quarter)", f"{n(s['kl_max'])} / {n(s['kl_last'])}",
-                 f"<= {n(b.get('max_kl', NAN))}"),
-                ("completion length (first -> last quarter)", f"{n(s['length_first'])} -> {n(s['length_last'])} "
-                 f"(x{n(s['length_growth'], '.3g')})", f"<= x{n(b.get('max_length_growth', NAN), '.3g')}"),
-                ("reward-length correlation (last step)", n(s["reward_length_corr"], ".3g"), ""),
-                ("mean entropy", n(s["entropy_mean"]), ""),
-                ("logged steps", f"{s['logged_steps']:.0f}", "")]
+        rows = []
+        if s["logged_steps"] or not s.get("gold_points"):
+            rows += [("reward (first -> last quarter)", f"{n(s['reward_first'])} -> {n(s['reward_last'])}",
+                      f"rises when > +{n(b.get('min_reward_rise', NAN), '.3g')}"),
+                     ("KL to reference (max / last quarter)", f"{n(s['kl_max'])} / {n(s['kl_last'])}",
+                      f"<= {n(b.get('max_kl', NAN))}"),
+                     ("completion length (first -> last quarter)", f"{n(s['length_first'])} -> "
+                      f"{n(s['length_last'])} (x{n(s['length_growth'], '.3g')})",
+                      f"<= x{n(b.get('max_length_growth', NAN), '.3g')}"),
+                     ("reward-length correlation (last step)", n(s["reward_length_corr"], ".3g"), ""),
+                     ("mean entropy", n(s["entropy_mean"]), ""),
+                     ("logged steps", f"{s['logged_steps']:.0f}", "")]
+        if s.get("gold_points"):
+            rows += [("held-out proxy reward (first -> last)", f"{n(s['proxy_first'])} -> {n(s['proxy_last'])}",
+                      f"rises when > +{n(b.get('min_proxy_rise', NAN), '.3g')}"),
+                     ("held-out gold judge, ROUGE-L (first -> last)", f"{n(s['gold_first'])} -> {n(s['gold_last'])}",
+                      f"falls when < -{n(b.get('min_gold_fall', NAN), '.3g')}: alarm if the proxy rises"),
+                     ("held-out KL to reference (max / last)", f"{n(s['gold_kl_max'])} / {n(s['gold_kl_last'])}",
+                      f"<= {n(b.get('max_kl', NAN))}"),
+                     ("gold measurements", f"{s['gold_points']:.0f}", "")]
         head = ("**Reward hacking alarm**: " + "; ".join(self.reasons) if self.alarm
-                else "**Healthy**: no alarm" if s["logged_steps"] else "**No training steps were logged**")
+                else "**Healthy**: no alarm" if s["logged_steps"] or s.get("gold_points")
+                else "**No training steps were logged**")
         lines = [head, "", "| metric | value | bound |", "|---|---|---|"]
-        return "\n".join(lines + [f"| {name} | {value} | {bound} |" for name, value, bound in rows]) + "\n"
+        lines += [f"| {name} | {value} | {bound} |" for name, value, bound in rows]
+        return "\n".join(lines + ([""] + [f"- {note}" for note in self.notes] if self.notes else [])) + "\n"
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
@@ -189,10 +206,28 @@ def summarize(history: Sequence[HealthPoint]) -> dict[str, float]:
             "entropy_mean": _mean([p.entropy for p in history])}
 
 
-def assess(history: Sequence[HealthPoint], bounds: HealthConfig) -> HealthReport:
+def summarize_gold(points: Sequence[GoldPoint]) -> dict[str, float]:
+    """first/last: the first (step 0, before any update) and the last measurement; greedy answers make each
+    point deterministic, so no averaging."""
+    first, last = (points[0], points[-1]) if points else (None, None)
+
+    def at(point: GoldPoint | None, name: str) -> float:
+        return NAN if point is None else float(getattr(point, name))
+
+    kls = [p.kl for p in points if not math.isnan(p.kl)]
+    return {"gold_points": float(len(points)), "proxy_first": at(first, "proxy"), "proxy_last": at(last, "proxy"),
+            "gold_first": at(first, "gold"), "gold_last": at(last, "gold"),
+            "gold_kl_max": max(kls) if kls else NAN, "gold_kl_last": at(last, "kl")}
+
+
+def assess(history: Sequence[HealthPoint], bounds: HealthConfig, gold: Sequence[GoldPoint] = (),
+           gold_bounds: GoldConfig | None = None, notes: Sequence[str] = ()) -> HealthReport:
     """Alarm when reward rises (last-quarter mean > first-quarter mean + min_reward_rise) while the KL to
-    the reference exceeds max_kl at any logged step, or completions grow beyond max_length_growth x."""
-    s = summarize(history)
+    the reference exceeds max_kl at any logged step, or completions grow beyond max_length_growth x; and,
+    with a gold curve (held-out prompts, `gold_bounds`), when the proxy rises by more than min_proxy_rise
+    while gold falls by more than min_gold_fall (over-optimisation). A run without a training history of
+    reward and KL (DPO) has its KL leash checked on the gold curve: proxy up while the measured KL > max_kl."""
+    s = summarize(history) | summarize_gold(gold)
     rise = s["reward_last"] - s["reward_first"]
     reasons: list[str] = []
     if rise > bounds.min_reward_rise:
@@ -203,6 +238,18 @@ def assess(history: Sequence[HealthPoint], bounds: HealthConfig) -> HealthReport
             reasons.append(f"reward rose by {rise:.3g} while mean completion length grew x{s['length_growth']:.3g}"
                            f" ({s['length_first']:.3g} -> {s['length_last']:.3g} tokens; max_length_growth "
                            f"{bounds.max_length_growth:g})")
+    proxy_rise, gold_fall = s["proxy_last"] - s["proxy_first"], s["gold_first"] - s["gold_last"]
+    if gold_bounds is not None and len(gold) > 1 and proxy_rise > gold_bounds.min_proxy_rise:
+        if gold_fall > gold_bounds.min_gold_fall:
+            reasons.append(f"over-optimisation: on held-out prompts the proxy reward rose by {proxy_rise:.3g} "
+                           f"({s['proxy_first']:.3g} -> {s['proxy_last']:.3g}) while the gold judge fell by "
+                           f"{gold_fall:.3g} ({s['gold_first']:.3g} -> {s['gold_last']:.3g}; min_proxy_rise "
+                           f"{gold_bounds.min_proxy_rise:g}, min_gold_fall {gold_bounds.min_gold_fall:g})")
+        if math.isnan(s["kl_max"]) and s["gold_kl_max"] > bounds.max_kl:
+            reasons.append(f"proxy reward rose by {proxy_rise:.3g} on held-out prompts while KL to the reference "
+                           f"there reached {s['gold_kl_max']:.3g} (max_kl {bounds.max_kl:g})")
     for reason in reasons:
         log.warning("rlhf health: %s", reason)
-    return HealthReport(alarm=bool(reasons), reasons=reasons, summary=s, bounds=bounds.model_dump())
+    bound_values = bounds.model_dump() | ({"min_proxy_rise": gold_bounds.min_proxy_rise,
+                                           "min_gold_fall": gold_bounds.min_gold_fall} if gold_bounds else {})
+    return HealthReport(alarm=bool(reasons), reasons=reasons, summary=s, bounds=bound_values, notes=list(notes))

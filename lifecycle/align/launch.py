@@ -36,21 +36,25 @@ log = logging.getLogger("lifecycle.rlhf")
 def train_rlhf(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_dir: Path,
                on_metrics: MetricsHook | None = None) -> dict[str, Any]:
     """What the rlhf task trains, in this process (one of several under torchrun); JSON-ready: the world
-    size and, per trainer, its metrics (reward: and whether it is flagged; policy: and its health report)."""
+    size and, per trainer, its metrics (reward: and whether it is flagged; policy and dpo: and the health
+    report, with the gold judge's verdict on held-out prompts where there is one)."""
     if cfg.rlhf.method == "dpo":
         from lifecycle.align.dpo import train_dpo
 
-        result = {"dpo": {"metrics": train_dpo(cfg, sft_dir, rows, out_dir, ckpt_dir / "dpo", on_metrics).metrics}}
+        dpo = train_dpo(cfg, sft_dir, rows, out_dir, ckpt_dir / "dpo", on_metrics)
+        result = {"dpo": {"metrics": dpo.metrics, "health": asdict(dpo.health)}}
     else:
+        from lifecycle.align.gold import gold_set
         from lifecycle.align.policy import RewardModelScore, train_policy
         from lifecycle.align.reward import fit_reward
 
         reward, model, tokenizer = fit_reward(cfg, sft_dir, rows, out_dir, ckpt_dir / "reward", on_metrics)
-        train, _ = split_pairs(rows, cfg.rlhf.held_out_fraction)
+        train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
         prompts = unique_prompts(train, cfg.rlhf.policy.max_prompts)
         # the reward model in memory, not out_dir/reward_model: only global rank 0 wrote that, on its node
         policy = train_policy(cfg, sft_dir, None, prompts, out_dir, ckpt_dir / "policy", on_metrics,
-                              reward_funcs=[RewardModelScore(model, tokenizer)])
+                              reward_funcs=[RewardModelScore(model, tokenizer)],
+                              gold=gold_set(held_out, cfg.rlhf.gold))
         result = {"reward": {"metrics": reward.metrics, "flagged": reward.flagged},
                   "policy": {"metrics": policy.metrics, "health": asdict(policy.health)}}
     return {"world_size": world_size(), **result}

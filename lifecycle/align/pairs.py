@@ -1,6 +1,8 @@
 """The preference set as the RLHF trainers read it: rows of TRL's conversational preference format
-(`prompt`: messages, `chosen`/`rejected`: one assistant message each, plus `source`, `item_id`), split
-into training and held-out pairs by a content hash, so the split is the same in every run.
+(`prompt`: messages, `chosen`/`rejected`: one assistant message each, plus `source`, `item_id` and, where the
+prompt has one, `reference`), split into training and held-out pairs by a hash of the prompt, so the split
+is the same in every run and a held-out prompt is one that neither the reward model, nor DPO, nor the policy
+trains on (the gold judge's monitoring prompts come from that side: lifecycle/align/gold.py).
 
     train, held_out = split_pairs(read_snapshot(path), fraction=0.2)
     prompts = unique_prompts(train, limit=256)      # what the policy practises on
@@ -19,16 +21,17 @@ def pair_id(row: Row) -> str:
     return hash_json([row["prompt"], row["chosen"], row["rejected"]])
 
 
-def split_pairs(rows: list[Row], fraction: float) -> tuple[list[Row], list[Row]]:
-    """(train, held out): a pair is held out when its hash falls under `fraction`; both sides of a tie
-    exported as two rows (same prompt, swapped answers) land on the same side."""
-    def side(row: Row) -> bool:
-        answers = sorted([row["chosen"][0]["content"], row["rejected"][0]["content"]])
-        return int(hash_json([row["prompt"], answers])[:8], 16) / 2**32 < fraction
+def held_out_prompt(prompt: list[dict[str, str]], fraction: float) -> bool:
+    """Whether a prompt is held out: its hash falls under `fraction`."""
+    return int(hash_json(prompt)[:8], 16) / 2**32 < fraction
 
-    held_out = [r for r in rows if side(r)]
-    train = [r for r in rows if not side(r)]
-    return train, held_out
+
+def split_pairs(rows: list[Row], fraction: float) -> tuple[list[Row], list[Row]]:
+    """(train, held out): every pair of a prompt lands on the side its prompt's hash decides, so the held-out
+    pairs ask questions no trainer saw (and both rows of a tie exported as two, a over b and b over a, stay
+    together)."""
+    held = [held_out_prompt(r["prompt"], fraction) for r in rows]
+    return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
 
 
 def unique_prompts(rows: list[Row], limit: int) -> list[list[dict[str, str]]]:

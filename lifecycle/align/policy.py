@@ -5,18 +5,22 @@ reference the KL leash ties it to: a `beta` of 0 is refused, since without it no
 drifting wherever the reward model is wrong. It practises on the preference set's prompts (prompt-only
 conversations); each completion is scored by the reward model trained in the reward stage (or by Python
 reward functions, for tests). The run's health (reward vs KL, completion length, reward-length correlation)
-is assessed at the end: `PolicyResult.health.alarm` flags likely reward hacking. A killed run, re-run with
-the same checkpoint folder, resumes from its newest checkpoint.
+is assessed at the end: `PolicyResult.health.alarm` flags likely reward hacking. With a gold set (held-out
+prompts with reference answers: simulated preferences), the policy's greedy answers are scored by the proxy
+and the gold judge every `rlhf.gold.every` steps (lifecycle/align/gold.py), and the proxy rising while gold
+falls sets off the alarm too. A killed run, re-run with the same checkpoint folder, resumes from its newest
+checkpoint.
 
-    result = train_policy(cfg, sft_dir, reward_dir, unique_prompts(train, 256), out_dir, ckpt_dir, hook)
-    result.metrics["reward_last"], result.health.alarm            # out_dir/policy: model + tokenizer
+    train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
+    result = train_policy(cfg, sft_dir, reward_dir, unique_prompts(train, 256), out_dir, ckpt_dir, hook,
+                          gold=gold_set(held_out, cfg.rlhf.gold))
+    result.metrics["reward_last"], result.metrics["gold_last"], result.health.alarm   # out_dir/policy
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +32,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback
 
 from lifecycle.align.callbacks import MetricsCallback, MetricsHook
+from lifecycle.align.gold import GoldMonitor, GoldSet, fit_gold_prompts, gold_note, json_ready, reward_proxy
 from lifecycle.align.health import HealthMonitor, HealthReport, LengthTracker, RewardFunc, assess
 from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
@@ -118,7 +123,10 @@ def fit_prompts(prompts: list[Messages], tokenizer: PreTrainedTokenizerBase, win
 
 
 def build_trainer(cfg: Config, sft_dir: Path, reward_funcs: Sequence[RewardFunc], prompts: list[Messages],
-                  ckpt_dir: Path, on_metrics: MetricsHook | None = None) -> tuple[Any, HealthMonitor]:
+                  ckpt_dir: Path, on_metrics: MetricsHook | None = None,
+                  gold: GoldSet | None = None) -> tuple[Any, HealthMonitor, GoldMonitor]:
+    """The RLOO/GRPO trainer with its health monitor and its gold monitor (which measures nothing without
+    gold prompts)."""
     import trl
 
     method = cfg.rlhf.method
@@ -129,33 +137,40 @@ def build_trainer(cfg: Config, sft_dir: Path, reward_funcs: Sequence[RewardFunc]
     prompts = fit_prompts(prompts, tokenizer, window, args.max_completion_length, cfg.rlhf.policy.max_prompts)
     tracker = LengthTracker(args.reward_weights)
     monitor = HealthMonitor(tracker, on_metrics)
+    held_out = fit_gold_prompts(gold.prompts, tokenizer, window, cfg.rlhf.gold.max_new_tokens) if gold else []
+    # the functions themselves, not the tracker's wrappers: held-out scores stay out of the length statistics
+    gold_monitor = GoldMonitor(held_out, tokenizer, cfg.rlhf.gold, reward_proxy(reward_funcs, args.reward_weights),
+                               on_metrics)
     cls = trl.RLOOTrainer if method == "rloo" else trl.GRPOTrainer
     trainer = cls(model=model, reward_funcs=tracker.wrap(reward_funcs), args=args, processing_class=tokenizer,
                   train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
-                  callbacks=[MetricsCallback(on_metrics, prefix="rlhf/policy", logger=log), monitor,
+                  callbacks=[MetricsCallback(on_metrics, prefix="rlhf/policy", logger=log), monitor, gold_monitor,
                              SealCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
     for func in reward_funcs:
         if isinstance(func, RewardModelScore):
             func.to(trainer.accelerator.device)
-    return trainer, monitor
+    gold_monitor.reference = trainer.accelerator.unwrap_model(trainer.ref_model)  # beta > 0: there is one
+    return trainer, monitor, gold_monitor
 
 
 def train_policy(cfg: Config, sft_dir: Path, reward_dir: Path | None, prompts: list[Messages], out_dir: Path,
                  ckpt_dir: Path, on_metrics: MetricsHook | None = None,
-                 reward_funcs: Sequence[RewardFunc] | None = None) -> PolicyResult:
-    """Optimise the SFT model in `sft_dir` against the reward model in `reward_dir` (or `reward_funcs`);
-    write out_dir/policy (model + tokenizer) and out_dir/policy_health.json."""
+                 reward_funcs: Sequence[RewardFunc] | None = None, gold: GoldSet | None = None) -> PolicyResult:
+    """Optimise the SFT model in `sft_dir` against the reward model in `reward_dir` (or `reward_funcs`),
+    measuring it against the gold judge on `gold`'s held-out prompts; write out_dir/policy (model + tokenizer)
+    and out_dir/policy_health.json (the health report with the training and gold histories)."""
     if reward_funcs is None:
         if reward_dir is None:
             raise ConfigError("policy: no reward model folder and no reward functions were given")
         reward_funcs = [RewardModelScore.load(reward_dir)]
-    trainer, monitor = build_trainer(cfg, sft_dir, reward_funcs, prompts, ckpt_dir, on_metrics)
+    trainer, monitor, gold_monitor = build_trainer(cfg, sft_dir, reward_funcs, prompts, ckpt_dir, on_metrics, gold)
     resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
         log.info("policy: resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=resume)
-    health = assess(monitor.history, cfg.rlhf.health)
+    health = assess(monitor.history, cfg.rlhf.health, gold_monitor.history, cfg.rlhf.gold,
+                    [gold_note(gold, gold_monitor)])
     metrics = {"steps": float(output.global_step), "resumed": float(bool(resume)),
                "prompts": float(len(trainer.train_dataset))} | health.summary
     main = trainer.is_world_process_zero()  # under torchrun, global rank 0 alone writes
@@ -168,22 +183,13 @@ def train_policy(cfg: Config, sft_dir: Path, reward_dir: Path | None, prompts: l
         trainer.processing_class.save_pretrained(str(partial))  # with the chat template the policy answers in
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
-        report = {"metrics": metrics, "alarm": health.alarm, "reasons": health.reasons,
-                  "history": [asdict(p) for p in monitor.history]}
-        (out_dir / "policy_health.json").write_text(json.dumps(_finite(report), indent=2))
+        report = {"metrics": metrics, "alarm": health.alarm, "reasons": health.reasons, "notes": health.notes,
+                  "history": [asdict(p) for p in monitor.history], "gold": [asdict(p) for p in gold_monitor.history]}
+        (out_dir / "policy_health.json").write_text(json.dumps(json_ready(report), indent=2))
     trainer.accelerator.wait_for_everyone()
-    log.info("policy (%s): reward %.4g -> %.4g, KL max %.4g, length %.4g -> %.4g%s", cfg.rlhf.method,
-             metrics["reward_first"], metrics["reward_last"], metrics["kl_max"], metrics["length_first"],
-             metrics["length_last"], ": ALARM" if health.alarm else "")
+    log.info("policy (%s): reward %.4g -> %.4g, KL max %.4g, length %.4g -> %.4g; held-out proxy %.4g -> %.4g, "
+             "gold %.4g -> %.4g%s", cfg.rlhf.method, metrics["reward_first"], metrics["reward_last"], metrics["kl_max"],
+             metrics["length_first"], metrics["length_last"], metrics["proxy_first"], metrics["proxy_last"],
+             metrics["gold_first"], metrics["gold_last"], ": ALARM" if health.alarm else "")
     return PolicyResult(metrics=metrics, health=health)
 
-
-def _finite(value: Any) -> Any:
-    """NaN (a metric that was never logged) -> null: strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

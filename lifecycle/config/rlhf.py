@@ -1,7 +1,8 @@
 """conf/rlhf.yaml: alignment with the preference set. A reward model (TRL RewardTrainer) and a policy
 optimised against it with a KL leash (RLOO or GRPO), or DPO straight on the pairs. Each `trainer`
 mapping passes through to TRL's own config class (RewardConfig, RLOOConfig, GRPOConfig, DPOConfig) and
-is checked by constructing it. `distributed` runs the training under torchrun, on one node or several."""
+is checked by constructing it. `gold` measures the policy against the simulated judges' criterion on
+held-out prompts while it trains. `distributed` runs the training under torchrun, on one node or several."""
 
 from __future__ import annotations
 
@@ -35,6 +36,16 @@ class HealthConfig(Section):
     min_reward_rise: float = Field(ge=0)  # reward "rises" when its last-quarter mean beats its first by this
 
 
+class GoldConfig(Section):
+    """Proxy vs gold during policy optimisation (lifecycle/align/gold.py) and its over-optimisation alarm."""
+    every: int = Field(ge=1)  # steps between measurements (and step 0, and the last step)
+    prompts: int = Field(ge=0)  # held-out prompts with a reference answer, at most; 0: no gold curve
+    max_new_tokens: int = Field(ge=1)  # greedy answer length
+    batch_size: int = Field(ge=1)  # prompts per generation batch
+    min_proxy_rise: float = Field(ge=0)  # proxy last - first above this ...
+    min_gold_fall: float = Field(ge=0)  # ... while gold first - last is above this: alarm
+
+
 class RlhfConfig(Section):
     method: Literal["rloo", "grpo", "dpo"]
     device: Literal["auto", "cpu", "cuda"]
@@ -42,5 +53,6 @@ class RlhfConfig(Section):
     reward: RewardModelConfig
     policy: PolicyConfig
     dpo: DpoConfig
+    gold: GoldConfig
     health: HealthConfig
     distributed: LaunchConfig  # > 1 process in all: the reward model and policy train under torchrun (DDP)

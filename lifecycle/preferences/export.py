@@ -3,7 +3,10 @@ written as a content-hashed JSONL snapshot.
 
 A row is `{"prompt": [messages], "chosen": [{"role": "assistant", "content": ...}], "rejected": [...]}`
 plus the extra columns `item_id`, `source`, `votes` (how many) and `agreement` (the majority's share),
-which TRL's DPO and reward trainers ignore. Each item's votes are aggregated by majority
+and `reference` (the held-out reference answer of the item's prompt, where it has one), which TRL's DPO and
+reward trainers ignore. The reference is what the simulated judges compared the answers with: the rlhf stage
+scores its policy against it on held-out prompts (the gold judge). Snapshots written before it existed have
+no `reference` and read as before. Each item's votes are aggregated by majority
 (`lifecycle.preferences.stats.majority`, an a/b draw counts as a tie), then, in this order:
 - fewer than `min_votes` votes: dropped ("dropped_few_votes");
 - majority share below `min_agreement`: dropped ("dropped_low_agreement");
@@ -53,6 +56,7 @@ class VotedItem:
     response_b: str
     votes: tuple[str, ...]
     source: str  # "human" | "simulated" | "import" | "feedback"
+    reference: str | None = None  # the prompt's held-out reference answer, when there is one
 
 
 def export_rows(items: Sequence[VotedItem], ties: str, min_agreement: float,
@@ -91,6 +95,8 @@ def export_rows(items: Sequence[VotedItem], ties: str, min_agreement: float,
             orders = orders[:1]
         for chosen, rejected in orders:
             row = _row(item.prompt, chosen, rejected, item.source)
+            if item.reference:
+                row["reference"] = item.reference
             rows.append({**row, "item_id": item.item_id, "votes": len(item.votes), "agreement": share})
     counts["rows"] = len(rows)
     log.info("preferences: %d rows from %d items (dropped: %d ties, %d low agreement, %d few votes)",

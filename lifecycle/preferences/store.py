@@ -224,7 +224,8 @@ class PreferenceStore:
                                              .where(Item.batch_id == batch_id).order_by(Vote.created_at)):
                 votes.setdefault(item_id, []).append(choice)
             return [VotedItem(item_id=i.id, prompt=tuple(json.loads(i.prompt)), response_a=i.response_a,
-                              response_b=i.response_b, votes=tuple(votes.get(i.id, ())), source=batch.source)
+                              response_b=i.response_b, votes=tuple(votes.get(i.id, ())), source=batch.source,
+                              reference=json.loads(i.meta or "{}").get("reference"))
                     for i in items]
 
     def items(self, batch_id: str) -> list[Item]:

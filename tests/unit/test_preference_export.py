@@ -104,6 +104,21 @@ def test_pairs_to_rows() -> None:
     assert changed[0]["item_id"] != rows[0]["item_id"] and changed[0]["source"] == "feedback"
 
 
+def test_rows_carry_the_reference_their_prompt_was_judged_by(tmp_path: Path) -> None:
+    """The reference travels with the pair (the rlhf stage's gold judge reads it); items without one, and
+    snapshots written before references were kept, have no `reference` key."""
+    with_ref = VotedItem(item_id="r", prompt=PROMPT, response_a=CLOSE, response_b=FAR, votes=("a",),
+                         source="simulated", reference=REFERENCE)
+    rows, _ = export_rows([with_ref, item("n", "a")], ties="drop", min_agreement=0.5, min_votes=1)
+    assert rows[1]["reference"] == REFERENCE and "reference" not in rows[0]
+    write_snapshot(rows, tmp_path / "prefs.jsonl")
+    assert read_snapshot(tmp_path / "prefs.jsonl") == rows
+    old = {"prompt": list(PROMPT), "chosen": [{"role": "assistant", "content": "x"}], "rejected": [],
+           "source": "simulated"}
+    (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n")
+    assert read_snapshot(tmp_path / "old.jsonl") == [old]
+
+
 def test_snapshot_hash_is_stable_and_follows_content(tmp_path: Path) -> None:
     rows, _ = export_rows([item("1", "a"), item("2", "b", a="ünïcode")], ties="drop", min_agreement=0.5,
                           min_votes=1)

@@ -155,6 +155,10 @@ def test_simulated_votes_are_synthetic_and_idempotent(store: PreferenceStore) ->
     assert cast_votes(store, "sim", votes) == 0
     assert all(j.synthetic for j in store.judgements("sim")) and store.progress("sim").done
     assert [v.votes for v in store.voted_items("sim")] == [("a", "a")] * 3
+    assert [v.reference for v in store.voted_items("sim")] == [None] * 3  # none in these items' meta
+    referenced = [NewItem(({"role": "user", "content": "q"},), "x", "y", meta={"reference": "the answer"})]
+    store.publish_batch(NewBatch("ref", "simulated", votes_per_item=1), referenced)
+    assert [v.reference for v in store.voted_items("ref")] == ["the answer"]  # from the item's meta, for the export
 
 
 def test_stores_opened_from_many_threads_at_once_migrate_safely(tmp_path: Path) -> None:
