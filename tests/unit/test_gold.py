@@ -162,3 +162,20 @@ def test_a_resumed_run_keeps_its_gold_curve(sft_dir: Path, tmp_path: Path) -> No
     assert result.metrics["resumed"] == 1 and sorted(hook.seen["rlhf/gold/gold"]) == [4, 6]  # 0 and 2 came back
     report = json.loads((tmp_path / "out" / "policy_health.json").read_text())
     assert [p["step"] for p in report["gold"]] == [0, 2, 4, 6] and result.metrics["gold_points"] == 4
+
+
+def test_the_report_card_plots_proxy_gold_and_kl(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lifecycle.evaluate.plots import REWARD_PANELS, collect_panels, plot_curves
+
+    logged = {"rlhf/gold/proxy": [0.1, 0.5, 0.9], "rlhf/gold/gold": [0.3, 0.25, 0.2], "rlhf/gold/kl": [0, 0.1, 0.3],
+              "rlhf/policy/train/reward": [0.1, 0.2, 0.3]}
+    client = SimpleNamespace(get_metric_history=lambda run_id, key: [
+        SimpleNamespace(step=4 * i, value=v, timestamp=i) for i, v in enumerate(logged[key])])
+    run = SimpleNamespace(info=SimpleNamespace(run_id="r"), data=SimpleNamespace(metrics={k: 0.0 for k in logged}))
+    panels, notes = collect_panels(client, {"rlhf": run}, REWARD_PANELS, "")
+    curves = {s.label: s for p in panels for s in p.series}
+    assert {"proxy", "gold", "KL", "reward"} <= set(curves) and not notes
+    assert curves["gold"].steps == [0.0, 4.0, 8.0] and curves["gold"].values == logged["rlhf/gold/gold"]
+    assert plot_curves(panels, tmp_path / "reward_kl.png").read_bytes()[:4] == b"\x89PNG"
