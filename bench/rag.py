@@ -128,7 +128,7 @@ def index_for(args: argparse.Namespace, cfg: Config, state_dir: Path) -> tuple[d
         return info, [q.text for q in questions][:args.queries]
     info = read_current(state_dir)
     retriever = open_index(info, cfg.serve.search)
-    questions = python_docs_questions(indexed_documents(retriever), args.queries,
+    questions = python_docs_questions(indexed_documents(retriever.tbl), args.queries,
                                       cfg.rag_index.evaluate.question_template)
     return info, [q.text for q in questions]
 

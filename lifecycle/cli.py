@@ -6,7 +6,8 @@
     lifecycle search "parse a JSON string" [--mode dense|fts|hybrid] [--filter-source NAME] [--title-prefix P]
     lifecycle ask "How do I parse JSON?" [--model HF_DIR|NAME/VERSION|NAME@ALIAS]   # @champion, else @candidate
     lifecycle lineage [NAME/VERSION|NAME@ALIAS]     # what a registered model was built from (JSON)
-    lifecycle eval-retrieval [--squad FILE]         # recall@k / MRR of dense, full-text and hybrid search
+    lifecycle eval-retrieval [--squad FILE] [--fit [--save-profile NAME]]   # recall@k / MRR of each search mode;
+                                                    # --fit: fusion and title boost fitted on those questions
     lifecycle bench pretrain --layers 4 --heads 4 --dim 128 --context 128 --batch 16 --steps 30 --vocab-size 2048
     lifecycle ui [mlflow|prefect] | deploy | worker # dashboards over the state dir; deployments (ops/cli.py)
     lifecycle annotate | annotators add NAME | preferences status|resume   # people's votes (preferences/cli.py)
@@ -107,6 +108,10 @@ def _rag_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--squad", metavar="FILE", help="SQuAD-format JSON: index its passages (in a separate table) "
                                                    "and ask its questions; default: python-docs questions on the index")
     ev.add_argument("--max-questions", type=int, help="evaluate at most this many questions")
+    ev.add_argument("--fit", action="store_true", help="first fit hybrid fusion and the title boost on these "
+                    "questions (the grid: rag_index.evaluate.fit); prints the chosen serve.search values as YAML")
+    ev.add_argument("--save-profile", metavar="NAME", help="with --fit: write the chosen values to "
+                    "conf/profiles/NAME.yaml (extending --profile), for `--profile NAME` in search, ask and serve")
 
 
 def load(args: argparse.Namespace):  # -> Config (imported lazily to keep `--help` fast)
@@ -241,14 +246,22 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from lifecycle.rag.evaluate import evaluate_current, evaluate_squad
+    from lifecycle.config import find_conf_dir
+    from lifecycle.rag.evaluate import run_eval_retrieval
+    from lifecycle.rag.profile import fitted_yaml, save_profile
 
+    if args.save_profile and not args.fit:
+        raise LifecycleError("--save-profile needs --fit (it saves the fitted values)")
     cfg, state_dir, _ = _rag_setup(args)
-    if args.squad:
-        result = evaluate_squad(Path(args.squad), cfg, state_dir, args.max_questions)
-    else:
-        result = evaluate_current(cfg, state_dir, args.max_questions)
+    result = run_eval_retrieval(cfg, state_dir, Path(args.squad) if args.squad else None, args.max_questions, args.fit)
     print(json.dumps(result, indent=2))
+    if args.fit:
+        text = fitted_yaml(result["overlay"], result["fit"], args.profile)
+        print(f"\nFitted serve.search (paste into conf/serve.yaml or a profile's serve: section):\n\n{text}",
+              file=sys.stderr)
+        if args.save_profile:
+            path = save_profile(find_conf_dir(args.conf), args.save_profile, text)
+            print(f"saved to {path}: use it with --profile {args.save_profile}", file=sys.stderr)
     return 0
 
 

@@ -33,7 +33,8 @@ class Stage:
     after: tuple[str, ...] = ()  # gates: stages that must have passed first (not part of its key)
     uses: tuple[str, ...] = ()  # model stages whose reference it takes when they run too (not part of its key)
     key_extras: tuple[str, ...] = ()  # "seed": run.seed; "sources" / "preference_files": content hashes of files;
-    # "serve": the query-time settings it uses; DYNAMIC ones come from the running pipeline (registry, stores)
+    # "serve": the query-time settings it uses; "search": serve.search and evaluate.intervals (what a retrieval
+    # evaluation measures); DYNAMIC ones come from the running pipeline (registry, stores)
     model: bool = False  # registers a model version and hands on its reference
 
     @property
@@ -71,9 +72,10 @@ GRAPH: tuple[Stage, ...] = (
                    "model, registered: the policy's reference; health checks and the reward-hacking alarm",
           code=("lifecycle.align.reward", "lifecycle.align.policy", "lifecycle.align.dpo", "lifecycle.align.health",
                 "lifecycle.align.pairs", "lifecycle.align.launch", "lifecycle.model", "lifecycle.config.passthrough")),
-    Stage("rag_index", inputs=("ingest",), after=("validate",), uses=("sft", "rlhf"),
+    Stage("rag_index", inputs=("ingest",), after=("validate",), uses=("sft", "rlhf"), key_extras=("search",),
           produces="a version of the LanceDB chunk table and its retrieval metrics; paired with the run's model",
-          code=("lifecycle.rag.chunk", "lifecycle.rag.embed", "lifecycle.rag.index", "lifecycle.rag.evaluate")),
+          code=("lifecycle.rag.chunk", "lifecycle.rag.embed", "lifecycle.rag.index", "lifecycle.rag.evaluate",
+                "lifecycle.rag.search", "lifecycle.rag.rerank", "lifecycle.evaluate.bootstrap")),
     Stage("evaluate", inputs=("ingest", "pretrain", "sft", "rlhf", "rag_index"), key_extras=("champion", "serve"),
           produces="the candidate against @champion, the SFT and base models on held-out data: bits per byte, "
                    "ROUGE-L with and without retrieval, reward-model win rates, recall@k, latency; the report card",
@@ -164,6 +166,9 @@ def key_extras(stage: Stage, cfg: Config, dynamic: Callable[[str], str] | None =
         extras[name] = dynamic(name)
     if "serve" in stage.key_extras:
         extras["serve"] = hash_json(cfg.serve.model_dump(mode="json", include={"search", "answer"}))
+    if "search" in stage.key_extras:  # what a retrieval evaluation measures: the search settings, its intervals
+        extras["search"] = hash_json({"search": cfg.serve.search.model_dump(mode="json"),
+                                      "intervals": cfg.evaluate.intervals.model_dump(mode="json")})
     if "seed" in stage.key_extras:
         extras["seed"] = str(cfg.run.seed)
     if "sources" in stage.key_extras:

@@ -73,7 +73,8 @@ def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None)
 
 
 def evaluate_index(info: dict[str, Any], documents: list[dict[str, Any]], cfg: Config, out: Path) -> dict[str, float]:
-    """recall@k / MRR of dense, full-text and hybrid search on python-docs questions; logged and returned."""
+    """recall@k (with its bootstrap interval: `<mode>_recall_at_<k>_low/_high/_n`) and MRR of dense, full-text
+    and hybrid search (and the reranker, when configured) on python-docs questions; logged and returned."""
     logger = get_run_logger()
     section = cfg.rag_index.evaluate
     questions = python_docs_questions(documents, section.max_questions, section.question_template)
@@ -81,7 +82,8 @@ def evaluate_index(info: dict[str, Any], documents: list[dict[str, Any]], cfg: C
         logger.info("rag_index: no documents with an `object` (python-docs) or evaluate.max_questions = 0: "
                     "retrieval evaluation skipped")
         return {}
-    report = evaluate_retrieval(open_index(info, cfg.serve.search), questions, section.ks)
+    report = evaluate_retrieval(open_index(info, cfg.serve.search), questions, section.ks,
+                                intervals=cfg.evaluate.intervals.model_dump())
     markdown = report_markdown(report, "Retrieval on python-docs questions")
     (out / "retrieval_eval.json").write_text(json.dumps(report, indent=2))
     (out / "retrieval_eval.md").write_text(markdown + "\n")

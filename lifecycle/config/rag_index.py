@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lifecycle.config.base import Section
 
@@ -43,10 +43,38 @@ class RagAnnConfig(Section):
     num_sub_vectors: int = Field(ge=1)  # ivf_pq: must divide the embedding dimension
 
 
+class RagFitConfig(Section):
+    """The serve.search values `lifecycle eval-retrieval --fit` tries (every combination) on these questions."""
+
+    methods: list[Literal["linear", "rrf"]] = Field(min_length=1)
+    dense_weights: list[float] = Field(min_length=2)  # must hold 0 and 1: full-text alone and dense alone
+    rrf_ks: list[int] = Field(min_length=1)  # rrf only
+    title_boosts: list[float] = Field(min_length=1)
+    folds: int = Field(ge=2)  # cross-validation: fit on all folds but one, measure on that one
+
+    @field_validator("dense_weights")
+    @classmethod
+    def _endpoints(cls, weights: list[float]) -> list[float]:
+        if any(not 0 <= w <= 1 for w in weights):
+            raise ValueError(f"each weight must be in [0, 1], got {weights}")
+        if 0 not in weights or 1 not in weights:
+            raise ValueError(f"must include 0 and 1 (full-text alone, dense alone), so that the fit is never worse "
+                             f"than the better of the two; got {weights}")
+        return weights
+
+    @field_validator("rrf_ks", "title_boosts")
+    @classmethod
+    def _not_negative(cls, values: list[float]) -> list[float]:
+        if any(v < 0 for v in values):
+            raise ValueError(f"values must be >= 0, got {values}")
+        return values
+
+
 class RagEvalConfig(Section):
     max_questions: int = Field(ge=0)  # python-docs objects asked about (0: no evaluation in the stage)
     ks: list[int] = Field(min_length=1)
     question_template: str = Field(pattern=r"\{object\}")
+    fit: RagFitConfig
 
 
 class RagRetentionConfig(Section):

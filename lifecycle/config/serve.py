@@ -11,10 +11,31 @@ from pydantic import Field
 from lifecycle.config.base import Section
 
 
+class FusionConfig(Section):
+    """How hybrid search combines the dense and full-text rankings (fitted by `lifecycle eval-retrieval --fit`)."""
+
+    method: Literal["rrf", "linear"]  # rrf: sum of weight / (rrf_k + rank); linear: sum of weight x min-max score
+    dense_weight: float = Field(ge=0, le=1)  # the dense share; full-text gets 1 - this (1: dense only, 0: fts only)
+    rrf_k: int = Field(ge=0)  # rrf: a larger k flattens the difference between ranks
+    candidates: int = Field(ge=1)  # each retriever's top n that are fused (at least the k asked for)
+
+
+class RerankConfig(Section):
+    """An optional cross-encoder that re-scores the top candidates of any mode (slower, often better at rank 1)."""
+
+    model: str | None = Field(min_length=1)  # sentence-transformers CrossEncoder: a local folder or hub id; null: off
+    candidates: int = Field(ge=1)  # the top n of the first-stage ranking that are re-scored
+    batch_size: int = Field(ge=1)
+    max_length: int = Field(ge=8)  # tokens of question + chunk read by the cross-encoder
+    device: Literal["cpu", "cuda"]
+
+
 class SearchConfig(Section):
     mode: Literal["dense", "fts", "hybrid"]
     top_k: int = Field(ge=1)
-    rrf_k: int = Field(ge=1)  # reciprocal-rank fusion constant: score = sum 1 / (rrf_k + rank)
+    title_boost: float = Field(ge=0)  # full-text: weight of a match in the chunk's title next to its text (0: text)
+    fusion: FusionConfig
+    rerank: RerankConfig
     nprobes: int = Field(ge=1)  # ANN partitions searched
     refine_factor: int | None = Field(ge=1)  # re-rank nprobes' candidates x this with exact distances
     query_threads: int = Field(ge=0)  # torch CPU threads to embed one query (0: the index's embed.threads)

@@ -86,59 +86,117 @@ def rank_of_first_relevant(doc_ids: list[str], relevant: frozenset[str]) -> int 
 
 
 def evaluate_retrieval(retriever: Retriever, questions: list[Question], ks: list[int],
-                       modes: tuple[Mode, ...] = MODES) -> dict[str, dict[str, float]]:
-    """{mode: {recall_at_k..., mrr, p50_ms, questions}} over `questions` (query vectors embedded once)."""
+                       modes: tuple[Mode, ...] = MODES,
+                       intervals: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """{mode: {recall_at_k..., mrr, p50_ms, questions}} over `questions` (query vectors embedded once, so p50_ms
+    is the search alone). With `intervals` ({level, resamples, seed}: conf/evaluate.yaml) each recall@k also has
+    `_low`, `_high` and `_n` (a bootstrap over the questions). A retriever with a reranker adds the row
+    `reranked`: its configured mode, then the cross-encoder, with the gain in recall@{min k} over that mode
+    (`gain_recall_at_<k>`) next to the time the cross-encoder adds (`rerank_p50_ms`)."""
     depth = max(ks)
     vectors = retriever.embedder.embed([q.text for q in questions], desc="embed questions")
     report: dict[str, dict[str, float]] = {}
     for mode in modes:
-        ranks: list[int | None] = []
-        times: list[float] = []
+        ranks, times = [], []
         for question, qvec in progress(list(zip(questions, vectors)), desc=f"evaluate {mode}", logger=log):
             started = time.perf_counter()
-            if mode == "dense":
-                hits = retriever.dense(qvec, depth)
-            elif mode == "fts":
-                hits = retriever.fts(question.text, depth)
-            else:
-                hits = retriever.hybrid(qvec, question.text, depth)
+            hits = retriever.first_stage(mode, question.text, qvec, depth)
             times.append(time.perf_counter() - started)
             ranks.append(rank_of_first_relevant([h.doc_id for h in hits], question.relevant))
-        report[mode] = summarize(ranks, ks) | {"p50_ms": 1000 * sorted(times)[len(times) // 2] if times else 0.0}
+        report[mode] = summarize(ranks, ks, intervals) | {"p50_ms": median_ms(times)}
+    if retriever.reranker is not None:
+        report["reranked"] = evaluate_reranker(retriever, questions, vectors, ks, report, intervals)
     return report
 
 
-def summarize(ranks: list[int | None], ks: list[int]) -> dict[str, float]:
+def evaluate_reranker(retriever: Retriever, questions: list[Question], vectors: Any, ks: list[int],
+                      report: dict[str, dict[str, float]], intervals: dict[str, Any] | None) -> dict[str, float]:
+    """The configured mode's top `rerank.candidates`, re-scored by the cross-encoder: recall, total and added
+    p50 latency, and the recall@{min k} gained over the mode alone (measured here when `report` lacks it)."""
+    mode, reranker = retriever.cfg.mode, retriever.reranker
+    assert reranker is not None
+    depth, pool = max(ks), max(max(ks), retriever.cfg.rerank.candidates)
+    ranks, base_ranks, first, second = [], [], [], []
+    for question, qvec in progress(list(zip(questions, vectors)), desc=f"evaluate {mode} + rerank", logger=log):
+        started = time.perf_counter()
+        hits = retriever.first_stage(mode, question.text, qvec, pool)
+        middle = time.perf_counter()
+        reranked = reranker.rerank(question.text, hits, depth)
+        first.append(middle - started)
+        second.append(time.perf_counter() - middle)
+        base_ranks.append(rank_of_first_relevant([h.doc_id for h in hits[:depth]], question.relevant))
+        ranks.append(rank_of_first_relevant([h.doc_id for h in reranked], question.relevant))
+    row = summarize(ranks, ks, intervals)
+    k = min(ks)
+    base = report.get(mode) or summarize(base_ranks, ks)
+    return row | {"p50_ms": median_ms([a + b for a, b in zip(first, second)]), "rerank_p50_ms": median_ms(second),
+                  f"gain_recall_at_{k}": row[f"recall_at_{k}"] - base[f"recall_at_{k}"]}
+
+
+def median_ms(seconds: list[float]) -> float:
+    return 1000 * sorted(seconds)[len(seconds) // 2] if seconds else 0.0
+
+
+def summarize(ranks: list[int | None], ks: list[int], intervals: dict[str, Any] | None = None) -> dict[str, float]:
+    """recall@k for each k, MRR and the number of questions; with `intervals`, each recall@k's bootstrap
+    interval as `recall_at_<k>_low/_high/_n` (bootstrap.py)."""
+    from lifecycle.evaluate.bootstrap import flat_keys, interval
+
     n = len(ranks) or 1
-    out = {f"recall_at_{k}": sum(1 for r in ranks if r is not None and r <= k) / n for k in sorted(ks)}
+    out: dict[str, float] = {}
+    for k in sorted(ks):
+        hits = [1.0 if r is not None and r <= k else 0.0 for r in ranks]
+        out[f"recall_at_{k}"] = sum(hits) / n
+        if intervals and ranks:
+            out |= flat_keys(f"recall_at_{k}", interval(hits, **intervals))
     out["mrr"] = sum(1.0 / r for r in ranks if r is not None) / n
     out["questions"] = float(len(ranks))
     return out
 
 
+def recall_names(row: dict[str, float]) -> list[str]:
+    return [m for m in row if m.startswith("recall_at_") and m.removeprefix("recall_at_").isdigit()]
+
+
 def report_markdown(report: dict[str, dict[str, float]], title: str) -> str:
-    """The comparison as a markdown table (modes as rows)."""
-    metrics = [m for m in next(iter(report.values())) if m.startswith("recall_at_")] + ["mrr", "p50_ms"]
+    """The comparison as a markdown table (modes as rows; recall with its interval when measured)."""
+    first = next(iter(report.values()))
+    recalls = recall_names(first)
+
+    def cell(row: dict[str, float], m: str) -> str:
+        if m == "p50_ms":
+            return f"{row[m]:.1f}"
+        low, high = row.get(f"{m}_low"), row.get(f"{m}_high")
+        return f"{row[m]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
+
+    metrics = recalls + ["mrr", "p50_ms"]
     lines = [f"### {title}", "", "| mode | " + " | ".join(m.replace("_at_", "@") for m in metrics) + " |",
              "|---|" + "---:|" * len(metrics)]
-    for mode, row in report.items():
-        lines.append(f"| {mode} | " + " | ".join(f"{row[m]:.3f}" if m != "p50_ms" else f"{row[m]:.1f}"
-                                                 for m in metrics) + " |")
-    n = int(next(iter(report.values()))["questions"])
-    return "\n".join(lines + ["", f"{n} questions; recall@k = share with a relevant chunk in the top k."])
+    lines += [f"| {mode} | " + " | ".join(cell(row, m) for m in metrics) + " |" for mode, row in report.items()]
+    n = int(first["questions"])
+    notes = [f"{n} questions; recall@k = share with a relevant chunk in the top k"
+             + ("; [low, high]: its bootstrap interval over the questions." if f"{recalls[0]}_low" in first else ".")]
+    reranked = report.get("reranked")
+    if reranked:
+        gain = next(k for k in reranked if k.startswith("gain_recall_at_"))
+        notes.append(f"Cross-encoder reranker: {reranked[gain]:+.3f} {gain.removeprefix('gain_').replace('_at_', '@')} "
+                     f"for +{reranked['rerank_p50_ms']:.1f} ms p50 per question.")
+    return "\n".join(lines + [""] + notes)
 
 
-def indexed_documents(retriever: Retriever) -> list[dict[str, Any]]:
-    """The documents of an index as {id, object, split} (for python-docs questions without the ingest output)."""
-    rows = retriever.tbl.search().select(["doc_id", "object", "split"]).limit(None).to_list()
+def indexed_documents(tbl: Any) -> list[dict[str, Any]]:
+    """The documents of a chunk table as {id, object, split} (python-docs questions without the ingest output)."""
+    rows = tbl.search().select(["doc_id", "object", "split"]).limit(None).to_list()
     return list({r["doc_id"]: {"id": r["doc_id"], "object": r["object"], "split": r["split"]} for r in rows}.values())
 
 
 def log_retrieval_eval(state_dir: Path, experiment: str, name: str, report: dict[str, dict[str, float]],
-                       params: dict[str, Any]) -> str:
-    """One MLflow run with the comparison (metrics `rag_eval/<mode>_<metric>`, a table and markdown); its id."""
+                       params: dict[str, Any], fit: dict[str, Any] | None = None) -> str:
+    """One MLflow run with the comparison (metrics `rag_eval/<mode>_<metric>`, a table and markdown) and, after
+    `--fit`, the chosen values (params `fit.*`, `rag_eval/fit.json`, the overlay `rag_eval/fitted_search.yaml`)."""
     import mlflow
     import pandas as pd
+    import yaml
 
     from lifecycle.tracking import setup_mlflow
 
@@ -149,43 +207,86 @@ def log_retrieval_eval(state_dir: Path, experiment: str, name: str, report: dict
         mlflow.log_metrics({f"rag_eval/{mode}_{k}": v for mode, row in report.items() for k, v in row.items()})
         mlflow.log_table(pd.DataFrame([{"mode": m} | row for m, row in report.items()]), "rag_eval/retrieval_eval.json")
         mlflow.log_text(report_markdown(report, name), "rag_eval/retrieval_eval.md")
+        if fit is not None:
+            chosen = fit["chosen"]
+            mlflow.log_params({"fit.title_boost": chosen["title_boost"], "fit.settings_tried": fit["settings_tried"]}
+                              | {f"fit.fusion.{k}": v for k, v in chosen["fusion"].items()})
+            mlflow.log_metrics({f"rag_eval/fit_cv_{k}": v for k, v in fit["cross_validated"].items()})
+            mlflow.log_dict(fit, "rag_eval/fit.json")
+            mlflow.log_text(yaml.safe_dump({"serve": {"search": chosen}}, sort_keys=False),
+                            "rag_eval/fitted_search.yaml")
     return run.info.run_id
 
 
-def evaluate_squad(path: Path, cfg: Config, state_dir: Path, max_questions: int | None = None) -> dict[str, Any]:
-    """Index a SQuAD file's passages into their own table (incremental across calls), ask its questions,
-    compare the three modes and log the comparison to MLflow."""
+def squad_target(path: Path, cfg: Config, state_dir: Path,
+                 max_questions: int | None) -> tuple[dict[str, Any], list[Question], dict[str, Any]]:
+    """A SQuAD file's passages indexed into their own table (incremental across calls) and its questions."""
     from lifecycle.rag.index import build_index
-    from lifecycle.rag.search import open_index, rag_dir
+    from lifecycle.rag.search import rag_dir
 
     docs, questions = load_squad(path)
     questions = questions[:max_questions] if max_questions else questions
     table = "squad_" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
     info = build_index(docs, cfg.rag_index, str(rag_dir(state_dir) / "eval" / "lancedb"), table).to_dict()
-    report = evaluate_retrieval(open_index(info, cfg.serve.search), questions, cfg.rag_index.evaluate.ks)
-    run_id = log_retrieval_eval(state_dir, cfg.run.experiment, f"eval-retrieval-{Path(path).stem}", report,
-                                {"dataset": str(path), "questions": len(questions), "passages": len(docs),
-                                 "chunks": info["rows"], "embed_model": cfg.rag_index.embed.model})
-    return {"dataset": str(path), "passages": len(docs), "questions": len(questions), "chunks": info["rows"],
-            "embedded_chunks": info["embedded_chunks"], "table": f"{info['uri']}#{table}", "mlflow_run_id": run_id,
-            "report": report}
+    return info, questions, {"dataset": str(path), "passages": len(docs), "chunks": info["rows"],
+                             "embedded_chunks": info["embedded_chunks"], "table": f"{info['uri']}#{table}"}
 
 
-def evaluate_current(cfg: Config, state_dir: Path, max_questions: int | None = None) -> dict[str, Any]:
-    """python-docs questions against the index the last rag_index run built, logged to MLflow."""
-    from lifecycle.rag.search import open_index, read_current
+def current_target(cfg: Config, state_dir: Path,
+                   max_questions: int | None) -> tuple[dict[str, Any], list[Question], dict[str, Any]]:
+    """The index the last rag_index run built and python-docs questions about its objects (held-out first)."""
+    from lifecycle.rag.search import open_table, read_current
 
     info = read_current(state_dir)
-    retriever = open_index(info, cfg.serve.search)
-    questions = python_docs_questions(indexed_documents(retriever),
+    questions = python_docs_questions(indexed_documents(open_table(info["uri"], info["table"], info["version"])),
                                       max_questions or cfg.rag_index.evaluate.max_questions,
                                       cfg.rag_index.evaluate.question_template)
     if not questions:
         raise InputError(f"the index {info['uri']}#{info['table']} has no python-docs objects to ask about; "
                          "use --squad FILE")
-    report = evaluate_retrieval(retriever, questions, cfg.rag_index.evaluate.ks)
-    run_id = log_retrieval_eval(state_dir, cfg.run.experiment, "eval-retrieval-python-docs", report,
-                                {"dataset": "python-docs", "questions": len(questions), "index_key": info["key"],
-                                 "index_version": info["version"]})
-    return {"dataset": "python-docs", "questions": len(questions), "table": f"{info['uri']}#{info['table']}",
-            "version": info["version"], "mlflow_run_id": run_id, "report": report}
+    return info, questions, {"dataset": "python-docs", "table": f"{info['uri']}#{info['table']}",
+                             "version": info["version"], "index_key": info.get("key")}
+
+
+def run_eval_retrieval(cfg: Config, state_dir: Path, squad: Path | None = None, max_questions: int | None = None,
+                       fit: bool = False) -> dict[str, Any]:
+    """`lifecycle eval-retrieval`: recall@k (with intervals), MRR and latency of each mode on python-docs
+    questions (or a SQuAD file), logged to MLflow. With `fit`, the fusion and title boost are first fitted on
+    the same questions (fit.py); the report then measures the fitted settings, with the configured hybrid
+    search as `hybrid_configured`, and the result holds the chosen values."""
+    from lifecycle.rag.search import open_index
+
+    info, questions, meta = (squad_target(squad, cfg, state_dir, max_questions) if squad else
+                             current_target(cfg, state_dir, max_questions))
+    ks, spec = cfg.rag_index.evaluate.ks, cfg.evaluate.intervals.model_dump()
+    retriever = open_index(info, cfg.serve.search)
+    fitted = None
+    if fit:
+        from lifecycle.rag.fit import fit_search
+
+        fitted = fit_search(retriever, questions, cfg.rag_index.evaluate.fit, ks)
+        configured = evaluate_retrieval(retriever, questions, ks, ("hybrid",), spec)["hybrid"]
+        retriever.cfg = fitted.search
+    report = evaluate_retrieval(retriever, questions, ks, intervals=spec)
+    if fitted is not None:
+        report = {"hybrid_configured": configured} | report
+    name = f"eval-retrieval-{Path(squad).stem if squad else 'python-docs'}" + ("-fit" if fit else "")
+    run_id = log_retrieval_eval(state_dir, cfg.run.experiment, name, report,
+                                {k: v for k, v in meta.items() if v is not None} |
+                                {"questions": len(questions), "embed_model": info["embed"]["model"],
+                                 "rerank_model": str(cfg.serve.search.rerank.model)},
+                                fitted.to_dict() if fitted else None)
+    return meta | {"questions": len(questions), "mlflow_run_id": run_id, "report": report} | (
+        {"fit": fitted.to_dict(), "overlay": fitted.overlay()} if fitted else {})
+
+
+def evaluate_squad(path: Path, cfg: Config, state_dir: Path, max_questions: int | None = None,
+                   fit: bool = False) -> dict[str, Any]:
+    """The questions of a SQuAD-format file over its own passages (`run_eval_retrieval`)."""
+    return run_eval_retrieval(cfg, state_dir, Path(path), max_questions, fit)
+
+
+def evaluate_current(cfg: Config, state_dir: Path, max_questions: int | None = None,
+                     fit: bool = False) -> dict[str, Any]:
+    """python-docs questions against the index the last rag_index run built (`run_eval_retrieval`)."""
+    return run_eval_retrieval(cfg, state_dir, None, max_questions, fit)

@@ -1,5 +1,5 @@
-"""Build and incrementally update the LanceDB table of chunks: embeddings, an ANN vector index, a
-full-text index and a scalar index on `source` for filters.
+"""Build and incrementally update the LanceDB table of chunks: embeddings, an ANN vector index, full-text
+indexes on the chunk text and on the title, and a scalar index on `source` for filters.
 
 Incremental: every row carries its document's `doc_key` (content hash + metadata + index settings, see
 chunk.py). A build embeds only documents whose key is not in the table yet and deletes the rows of keys
@@ -145,6 +145,8 @@ def ensure_indexes(tbl: lancedb.table.Table, cfg: RagIndexConfig, dim: int, chan
         tbl.optimize(cleanup_older_than=KEEP_EVERY_VERSION)  # compact, add unindexed rows to every index
     if "search_text" not in names:
         tbl.create_index("search_text", config=FTS(), replace=True)
+    if "title" not in names:  # serve.search.title_boost; not stemmed, stop words kept: `dumps` is not `dump`
+        tbl.create_index("title", config=FTS(stem=False, remove_stop_words=False), replace=True)
     if "source" not in names:
         tbl.create_index("source", config=BTree(), replace=True)
     if "vector" in names:

@@ -1,5 +1,7 @@
-"""Retrieval over the LanceDB chunk table: dense (ANN, or exact), full-text (BM25) and hybrid
-(reciprocal-rank fusion of the two rankings), with metadata filters built safely from user values.
+"""Retrieval over the LanceDB chunk table: dense (ANN, or exact), full-text (BM25 over the chunk text and,
+weighted by `title_boost`, its title) and hybrid (the two rankings fused: weighted reciprocal ranks or a
+weighted sum of min-max normalised scores, `serve.search.fusion`), optionally re-scored by a cross-encoder
+(`serve.search.rerank`, rerank.py), with metadata filters built safely from user values.
 
     retriever = open_current(state_dir, cfg.serve.search)          # the index the last rag_index run built
     hits = retriever.search("parse a JSON string", mode="hybrid", k=5, where=build_where(source="stdlib"))
@@ -13,6 +15,7 @@ registered model carries the index version it was paired with (`index_of_model`)
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from lifecycle.config import RagEmbedConfig, SearchConfig
+from lifecycle.config.serve import FusionConfig
 from lifecycle.errors import LifecycleError
 from lifecycle.manifest import write_json_atomic
 
@@ -27,7 +31,9 @@ if TYPE_CHECKING:  # LanceDB and the embedder (torch, sentence-transformers) loa
     import lancedb
 
     from lifecycle.rag.embed import Embedder
+    from lifecycle.rag.rerank import Reranker
 
+log = logging.getLogger("lifecycle.rag.search")
 Mode = Literal["dense", "fts", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "fts", "hybrid")
 FIELDS = ["chunk_id", "doc_id", "chunk_index", "text", "source", "path", "title", "object"]
@@ -43,7 +49,7 @@ class Hit:
     path: str
     title: str
     object: str
-    score: float  # dense: cosine similarity; fts: BM25; hybrid: reciprocal-rank fusion score
+    score: float  # dense: cosine similarity; fts: BM25; hybrid: the fused score; reranked: the cross-encoder's
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -65,20 +71,35 @@ def build_where(source: str | None = None, title_prefix: str | None = None,
 
 
 class Retriever:
-    """Search one version of a chunk table with the embedding model it was built with."""
+    """Search one version of a chunk table with the embedding model it was built with (and, when given, a
+    cross-encoder that re-scores the first stage's top `rerank.candidates`)."""
 
-    def __init__(self, tbl: lancedb.table.Table, embedder: Embedder, cfg: SearchConfig) -> None:
+    def __init__(self, tbl: lancedb.table.Table, embedder: Embedder, cfg: SearchConfig,
+                 reranker: Reranker | None = None) -> None:
         self.tbl = tbl
         self.embedder = embedder
         self.cfg = cfg
+        self.reranker = reranker
+        self.fts_columns = {i.columns[0] for i in tbl.list_indices() if i.index_type == "FTS"}
+        if cfg.title_boost and "title" not in self.fts_columns:
+            log.warning("search: serve.search.title_boost = %s, but table %s has no full-text index on `title` "
+                        "(built before it existed): full-text search reads the text only until the next rag_index "
+                        "run adds it", cfg.title_boost, tbl.name)
 
     def search(self, query: str, mode: Mode | None = None, k: int | None = None, where: str | None = None,
                exact: bool = False) -> list[Hit]:
         mode = mode or self.cfg.mode
         k = k or self.cfg.top_k
+        depth = max(k, self.cfg.rerank.candidates) if self.reranker else k
+        qvec = None if mode == "fts" else self.embedder.embed_query(query, self.cfg.query_threads)
+        hits = self.first_stage(mode, query, qvec, depth, where, exact)
+        return self.reranker.rerank(query, hits, k) if self.reranker else hits
+
+    def first_stage(self, mode: Mode, query: str, qvec: np.ndarray | None, k: int, where: str | None = None,
+                    exact: bool = False) -> list[Hit]:
+        """The top k of one mode without the reranker (`qvec`: the query's vector; unused by fts)."""
         if mode == "fts":
             return self.fts(query, k, where)
-        qvec = self.embedder.embed_query(query, self.cfg.query_threads)
         if mode == "dense":
             return self.dense(qvec, k, where, exact)
         return self.hybrid(qvec, query, k, where)
@@ -95,27 +116,53 @@ class Retriever:
             q = q.where(where, prefilter=True)
         return [_hit(r, 1.0 - r["_distance"]) for r in _run(q, where)]
 
-    def fts(self, query: str, k: int, where: str | None = None) -> list[Hit]:
-        q = self.tbl.search(query, query_type="fts").select([*FIELDS, "_score"]).limit(k)
+    def fts(self, query: str, k: int, where: str | None = None, title_boost: float | None = None) -> list[Hit]:
+        """BM25 over the chunk text; with a title boost, over the text and the title (a multi-field match:
+        the sum of each field's BM25, the title's times the boost)."""
+        from lancedb.query import MatchQuery, MultiMatchQuery
+
+        boost = self.cfg.title_boost if title_boost is None else title_boost
+        match = (MultiMatchQuery(query, ["search_text", "title"], boosts=[1.0, boost])
+                 if boost and "title" in self.fts_columns else MatchQuery(query, "search_text"))
+        q = self.tbl.search(match, query_type="fts").select([*FIELDS, "_score"]).limit(k)
         if where:
             q = q.where(where, prefilter=True)
         return [_hit(r, r["_score"]) for r in _run(q, where)]
 
     def hybrid(self, qvec: np.ndarray, query: str, k: int, where: str | None = None) -> list[Hit]:
-        """Reciprocal-rank fusion of the dense and full-text top k: score = sum over lists of 1 / (rrf_k + rank)."""
-        return fuse([self.dense(qvec, k, where), self.fts(query, k, where)], k, self.cfg.rrf_k)
+        """The dense and full-text top `fusion.candidates` (at least k) fused as `serve.search.fusion` says."""
+        n = max(k, self.cfg.fusion.candidates)
+        return fuse_pair(self.dense(qvec, n, where), self.fts(query, n, where), k, self.cfg.fusion)
 
 
-def fuse(ranked: list[list[Hit]], k: int, rrf_k: int) -> list[Hit]:
-    """RRF over ranked lists (ranks from 1); ties keep the order of first appearance (dense first)."""
+def fuse_pair(dense: list[Hit], fts: list[Hit], k: int, fusion: FusionConfig) -> list[Hit]:
+    """A dense and a full-text ranking fused with `fusion` (dense_weight for dense, the rest for full-text)."""
+    return fuse([dense, fts], [fusion.dense_weight, 1.0 - fusion.dense_weight], k, fusion.method, fusion.rrf_k)
+
+
+def fuse(ranked: list[list[Hit]], weights: list[float], k: int, method: str, rrf_k: int) -> list[Hit]:
+    """Weighted fusion of ranked lists (best first). rrf: score = sum of weight / (rrf_k + rank), ranks from 1;
+    linear: sum of weight x the list's scores min-max normalised to [0, 1] (1 when they are all equal). A chunk
+    missing from a list gets 0 from it. Ties keep the order of first appearance, the lists visited heaviest
+    first, so weights that are 0 for all lists but one reproduce that list's order (the others' chunks after)."""
     scores: dict[str, float] = {}
     first: dict[str, Hit] = {}
-    for hits in ranked:
-        for rank, hit in enumerate(hits, 1):
-            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (rrf_k + rank)
+    for i in sorted(range(len(ranked)), key=lambda j: -weights[j]):  # stable: equal weights keep list order
+        hits = ranked[i]
+        parts = _min_max([h.score for h in hits]) if method == "linear" else \
+            [1.0 / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
+        for hit, part in zip(hits, parts):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weights[i] * part
             first.setdefault(hit.chunk_id, hit)
     order = sorted(first, key=lambda c: -scores[c])  # stable: ties stay in first-seen order
     return [replace(first[c], score=scores[c]) for c in order[:k]]
+
+
+def _min_max(values: list[float]) -> list[float]:
+    if not values:
+        return []
+    low, high = min(values), max(values)
+    return [(v - low) / (high - low) if high > low else 1.0 for v in values]
 
 
 def _run(query: Any, where: str | None) -> list[dict[str, Any]]:
@@ -167,11 +214,14 @@ def open_table(uri: str, table: str, version: int | None = None) -> lancedb.tabl
 
 
 def open_index(info: dict[str, Any], cfg: SearchConfig) -> Retriever:
-    """A retriever over the table described by `info` (an index.json), embedding queries with its model."""
+    """A retriever over the table described by `info` (an index.json), embedding queries with its model and
+    re-scoring with `cfg.rerank.model` when one is set."""
     from lifecycle.rag.embed import load_embedder
+    from lifecycle.rag.rerank import load_reranker
 
     embed_cfg = RagEmbedConfig.model_validate(info["embed"])
-    return Retriever(open_table(info["uri"], info["table"], info["version"]), load_embedder(embed_cfg), cfg)
+    reranker = load_reranker(cfg.rerank) if cfg.rerank.model else None
+    return Retriever(open_table(info["uri"], info["table"], info["version"]), load_embedder(embed_cfg), cfg, reranker)
 
 
 def open_current(state_dir: Path, cfg: SearchConfig) -> Retriever:

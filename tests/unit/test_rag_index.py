@@ -149,7 +149,7 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
     def hit(cid: str) -> Hit:
         return Hit(cid, cid, 0, "", "", "", cid, "", 0.0)
 
-    fused = fuse([[hit("a"), hit("b"), hit("c")], [hit("b"), hit("d"), hit("c")]], k=3, rrf_k=60)
+    fused = fuse([[hit("a"), hit("b"), hit("c")], [hit("b"), hit("d"), hit("c")]], [1.0, 1.0], 3, "rrf", 60)
     assert [h.chunk_id for h in fused] == ["b", "c", "a"]  # in both lists beats first in one
     assert fused[0].score == pytest.approx(1 / 62 + 1 / 61) and fused[1].score == pytest.approx(2 / 63)
 
