@@ -28,6 +28,7 @@ class RerankConfig(Section):
     batch_size: int = Field(ge=1)
     max_length: int = Field(ge=8)  # tokens of question + chunk read by the cross-encoder
     device: Literal["cpu", "cuda"]
+    threads: int = Field(ge=0)  # torch CPU threads while re-scoring (0: as set for the process)
 
 
 class SearchConfig(Section):

@@ -13,6 +13,9 @@ No remote code is ever run (`trust_remote_code=False`); with HF_HUB_OFFLINE=1 a 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from lifecycle.rag.search import Hit
 
 log = logging.getLogger("lifecycle.rag.rerank")
+_THREADS = threading.Lock()
 
 
 class Reranker:
@@ -42,11 +46,30 @@ class Reranker:
         if not pool:
             return []
         pairs = [(query, passage(h)) for h in pool]
-        scores = self.model.predict(pairs, batch_size=self.cfg.batch_size, show_progress_bar=False)
+        with cpu_threads(self.cfg.threads if self.cfg.device == "cpu" else 0):
+            scores = self.model.predict(pairs, batch_size=self.cfg.batch_size, show_progress_bar=False)
         scores = np.asarray(scores, dtype=np.float64).reshape(len(pool), -1)[:, -1]  # (candidates,): the last
         # label is "relevant" in two-label models, the only one in the usual single-logit rerankers
         order = sorted(range(len(pool)), key=lambda i: -float(scores[i]))  # stable: ties keep the first stage's order
         return [replace(pool[i], score=float(scores[i])) for i in order[:k]]
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """Run the block on `threads` torch CPU threads (0: leave the setting alone). The setting is process-wide,
+    so blocks that change it run one at a time."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    with _THREADS:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def passage(hit: Hit) -> str:

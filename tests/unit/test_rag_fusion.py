@@ -262,11 +262,13 @@ def rerank_cfg(model: Path | str, candidates: int = 10) -> RerankConfig:
 
 def test_a_cross_encoder_reorders_hits(cross_encoder: Path) -> None:
     reranker = load_reranker(rerank_cfg(cross_encoder))
+    threads = torch.get_num_threads()
     first = [Hit(c, c, 0, text, "", "", "", "", 1.0 - i / 10) for i, (c, text) in enumerate(
         [("n1", "a b no c"), ("n2", "d no e f"), ("y1", "c yes a"), ("n3", "no f"), ("y2", "e b yes")])]
     out = reranker.rerank("which one", first, 3)
     assert {h.chunk_id for h in out[:2]} == {"y1", "y2"} and len(out) == 3
     assert out[0].score >= out[1].score >= out[2].score
+    assert torch.get_num_threads() == threads  # rerank.threads applied while scoring only
     assert ids(load_reranker(rerank_cfg(cross_encoder, candidates=2)).rerank("which one", first, 3)) in (
         ["n1", "n2"], ["n2", "n1"])  # only the first stage's top 2 are re-scored
     assert reranker.rerank("which one", [], 3) == []
