@@ -38,7 +38,8 @@ class Question:
     relevant: frozenset[str]  # document ids (the ingest `id` column)
 
 
-def _stable_order(value: str, seed: int) -> str:
+def stable_order(value: str, seed: int) -> str:
+    """A sort key that shuffles values the same way on every machine and run (for samples and folds)."""
     return hashlib.sha256(f"{seed}:{value}".encode()).hexdigest()
 
 
@@ -52,7 +53,7 @@ def python_docs_questions(docs: list[dict[str, Any]], max_questions: int, templa
             by_object.setdefault(doc["object"], set()).add(doc["id"])
             if doc.get("split") == "validation":
                 held_out.add(doc["object"])
-    ranked = sorted(by_object, key=lambda o: (o not in held_out, _stable_order(o, seed)))
+    ranked = sorted(by_object, key=lambda o: (o not in held_out, stable_order(o, seed)))
     return [Question(template.format(object=o), frozenset(by_object[o])) for o in ranked[:max_questions]]
 
 

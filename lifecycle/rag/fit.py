@@ -25,7 +25,7 @@ import numpy as np
 from lifecycle.config import SearchConfig
 from lifecycle.config.rag_index import RagFitConfig
 from lifecycle.progress import progress
-from lifecycle.rag.evaluate import Question, _stable_order, rank_of_first_relevant
+from lifecycle.rag.evaluate import Question, stable_order, rank_of_first_relevant
 from lifecycle.rag.search import Hit, Retriever, fuse_pair
 
 log = logging.getLogger("lifecycle.rag.fit")
@@ -110,7 +110,7 @@ def best(ranks: np.ndarray, ks: list[int]) -> int:
 
 def cross_validate(ranks: np.ndarray, questions: list[Question], folds: int, ks: list[int]) -> dict[str, float]:
     """recall@k / MRR on held-out folds: each fold scored with the setting chosen on the other folds."""
-    order = sorted(range(len(questions)), key=lambda j: _stable_order(questions[j].text, 0))
+    order = sorted(range(len(questions)), key=lambda j: stable_order(questions[j].text, 0))
     fold_of = np.empty(len(questions), dtype=np.int32)
     fold_of[order] = np.arange(len(questions)) % folds
     held_out = np.zeros(len(questions), dtype=np.int32)
@@ -150,7 +150,7 @@ def fit_search(retriever: Retriever, questions: list[Question], fit: RagFitConfi
     ranks = rank_matrix(grid, rankings, questions, search, depth)
     chosen = best(ranks, ks)
     s = scores(ranks, ks)
-    boosts = sorted({s_.title_boost for s_ in grid})
+    boosts = sorted({g.title_boost for g in grid})
     rows = [("configured", 0), ("fitted", chosen), ("dense alone", _find(grid, grid[chosen], dense_weight=1.0))]
     rows += [(f"full-text alone, title boost {b:g}", _find(grid, grid[chosen], dense_weight=0.0, title_boost=b))
              for b in boosts]

@@ -295,3 +295,42 @@ def test_the_evaluation_reports_the_reranker_gain_next_to_its_latency(tmp_path: 
     assert row["recall_at_1"] == 1.0 and row["gain_recall_at_1"] == 1.0 - report["dense"]["recall_at_1"]
     assert 0 < row["rerank_p50_ms"] <= row["p50_ms"] and row["recall_at_1_n"] == 1
     assert yaml.safe_dump(row)  # plain floats: loggable
+
+
+# --- `lifecycle eval-retrieval --fit` end to end ------------------------------------------------------------------
+
+def test_eval_retrieval_fit_logs_prints_and_saves_the_chosen_values(tmp_path: Path, capsys) -> None:
+    import json
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from lifecycle.cli import main
+    from lifecycle.tracking import tracking_uri
+    from tests.unit.test_rag_evaluate import SQUAD
+
+    path, conf, state = tmp_path / "squad.json", tmp_path / "conf", tmp_path / "state"
+    path.write_text(json.dumps(SQUAD))
+    shutil.copytree(CONF, conf)
+    args = ["eval-retrieval", "--squad", str(path), "--fit", "--conf", str(conf), "--state-dir", str(state),
+            "--set", "rag_index.ann.min_rows=1000", "--set", "rag_index.evaluate.ks=[1,2]",
+            "--set", "rag_index.evaluate.fit.title_boosts=[0.0,2.0]"]
+    assert main(args + ["--save-profile", "squad-fitted"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    chosen = result["overlay"]["serve"]["search"]
+    assert chosen == result["fit"]["chosen"] and chosen["mode"] == "hybrid"
+    assert "Fitted serve.search" in err and "use it with --profile squad-fitted" in err
+    rows = {r["setting"]: r for r in result["fit"]["table"]}
+    assert rows["fitted"]["recall_at_1"] >= max(rows["dense alone"]["recall_at_1"],
+                                                 rows["full-text alone, title boost 0"]["recall_at_1"])
+    assert result["report"]["hybrid"]["recall_at_1"] == rows["fitted"]["recall_at_1"]  # measured as served
+    assert set(result["report"]) == {"hybrid_configured", "dense", "fts", "hybrid"}
+    assert result["report"]["hybrid"]["recall_at_1_n"] == 4
+    run = MlflowClient(tracking_uri(state)).get_run(result["mlflow_run_id"])
+    assert run.data.params["fit.fusion.dense_weight"] == str(chosen["fusion"]["dense_weight"])
+    assert "rag_eval/fit_cv_recall_at_1" in run.data.metrics
+    saved = load_config(conf, "squad-fitted").serve.search
+    assert (saved.title_boost, saved.fusion.method) == (chosen["title_boost"], chosen["fusion"]["method"])
+    assert main(["eval-retrieval", "--squad", str(path), "--save-profile", "x", "--conf", str(conf)]) == 2
+    assert "--save-profile needs --fit" in capsys.readouterr().err
