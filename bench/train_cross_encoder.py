@@ -7,6 +7,8 @@ sentence-transformers' `CrossEncoder`.
   with its object's chunk as the positive and hard negatives from hybrid search.
 - SQuAD (--squad FILE --fold F): questions about the passages of the other fold (passages split in two by a
   hash of their id); bench/rag_quality.py --squad FILE --fold F then asks only fold F's questions.
+Negatives never come from the documents the benchmark asks about: a document seen only as a negative is
+learned as one (a first version did that and put the right passage last, recall@1 0.003).
 
     python bench/train_cross_encoder.py --profile quickstart --state-dir /tmp/ragq --out /tmp/ce-python-docs
     python bench/train_cross_encoder.py --profile quickstart --state-dir /tmp/ragq --out /tmp/ce-squad-0 \
@@ -36,7 +38,7 @@ from rag_quality import passage_fold  # bench/ is on sys.path when a bench scrip
 PHRASINGS = ("What does {object} do?", "How do I use {object}?", "{object}")
 
 
-def python_docs_training(cfg, state_dir: Path, n: int) -> tuple[dict, list[Question]]:
+def python_docs_training(cfg, state_dir: Path, n: int) -> tuple[dict, list[Question], set[str]]:
     info, asked, _ = current_target(cfg, state_dir, None)
     held = {q.text for q in asked}
     docs = indexed_documents(open_table(info["uri"], info["table"], info["version"]))
@@ -47,22 +49,26 @@ def python_docs_training(cfg, state_dir: Path, n: int) -> tuple[dict, list[Quest
     for i, q in enumerate(objects):
         name = q.text.removeprefix(template.split("{object}")[0]).removesuffix(template.split("{object}")[1])
         out.append(Question(PHRASINGS[i % len(PHRASINGS)].format(object=name), q.relevant))
-    return info, out
+    unseen = {d for q in asked for d in q.relevant}  # never a negative: the model would learn "these lose"
+    return info, out, {d["id"] for d in docs} - unseen
 
 
-def squad_training(cfg, state_dir: Path, path: Path, fold: int) -> tuple[dict, list[Question]]:
+def squad_training(cfg, state_dir: Path, path: Path, fold: int) -> tuple[dict, list[Question], set[str]]:
     from lifecycle.rag.evaluate import squad_target
 
     info, questions, _ = squad_target(path, cfg, state_dir, None)
-    return info, [q for q in questions if passage_fold(q) != fold]
+    train = [q for q in questions if passage_fold(q) != fold]
+    return info, train, {d for q in train for d in q.relevant}  # the held-out fold's passages never appear
 
 
-def pairs_for(retriever, questions: list[Question], negatives: int, seed: int) -> list[tuple[str, str, float]]:
-    """(question, passage, label): the first relevant chunk found, and the top non-relevant ones."""
+def pairs_for(retriever, questions: list[Question], allowed: set[str], negatives: int,
+              seed: int) -> list[tuple[str, str, float]]:
+    """(question, passage, label): the first relevant chunk found, and the top non-relevant ones among the
+    `allowed` documents (never the evaluation's: a passage seen only as a negative is learned as one)."""
     rng = random.Random(seed)
     out = []
     for q in questions:
-        hits = retriever.search(q.text, "hybrid", 20)
+        hits = [h for h in retriever.search(q.text, "hybrid", 40) if h.doc_id in allowed]
         positive = [h for h in hits if h.doc_id in q.relevant][:1]
         if not positive:
             continue
@@ -119,11 +125,11 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(find_conf_dir(), args.profile)
     state_dir = resolve_state_dir(args.state_dir, cfg.run.state_dir)
-    info, questions = (squad_training(cfg, state_dir, Path(args.squad), args.fold) if args.squad else
-                       python_docs_training(cfg, state_dir, args.questions))
+    info, questions, allowed = (squad_training(cfg, state_dir, Path(args.squad), args.fold) if args.squad else
+                                python_docs_training(cfg, state_dir, args.questions))
     retriever = open_index(info, cfg.serve.search.model_copy(update={"rerank": cfg.serve.search.rerank.model_copy(
         update={"model": None})}))
-    pairs = pairs_for(retriever, questions, args.negatives, seed=0)
+    pairs = pairs_for(retriever, questions, allowed, args.negatives, seed=0)
     stats = train(pairs, Path(args.out), args.epochs, args.lr, args.batch, cfg.serve.search.rerank.max_length)
     print(json.dumps({"out": args.out, "training_questions": len(questions), "pairs": len(pairs)} | stats, indent=2))
 
