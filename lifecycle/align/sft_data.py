@@ -4,17 +4,15 @@ that never reaches training.
 - python-docs pairs, derived from the ingested documents of the built-in `python-docs` source:
   "What does json.dumps do?" -> the first paragraph of its docstring, as written (line breaks kept: the
   answer quotes its source). With `context: true` the question comes with the object's document as
-  retrieved context, in the prompt layout `lifecycle ask` uses (lifecycle/rag/prompt.py), beside up to
-  `distractors` documents of related objects (the same parent, module or package first, as retrieval finds
-  them), the object's own one at a position drawn by hash: the model learns to answer from the chunk the
-  question names, not from whatever comes first. Pairs of validation-split documents are held out: neither
+  retrieved context, in the prompt layout `lifecycle ask` uses (lifecycle/rag/prompt.py), so the model
+  learns to answer from what retrieval finds. Pairs of validation-split documents are held out: neither
   pretraining nor SFT ever saw them.
 - the user's files: JSONL or Parquet in TRL's formats, read directly: `{"messages": [...]}`, or
   `{"prompt": ..., "completion": ...}` with strings or message lists. A stable hash of each row decides
   whether it is held out (`val_fraction`).
 
     train, held_out = build_pairs(cfg.sft.data, documents)   # documents: the ingest output as dicts
-    train, dropped = fit_pairs(train, tokenizer, max_length=256)   # distractors dropped, contexts cut to fit
+    train, dropped = fit_pairs(train, tokenizer, max_length=256)   # contexts cut to fit, else dropped
 """
 
 from __future__ import annotations
@@ -48,7 +46,6 @@ class Pair:
     held_out: bool
     question: str = ""
     context: tuple[tuple[str, str], ...] = ()  # (title, text) chunks in the prompt (python-docs pairs)
-    source_title: str = ""  # the chunk of `context` the answer comes from (the others are distractors)
 
     @property
     def answer(self) -> str:
@@ -70,27 +67,6 @@ def first_paragraph(text: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-def related_objects(objects: list[str], count: int) -> dict[str, list[str]]:
-    """For each dotted object name, up to `count` others sharing its longest prefix (children and siblings
-    before cousins), the choice within a group fixed by hash: what retrieval puts beside an object's document."""
-    groups: dict[str, list[str]] = {}
-    for obj in objects:
-        parts = obj.split(".")
-        for depth in range(1, len(parts) + 1):
-            groups.setdefault(".".join(parts[:depth]), []).append(obj)
-    related: dict[str, list[str]] = {}
-    for obj in objects:
-        parts, found = obj.split("."), []
-        for depth in range(len(parts), 0, -1):
-            group = sorted((o for o in groups[".".join(parts[:depth])] if o != obj and o not in found),
-                           key=lambda o: hash_json([obj, o]))
-            found += group[:count - len(found)]
-            if len(found) == count:
-                break
-        related[obj] = found
-    return related
-
-
 def python_docs_pairs(docs: list[dict[str, Any]], cfg: SftDataConfig) -> list[Pair]:
     """A pair per documented object, from its first document (long docstrings are split into several)."""
     first: dict[str, dict[str, Any]] = {}
@@ -98,21 +74,16 @@ def python_docs_pairs(docs: list[dict[str, Any]], cfg: SftDataConfig) -> list[Pa
         obj = doc.get("object") or ""
         if obj and (doc["title"] == obj or doc["title"].startswith(f"{obj} (1/")):
             first.setdefault(obj, doc)
-    related = related_objects(sorted(first), cfg.distractors) if cfg.context else {}
     pairs = []
     for obj, doc in sorted(first.items()):
         answer = first_paragraph(doc["text"])
         if not 16 <= len(answer) <= cfg.max_answer_chars:
             continue
         question = cfg.question_template.format(object=obj)
-        context: tuple[tuple[str, str], ...] = ()
-        if cfg.context:
-            others = [(o, first[o]["text"]) for o in related[obj]]
-            at = int(hash_json(["position", obj])[:8], 16) % (len(others) + 1)
-            context = (*others[:at], (obj, doc["text"]), *others[at:])
+        context = ((obj, doc["text"]),) if cfg.context else ()
         messages = (*rag_messages(question, context, None), {"role": "assistant", "content": answer})
         pairs.append(Pair(messages=messages, source="python-docs", held_out=doc["split"] == "validation",
-                          question=question, context=context, source_title=obj))
+                          question=question, context=context))
     return pairs
 
 
@@ -208,9 +179,8 @@ def conversation_length(tokenizer: PreTrainedTokenizerBase, messages: list[Messa
 
 
 def fit_pairs(pairs: list[Pair], tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[list[Pair], int]:
-    """Pairs that fit `max_length` tokens: distractor chunks go first (as a prompt holds the retrieved chunks
-    that fit), then the answer's own chunk is cut (from its end) to make room; a pair that does not fit even
-    without its context is dropped. Returns (fitted, dropped)."""
+    """Pairs that fit `max_length` tokens: a context chunk is cut (from its end) to make room; a pair that
+    does not fit even without its context is dropped. Returns (fitted, dropped)."""
     fitted, dropped = [], 0
     for pair in pairs:
         over = conversation_length(tokenizer, list(pair.messages)) - max_length
@@ -226,24 +196,15 @@ def fit_pairs(pairs: list[Pair], tokenizer: PreTrainedTokenizerBase, max_length:
     return fitted, dropped
 
 
-def _with_context(pair: Pair, context: tuple[tuple[str, str], ...]) -> Pair:
-    messages = (*rag_messages(pair.question, context, None), pair.messages[-1])
-    return replace(pair, messages=messages, context=context)
-
-
 def _cut_context(pair: Pair, tokenizer: PreTrainedTokenizerBase, max_length: int, over: int) -> Pair | None:
-    own = [chunk for chunk in pair.context if chunk[0] == pair.source_title] or list(pair.context[:1])
-    if len(pair.context) > 1:
-        alone = _with_context(pair, tuple(own))
-        over = conversation_length(tokenizer, list(alone.messages)) - max_length
-        if over <= 0:
-            return alone
-    (title, text), = own
+    (title, text), = pair.context
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     keep = len(ids) - over
     while keep > 0:
-        cut = _with_context(pair, ((title, tokenizer.decode(ids[:keep])),))
-        excess = conversation_length(tokenizer, list(cut.messages)) - max_length
+        context = ((title, tokenizer.decode(ids[:keep])),)
+        messages = (*rag_messages(pair.question, context, None), pair.messages[-1])
+        cut = replace(pair, messages=messages, context=context)
+        excess = conversation_length(tokenizer, list(messages)) - max_length
         if excess <= 0:
             return cut
         keep -= excess  # re-encoding the cut text may differ by a token or two

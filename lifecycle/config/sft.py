@@ -13,7 +13,6 @@ from lifecycle.config.base import Section
 class SftDataConfig(Section):
     python_docs: bool  # derive "What does X do?" -> first docstring paragraph pairs from ingested python-docs
     context: bool  # python-docs pairs: put the object's document in the prompt as retrieved context (RAG format)
-    distractors: int = Field(ge=0)  # with context: documents of related objects beside it, as retrieval finds them
     question_template: str = Field(pattern=r"\{object\}")
     max_answer_chars: int = Field(ge=16)  # python-docs answers longer than this are skipped
     files: list[str]  # JSONL or Parquet in TRL's prompt/completion or messages format

@@ -153,8 +153,9 @@ def draw_figures(client: MlflowClient, sources: dict[str, Run], evaluation: dict
     show("Loss curves", "losses", (lambda p: plot_curves(loss, p)) if loss else None, notes)
     reward, notes = collect_panels(client, sources, REWARD_PANELS, "")
     if "rlhf" in sources and any(k.startswith("rlhf/dpo/") for k in sources["rlhf"].data.metrics):
-        notes.append("The policy was trained by DPO: no reward-model reward or KL curve (its KL leash is the β "
-                     "term of its loss).")
+        notes.append("The policy was trained by DPO: no reward model, so no training reward or KL curve (its KL "
+                     "leash is the β term of its loss); the held-out curves use its implicit reward and measure "
+                     "its KL to the SFT model.")
     show("Reward and KL of the policy optimisation", "reward_kl",
          (lambda p: plot_curves(reward, p)) if reward else None, notes)
     return lines, plots

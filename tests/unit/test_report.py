@@ -169,7 +169,7 @@ def test_report_dpo_without_champion(store: dict[str, Any], tmp_path: Path) -> N
     assert "(no champion yet)" in md and "No champion yet" in md
     assert "Δ (candidate − champion)" not in md and "| metric | candidate | sft |" in md
     assert "candidate vs champion" not in md and row(md, "candidate vs sft")[-1] == "better"
-    assert "The policy was trained by DPO: no reward-model reward or KL curve" in md
+    assert "The policy was trained by DPO: no reward model, so no training reward or KL curve" in md
     assert "No rlhf curves: run" in md and "No pretrain curves: this pipeline run has no pretrain stage." in md
     assert card.cost_per_million_tokens is None and card.total_cost == pytest.approx(60 / 3600 * 0.10)
     assert "## Decision" not in md

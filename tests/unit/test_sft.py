@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from lifecycle.align.sft import build_trainer, prepare, train_sft
-from lifecycle.align.sft_data import (build_pairs, file_pairs, first_paragraph, fit_pairs, python_docs_pairs,
-                                      related_objects)
+from lifecycle.align.sft_data import build_pairs, file_pairs, first_paragraph, fit_pairs, python_docs_pairs
 from lifecycle.config import SourceConfig, TokenizeConfig, load_config
 from lifecycle.data.sources import read_python_docs
 from lifecycle.errors import InputError
@@ -67,30 +66,14 @@ def test_python_docs_pairs_ask_about_objects_with_their_documents_and_hold_out_v
     assert dumps.answer == first_paragraph(text) and dumps.answer in text  # quoted as written, line breaks kept
     assert any("\n" in p.answer for p in pairs)
     user = dumps.messages[0]["content"]
-    assert user.startswith("Context:\n[1] json.") and f"] json.dumps\n{text}" in user
+    assert user.startswith(f"Context:\n[1] json.dumps\n{text}")
     assert user.endswith("Question: What does json.dumps do?")
-    assert [title for title, _ in dumps.context].count("json.dumps") == 1 and len(dumps.context) == 2
     held = {p.question for p in pairs if p.held_out}
     validation = {f"What does {d['object']} do?" for d in documents if d["split"] == "validation"}
     assert held and held <= validation  # held-out pairs come from validation documents only
     train, held_out = build_pairs(data, documents)
     assert not {p.id for p in train} & {p.id for p in held_out}
     assert all(16 <= len(p.answer) <= data.max_answer_chars for p in pairs)
-
-
-def test_distractors_are_related_documents_and_the_answers_own_chunk_moves(documents: list[dict]) -> None:
-    related = related_objects(["json", "json.dumps", "json.dump", "json.loads", "csv.reader", "csv.writer"], 2)
-    assert related["json.dumps"] and set(related["json.dumps"]) <= {"json", "json.dump", "json.loads"}
-    assert set(related["json"]) <= {"json.dumps", "json.dump", "json.loads"}  # children first
-    assert related["csv.reader"] == ["csv.writer"]  # a short group: as many as there are
-    data = load_config(CONF, overrides=["sft.data.distractors=2"]).sft.data
-    pairs = [p for p in python_docs_pairs(documents, data) if len(p.context) == 3]
-    assert pairs and {[t for t, _ in p.context].index(p.source_title) for p in pairs} == {0, 1, 2}
-    for pair in pairs:
-        assert pair.answer in dict(pair.context)[pair.source_title]
-        assert {t.split(".")[0] for t, _ in pair.context} == {pair.source_title.split(".")[0]}
-    alone = python_docs_pairs(documents, load_config(CONF, overrides=["sft.data.distractors=0"]).sft.data)
-    assert all(len(p.context) == 1 for p in alone)
 
 
 def test_files_in_trl_formats_are_read_and_bad_rows_named(tmp_path: Path) -> None:
@@ -128,9 +111,6 @@ def test_long_contexts_are_cut_to_fit_and_hopeless_pairs_dropped(base_dir: Path,
         text = tok.apply_chat_template(list(pair.messages), tokenize=False)
         assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 120
         assert pair.answer in text  # the answer is never what gets cut
-        assert pair.source_title in [t for t, _ in pair.context]  # distractors go before the answer's own chunk
-    roomy, _ = fit_pairs(pairs, tok, max_length=400)
-    assert any(len(p.context) == 2 for p in roomy) and any(len(p.context) == 1 for p in fitted)
 
 
 def test_only_assistant_tokens_are_trained_on(base_dir: Path, documents: list[dict], tmp_path: Path) -> None:
