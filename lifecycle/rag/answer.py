@@ -35,7 +35,7 @@ MIN_NEW_TOKENS = 8
 class Answer:
     question: str
     text: str
-    sources: list[Hit]  # the chunks that went into the prompt, best first
+    sources: list[Hit]  # the chunks that went into the prompt, in its order (reading_order)
     retrieved: int  # chunks retrieved (some may not have fitted)
     prompt: str
     model: str = ""
@@ -63,10 +63,21 @@ def _pairs(hits: list[Hit]) -> list[tuple[str, str]]:
     return [(h.title, h.text) for h in hits]
 
 
+def reading_order(hits: list[Hit]) -> list[Hit]:
+    """The hits grouped by document, the documents in the order of their best hit, each document's chunks in
+    reading order: a document's opening (where a docstring says what the object does) comes before its later
+    parts, however the retrievers ranked them."""
+    first: dict[str, int] = {}
+    for i, hit in enumerate(hits):
+        first.setdefault(hit.doc_id, i)
+    return sorted(hits, key=lambda h: (first[h.doc_id], h.chunk_index))
+
+
 def fit_prompt(tokenizer: PreTrainedTokenizerBase, question: str, hits: list[Hit], system_prompt: str | None,
                budget: int) -> tuple[list[int], list[Hit], bool]:
-    """(prompt ids, chunks used, truncated): the best chunks that fit `budget` tokens; the last one is cut
-    when not even it fits whole."""
+    """(prompt ids, chunks used, truncated): the chunks in reading order, as many as fit `budget` tokens; the
+    last one is cut when not even it fits whole."""
+    hits = reading_order(hits)
     for n in range(len(hits), 0, -1):
         ids = _encode(tokenizer, rag_messages(question, _pairs(hits[:n]), system_prompt))
         if len(ids) <= budget:

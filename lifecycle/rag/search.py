@@ -55,6 +55,17 @@ class Hit:
         return self.__dict__.copy()
 
 
+QUESTION_WORDS = frozenset("what which who whom whose when where why how does do did is are was were can could "
+                           "should would will a an the of to in on for".split())
+
+
+def keywords(query: str) -> str:
+    """The query without its question words, for full-text search: in the title index (stop words kept, so
+    that `sndhdr.what` is found) "What does os.path.join do?" would otherwise match `sndhdr.what` best."""
+    words = [w for w in query.split() if w.strip("?.,;:!\"'()").lower() not in QUESTION_WORDS]
+    return " ".join(words) or query
+
+
 def build_where(source: str | None = None, title_prefix: str | None = None,
                 path_prefix: str | None = None) -> str | None:
     """A filter from user values; each value is a quoted literal, so it cannot change the query."""
@@ -122,8 +133,9 @@ class Retriever:
         from lancedb.query import MatchQuery, MultiMatchQuery
 
         boost = self.cfg.title_boost if title_boost is None else title_boost
-        match = (MultiMatchQuery(query, ["search_text", "title"], boosts=[1.0, boost])
-                 if boost and "title" in self.fts_columns else MatchQuery(query, "search_text"))
+        words = keywords(query)
+        match = (MultiMatchQuery(words, ["search_text", "title"], boosts=[1.0, boost])
+                 if boost and "title" in self.fts_columns else MatchQuery(words, "search_text"))
         q = self.tbl.search(match, query_type="fts").select([*FIELDS, "_score"]).limit(k)
         if where:
             q = q.where(where, prefilter=True)

@@ -17,9 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lifecycle.config import AnswerConfig, TokenizeConfig
 from lifecycle.errors import LifecycleError
 from lifecycle.model import load_causal_lm
-from lifecycle.rag.answer import answer_question, fit_prompt, resolve_policy
+from lifecycle.rag.answer import answer_question, fit_prompt, reading_order, resolve_policy
 from lifecycle.rag.index import build_index
-from lifecycle.rag.search import Retriever, open_index
+from lifecycle.rag.search import Hit, Retriever, keywords, open_index
 from lifecycle.tokenizer import chat_template, train_tokenizer
 from lifecycle.tracking import setup_mlflow
 from tests.unit.test_rag_index import TOPICS, make_docs, rag_config, search_config
@@ -100,10 +100,10 @@ def test_a_small_context_keeps_the_best_chunks_that_fit(policy_dir: Path, retrie
     _, tok = load_causal_lm(policy_dir)
     hits = retriever.search("a file", k=4)
     full, used_all, _ = fit_prompt(tok, "a file?", hits, SYSTEM, budget=10_000)
-    assert used_all == hits
+    assert used_all == reading_order(hits)
     budget = len(full) - 5
     ids, used, truncated = fit_prompt(tok, "a file?", hits, SYSTEM, budget)
-    assert len(ids) <= budget and used == hits[:len(used)] and 0 < len(used) < 4 and not truncated
+    assert len(ids) <= budget and used == used_all[:len(used)] and 0 < len(used) < 4 and not truncated
     bare, _, _ = fit_prompt(tok, "a file?", [], SYSTEM, budget=10_000)
     ids, used, truncated = fit_prompt(tok, "a file?", hits[:1], SYSTEM, budget=len(bare) + 30)
     assert truncated and len(ids) <= len(bare) + 30
@@ -111,6 +111,25 @@ def test_a_small_context_keeps_the_best_chunks_that_fit(policy_dir: Path, retrie
     assert hits[0].text.startswith(used[0].text[:10])
     with pytest.raises(LifecycleError, match="question and system prompt take"):
         fit_prompt(tok, "a file?", hits, SYSTEM, budget=5)
+
+
+def hit(doc: str, index: int, score: float) -> Hit:
+    return Hit(f"{doc}-{index}", doc, index, f"{doc} part {index}", "stdlib", f"{doc}.py", doc, doc, score)
+
+
+def test_a_documents_chunks_go_into_the_prompt_in_reading_order() -> None:
+    # json.dumps's later chunks outrank its opening (they say "JSON" more often); the opening says what it does
+    ranked = [hit("json.dumps", 2, 0.9), hit("json.dumps", 3, 0.8), hit("json.loads", 1, 0.7),
+              hit("json.dumps", 0, 0.6), hit("json.loads", 0, 0.5)]
+    assert [h.chunk_id for h in reading_order(ranked)] == [
+        "json.dumps-0", "json.dumps-2", "json.dumps-3", "json.loads-0", "json.loads-1"]
+    assert reading_order([]) == []
+
+
+def test_full_text_queries_drop_question_words() -> None:
+    assert keywords("What does os.path.join do?") == "os.path.join"  # not `sndhdr.what` by its title
+    assert keywords("How is sndhdr.what used?") == "sndhdr.what used?"
+    assert keywords("What is it?") == "it?" and keywords("what does") == "what does"  # never empty
 
 
 def test_model_resolution_order_and_errors(policy_dir: Path, tmp_path: Path) -> None:
