@@ -13,7 +13,6 @@ from lifecycle.config.base import Section
 
 class PromptsConfig(Section):
     held_out: int = Field(ge=0)  # held-out SFT pairs asked (their reference answers guide the simulated judge)
-    trained: int = Field(ge=0)  # SFT training pairs asked too: more prompts for the reward model (seen by SFT)
     files: list[str]  # your prompts: JSONL, one {"prompt": str | [messages]} per line
 
 

@@ -41,15 +41,11 @@ class Prompt:
 
 def build_prompts(cfg: Config, documents: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
                   window: int) -> list[Prompt]:
-    """Held-out SFT questions (never trained on) that fit the model's context, SFT training questions when
-    `prompts.trained` asks for them, then the user's prompts."""
-    train, held_out = build_pairs(cfg.sft.data, documents)
-    prompts: list[Prompt] = []
-    for pairs, count, origin in ((held_out, cfg.preferences.prompts.held_out, "held-out"),
-                                 (train, cfg.preferences.prompts.trained, "sft-train")):
-        if count:
-            fitted, _ = fit_pairs(pairs, tokenizer, window)  # with its reference answer: room to answer
-            prompts += [Prompt(tuple(p.prompt), p.answer, origin) for p in sorted(fitted, key=lambda p: p.id)[:count]]
+    """Held-out SFT questions (never trained on) that fit the model's context, then the user's prompts."""
+    _, held_out = build_pairs(cfg.sft.data, documents)
+    held_out, _ = fit_pairs(held_out, tokenizer, window)  # with its reference answer: room to answer
+    prompts = [Prompt(tuple(p.prompt), p.answer, "held-out")
+               for p in sorted(held_out, key=lambda p: p.id)[:cfg.preferences.prompts.held_out]]
     for name in cfg.preferences.prompts.files:
         prompts += read_prompts(Path(name).expanduser())
     if not prompts:
