@@ -68,7 +68,7 @@ REWARD_PANELS = (
                                       ("chosen", "rlhf/dpo/train/rewards/chosen"),
                                       ("rejected", "rlhf/dpo/train/rewards/rejected"))),
     # proxy vs gold on held-out prompts (lifecycle/align/gold.py): greedy answers, every rlhf.gold.every steps
-    ("rlhf", "held-out: proxy reward (RLOO/GRPO: reward model; DPO: implicit)", (("proxy", "rlhf/gold/proxy"),)),
+    ("rlhf", "held-out: proxy (reward model; DPO: implicit)", (("proxy", "rlhf/gold/proxy"),)),
     ("rlhf", "held-out: gold judge (ROUGE-L vs reference)", (("gold", "rlhf/gold/gold"),)),
     ("rlhf", "held-out: KL to the reference (SFT) policy", (("KL", "rlhf/gold/kl"),)),
 )
