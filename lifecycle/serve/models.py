@@ -140,11 +140,17 @@ class ServedModels:
         return {f"{s.index['uri']}#{s.index['table']}@{s.index['version']}": s.retriever for s in self.all().values()}
 
     def _swap(self, slot: str, served: Served | None) -> None:
+        """Put `served` in `slot` (None: empty it). A primary that is the challenger's version (it was promoted)
+        drops the challenger in the same step: no request sees one version as both."""
         with self._lock:
             if served is None:
                 self._served.pop(slot, None)
             else:
                 self._served[slot] = served
+                challenger = self._served.get("challenger")
+                if slot == "primary" and challenger is not None and challenger.ref == served.ref:
+                    del self._served["challenger"]
+                    log.info("no challenger to compare with any more (%s is the primary now)", served.ref)
         if served is not None:
             log.info("serving %s as %s (RAG index %s version %s)", served.ref, served.label,
                      served.index.get("table"), served.index.get("version"))
