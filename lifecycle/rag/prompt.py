@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 
 def rag_messages(question: str, chunks: Sequence[tuple[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
-    """Chat messages for `question` given (title, text) chunks, best first."""
+    """Chat messages for `question` given (title, text) chunks, in the order they are to be read."""
     context = "\n\n".join(f"[{i}] {title}\n{text}" for i, (title, text) in enumerate(chunks, 1))
     user = f"Context:\n{context}\n\nQuestion: {question}" if chunks else f"Question: {question}"
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
