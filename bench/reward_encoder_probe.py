@@ -40,15 +40,15 @@ def margins(model: Any, tokenizer: Any, rows: list[Row], max_length: int) -> tor
     return score("chosen") - score("rejected")
 
 
-def accuracy(model: Any, tokenizer: Any, rows: list[Row], max_length: int) -> dict[str, float]:
+def accuracy(model: Any, tokenizer: Any, rows: list[Row], max_length: int) -> dict[str, float | None]:
     model.eval()
     with torch.inference_mode():
         m = torch.cat([margins(model, tokenizer, rows[i:i + 32], max_length) for i in range(0, len(rows), 32)])
     gap = np.array([rouge_l(answer(r["chosen"]), r["reference"]) - rouge_l(answer(r["rejected"]), r["reference"])
                     for r in rows])
-    right = (m > 0).numpy()
-    return {"pairs": len(rows), "accuracy": float(right.mean()), "big_gap_pairs": int((gap > 0.3).sum()),
-            "big_gap_accuracy": float(right[gap > 0.3].mean())}
+    right, big = (m > 0).numpy(), gap > 0.3
+    return {"pairs": len(rows), "accuracy": float(right.mean()), "big_gap_pairs": int(big.sum()),
+            "big_gap_accuracy": float(right[big].mean()) if big.any() else None}
 
 
 def main() -> None:
