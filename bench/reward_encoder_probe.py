@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lifecycle.align.pairs import split_pairs
-from lifecycle.evaluate.text import rouge_l
+from lifecycle.text import rouge_l
 
 Row = dict[str, Any]
 

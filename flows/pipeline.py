@@ -1,27 +1,21 @@
-"""The pipeline flow: one Prefect flow run and one MLflow parent run; every stage is a flow of its own
-(flows/<stage>.py) called here as a subflow, and an MLflow child run. The calls below follow the stage
-graph in lifecycle/stages.py (tests/unit/test_stages.py checks that they agree). Run it with
-`lifecycle run`; deployments in infra/prefect.yaml."""
+"""The pipeline flow: one Prefect flow run and one MLflow parent run; every stage of the plan is a flow of
+its own (flows/stages.py), called here as a subflow in graph order (tasks/graph.py) with the outputs it
+reads, and an MLflow child run. Before the stage that measures the candidate (evaluate), the run's last chat
+model becomes `@candidate` and `@challenger` (tasks/registry.py). Run it with `lifecycle run`; deployments
+in infra/prefect.yaml."""
 
 from dataclasses import asdict
 from typing import Any
 
 from prefect import flow
 
-from flows.evaluate import evaluate_flow
-from flows.ingest import ingest_flow
-from flows.preferences import preferences_flow
-from flows.pretrain import pretrain_flow
-from flows.promote import promote_flow
-from flows.rag_index import rag_index_flow
-from flows.rlhf import rlhf_flow
-from flows.sft import sft_flow
-from flows.tokenize import tokenize_flow
-from flows.validate import validate_flow
+from flows.stages import FLOWS
+from lifecycle.registry import ModelRef
 from lifecycle.runtime import RunSettings, no_heartbeats_on_temporary_api
-from lifecycle.stages import plan_stages
 from lifecycle.store import StageOutput
-from tasks.common import check_trainer_sections, pipeline_run
+from tasks.common import check_stages
+from tasks.context import pipeline_run
+from tasks.graph import GRAPH
 from tasks.registry import mark_challenger
 
 
@@ -32,33 +26,24 @@ def pipeline(profile: str = "default", overrides: list[str] | None = None, sourc
     """Parameters mirror `lifecycle run`, so deployments and schedules (infra/prefect.yaml) read the same."""
     settings = RunSettings(profile=profile, overrides=overrides or [], sources=sources or [], state_dir=state_dir,
                            conf_dir=conf_dir)
-    plan = plan_stages(until, from_stage)
+    plan = GRAPH.plan(until, from_stage)
     cfg = settings.load()
     out: dict[str, StageOutput] = {}
+    marked = False
     with pipeline_run(settings, cfg, plan) as ctx, no_heartbeats_on_temporary_api():
-        check_trainer_sections(cfg, plan.run, ctx)  # before any work; skips the stages that will be cache hits
-        out["ingest"] = ingest_flow(ctx=ctx)
-        if ctx.wants("validate"):
-            out["validate"] = validate_flow(ctx=ctx, ingest=out["ingest"])
-        if ctx.wants("tokenize"):
-            out["tokenize"] = tokenize_flow(ctx=ctx, ingest=out["ingest"])
-        if ctx.wants("pretrain"):
-            out["pretrain"] = pretrain_flow(ctx=ctx, tokenize=out["tokenize"])
-        if ctx.wants("sft"):
-            out["sft"] = sft_flow(ctx=ctx, pretrain=out["pretrain"], ingest=out["ingest"])
-        if ctx.wants("preferences"):
-            out["preferences"] = preferences_flow(ctx=ctx, sft=out["sft"], ingest=out["ingest"])
-        if ctx.wants("rlhf"):
-            out["rlhf"] = rlhf_flow(ctx=ctx, sft=out["sft"], preferences=out["preferences"])
-        chat = next((out[s].model for s in ("rlhf", "sft") if s in out), None)  # the run's final chat model
-        if ctx.wants("rag_index"):
-            out["rag_index"] = rag_index_flow(ctx=ctx, ingest=out["ingest"], model=chat)
-        if chat:
+        check_stages(cfg, plan.run, ctx)  # before any work; skips the stages that will be cache hits
+        for stage in (GRAPH[name] for name in plan.run):
+            if stage.candidate and (chat := last_chat_model(out)):
+                mark_challenger(ctx, chat, out)
+                marked = True
+            model = next((out[s].model for s in reversed(stage.uses) if s in out), None)
+            out[stage.name] = FLOWS[stage.name](ctx=ctx, inputs={name: out[name] for name in stage.inputs},
+                                                **({"model": model} if stage.uses else {}))
+        if not marked and (chat := last_chat_model(out)):
             mark_challenger(ctx, chat, out)
-        if ctx.wants("evaluate"):
-            out["evaluate"] = evaluate_flow(ctx=ctx, ingest=out["ingest"], pretrain=out["pretrain"], sft=out["sft"],
-                                            rlhf=out["rlhf"], rag_index=out["rag_index"])
-        if ctx.wants("promote"):
-            out["promote"] = promote_flow(ctx=ctx, evaluate=out["evaluate"])
     return {stage: asdict(output) for stage, output in out.items()}
 
+
+def last_chat_model(out: dict[str, StageOutput]) -> ModelRef | None:
+    """The run's final chat model: that of the last stage in graph order that registered one."""
+    return next((out[s].model for s in reversed(GRAPH.names) if s in out and GRAPH[s].model == "chat"), None)

@@ -50,18 +50,19 @@ def _config_args(p: argparse.ArgumentParser, with_sources: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lifecycle.stages import STAGES
+    from tasks import stage_names
 
     parser = argparse.ArgumentParser(prog="lifecycle", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline as one Prefect flow run tracked in MLflow")
     _config_args(run)
-    run.add_argument("--until", choices=list(STAGES), help="run this stage and what it needs, then stop")
-    run.add_argument("--from", dest="from_stage", choices=list(STAGES),
+    run.add_argument("--until", choices=stage_names(), help="run this stage and what it needs, then stop")
+    run.add_argument("--from", dest="from_stage", choices=stage_names(),
                      help="reuse cached outputs of earlier stages; recompute this stage and its dependants")
     show = sub.add_parser("config", help="print the resolved configuration as YAML")
     _config_args(show)
-    sub.add_parser("stages", help="print the stage graph: what each stage reads, waits for and produces")
+    stages = sub.add_parser("stages", help="print the stage graph: what each stage reads, waits for and produces")
+    stages.add_argument("--mermaid", action="store_true", help="as a Mermaid flowchart (docs/ARCHITECTURE.md)")
     lineage = sub.add_parser("lineage", help="what a registered model version was built from, as JSON")
     _config_args(lineage, with_sources=False)
     lineage.add_argument("model", nargs="?", help="NAME/VERSION or NAME@ALIAS (default: the chat model "
@@ -125,15 +126,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lifecycle.data.sources import check_sources
     from lifecycle.runtime import (configure_logging, no_heartbeats_on_temporary_api, prepare_environment,
                                    report_user_errors_once, resolve_state_dir, start_embedded_api)
-    from lifecycle.stages import plan_stages
 
     cfg = load(args)
-    plan_stages(args.until, args.from_stage)  # fail on a bad combination before starting anything
     check_sources(cfg.ingest.sources)
     state_dir = resolve_state_dir(args.state_dir, cfg.run.state_dir)
     prepare_environment(state_dir)
     api = start_embedded_api()  # with no PREFECT_API_URL: comes up while the pipeline's modules load
     from flows.pipeline import pipeline  # imports prefect: after PREFECT_HOME is set
+    from tasks.graph import GRAPH
+
+    GRAPH.plan(args.until, args.from_stage)  # a bad --until/--from combination fails before the pipeline starts
 
     report_user_errors_once()
     configure_logging()
@@ -180,8 +182,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    from lifecycle.stages import GRAPH
+    from tasks.graph import GRAPH
 
+    if args.mermaid:
+        print(GRAPH.mermaid())
+        return 0
     for stage in GRAPH:
         reads = ", ".join(stage.inputs) or "-"
         extra = "".join(f"; {label} {', '.join(v)}" for label, v in (("after", stage.after), ("uses", stage.uses)) if v)

@@ -19,9 +19,9 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from lifecycle.names import CLOSED_BY, PROCESS, ROLE
+
 log = logging.getLogger("lifecycle.orphans")
-PROCESS = "lifecycle.process"  # host:pid:start time of the process that owns a parent run
-CLOSED_BY = "lifecycle.closed_by_run"
 
 
 def process_token(pid: int | None = None) -> str:
@@ -50,7 +50,7 @@ def close_orphans(experiment_id: str, flow_run_id: str) -> list[Run]:
     """Close the orphaned parent runs of the experiment (and their RUNNING children and Prefect runs);
     returns the parent runs closed."""
     client = MlflowClient()
-    query = f"attributes.status = 'RUNNING' and tags.`lifecycle.role` = 'pipeline' and tags.`{PROCESS}` != ''"
+    query = f"attributes.status = 'RUNNING' and tags.`{ROLE}` = 'pipeline' and tags.`{PROCESS}` != ''"
     closed = []
     for run in client.search_runs([experiment_id], query, max_results=100):
         tags = run.data.tags

@@ -35,11 +35,11 @@ from typing import Any
 
 from lifecycle.errors import LifecycleError
 from lifecycle.manifest import hash_tree, seal, tree_digest, unsealed_reason
+from lifecycle.names import BASE_MODEL, FILES_SHA256, KEY, PREVIOUS_CHAMPION, PROMOTED_AT, REWARD_MODEL, ROLLED_BACK_AT, ROLLED_BACK_TO
 
 CANDIDATE, CHALLENGER, CHAMPION = "candidate", "challenger", "champion"
-PREVIOUS = "lifecycle.previous_champion"  # on a champion: the version it replaced ("none" for the first)
-FILES_SHA256 = "lifecycle.files_sha256"  # on a version: the digest of its files as registered
-PARENT_TAGS = ("lifecycle.base_model",)  # version tags naming the model a version was trained from
+PREVIOUS = PREVIOUS_CHAMPION
+PARENT_TAGS = (BASE_MODEL,)  # version tags naming the model a version was trained from
 log = logging.getLogger("lifecycle.registry")
 _REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
@@ -134,6 +134,12 @@ def resolve(spec: str) -> ModelRef:
     return ModelRef(name, version)
 
 
+def reward_model_of(policy: ModelRef) -> ModelRef | None:
+    """The reward model a policy version was optimised against (its lineage tag)."""
+    tag = version_tags(policy).get(REWARD_MODEL)
+    return resolve(tag) if tag else None
+
+
 def lineage(ref: ModelRef) -> dict[str, Any]:
     """What `ref` was built from: its run, its lineage tags, and the lineage of the model it was trained
     from (followed through `lifecycle.base_model`, down to the base model's data and tokenizer keys)."""
@@ -189,7 +195,7 @@ def unfinished_versions(name: str, key: str) -> list[ModelRef]:
     client, found = _client(), []
     for v in client.search_model_versions(f"name = '{name}'"):
         run = client.get_run(v.run_id) if v.run_id else None
-        if run and run.data.tags.get("lifecycle.key") == key and run.info.status in ("KILLED", "FAILED"):
+        if run and run.data.tags.get(KEY) == key and run.info.status in ("KILLED", "FAILED"):
             found.append(ModelRef(name, str(v.version)))
     return sorted(found, key=lambda r: int(r.version))
 
@@ -258,7 +264,7 @@ def move_champion(ref: ModelRef, tags: dict[str, str]) -> ModelRef | None:
     """Point `name@champion` at `ref` (hold `promotion_lock`), recording the version it replaced on `ref`;
     returns that version (None for the first champion)."""
     previous = get_alias(ref.name, CHAMPION)
-    stamp = {"lifecycle.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    stamp = {PROMOTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if previous != ref:
         stamp[PREVIOUS] = str(previous) if previous else "none"
     tag_version(ref, tags | stamp)
@@ -278,6 +284,6 @@ def rollback_champion(name: str, tags: dict[str, str]) -> tuple[ModelRef, ModelR
                              "(promote another version by hand instead)")
     restored = resolve(previous)
     set_alias(restored, CHAMPION)
-    tag_version(current, tags | {"lifecycle.rolled_back_to": str(restored),
-                                 "lifecycle.rolled_back_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    tag_version(current, tags | {ROLLED_BACK_TO: str(restored),
+                                 ROLLED_BACK_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return current, restored

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from lifecycle.names import STAGE_KEY
 from lifecycle.manifest import write_bytes_atomic, write_json_atomic
 from lifecycle.registry import ModelRef, delete_version, local_copy, register_model, tag_version, unfinished_versions
 
 log = logging.getLogger("lifecycle.resume")
-STAGE_KEY = "lifecycle.stage_key"  # the version tag naming the stage key it was registered for
 
 
 class Parts:

@@ -21,6 +21,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from lifecycle.names import RESUMED, ROLE
+
 
 @functools.cache
 def _user_uri(name: str) -> str | None:
@@ -57,14 +59,14 @@ def open_parent_run(experiment_id: str, flow_run_id: str, name: str, tags: dict[
     """(run id, resumed): the parent run of this Prefect flow run, re-attached (status back to RUNNING)
     when the flow run already has one, else created."""
     client = MlflowClient()
-    query = f"tags.`prefect.flow_run_id` = '{flow_run_id}' and tags.`lifecycle.role` = 'pipeline'"
+    query = f"tags.`prefect.flow_run_id` = '{flow_run_id}' and tags.`{ROLE}` = 'pipeline'"
     found = client.search_runs([experiment_id], query, max_results=1)
     if found:
         run = found[0]
         client.update_run(run.info.run_id, status="RUNNING")
-        client.set_tag(run.info.run_id, "lifecycle.resumed", str(int(run.data.tags.get("lifecycle.resumed", 0)) + 1))
+        client.set_tag(run.info.run_id, RESUMED, str(int(run.data.tags.get(RESUMED, 0)) + 1))
         return run.info.run_id, True
-    run = client.create_run(experiment_id, run_name=name, tags=tags | {"lifecycle.role": "pipeline"})
+    run = client.create_run(experiment_id, run_name=name, tags=tags | {ROLE: "pipeline"})
     return run.info.run_id, False
 
 

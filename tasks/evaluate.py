@@ -1,4 +1,4 @@
-"""evaluate task: the run's candidate (the rlhf policy, by reference) against the champion it would replace,
+"""The evaluate stage: the run's candidate (the rlhf policy, by reference) against the champion it would replace,
 the SFT model and the base model, on the same held-out data (lifecycle/evaluate/metrics.py); the report
 card with its plots and costs (lifecycle/evaluate/report.py), logged to MLflow and as a Prefect artifact.
 The champion's version is part of the stage's key: a new champion means a new evaluation."""
@@ -6,8 +6,6 @@ The champion's version is part of the stage's key: a new champion means a new ev
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -15,21 +13,25 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from lifecycle import names
+from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
-from lifecycle.registry import ModelRef, local_copy, tag_version
+from lifecycle.evaluate import EVALUATION
+from lifecycle.hashing import hash_json
+from lifecycle.registry import ModelRef, local_copy, reward_model_of, tag_version
+from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.launch import device_tags
 from tasks.retries import STAGE_RETRIES
-from tasks.rlhf import reward_model_of
 
-EVALUATION = "evaluation.json"
 TAGGED = ("val_bpb", "rouge_l_rag", "rouge_l_no_rag", "win_rate_vs_champion")  # on the version, for `lifecycle models`
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOutput, rlhf: StageOutput,
-             rag: StageOutput) -> StageOutput:
+def evaluate(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
     cfg, logger = ctx.cfg, get_run_logger()
+    docs, base, sft, rlhf, rag = (inputs[s] for s in ("ingest", "pretrain", "sft", "rlhf", "rag_index"))
     for out in (base, sft, rlhf):
         if out.model is None:
             raise LifecycleError(f"evaluate: the {out.stage} output {out.path} carries no model reference; re-run it")
@@ -77,31 +79,42 @@ def evaluate(ctx: RunContext, docs: StageOutput, base: StageOutput, sft: StageOu
         create_markdown_artifact(key="report-card", markdown=report_markdown_for_prefect(card),
                                  description=f"{candidate} report card")
         cand = evaluation["metrics"]["candidate"]
-        tag_version(candidate, {f"lifecycle.eval.{k}": f"{cand[k]:.4f}" for k in TAGGED if k in cand} |
-                    {"lifecycle.eval.run_id": mlflow.active_run().info.run_id, "lifecycle.eval.against": str(champion)})
+        tag_version(candidate, {names.EVAL + k: f"{cand[k]:.4f}" for k in TAGGED if k in cand} |
+                    {names.EVAL + "run_id": mlflow.active_run().info.run_id, names.EVAL + "against": str(champion)})
         metrics = {f"{role}/{k}": v for role, found in evaluation["metrics"].items() for k, v in found.items()}
         metrics |= {f"{name}/{k}{end}": iv[field] for name, found in evaluation["comparisons"].items()
                     for k, iv in found.items() for end, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))}
         return StageResult(metrics | {"questions": len(questions), "cost": card.total_cost, "resumed_models": resumed},
-                           tags={"lifecycle.candidate": str(candidate), "lifecycle.champion": str(champion)}
+                           tags={names.CANDIDATE: str(candidate), names.CHAMPION: str(champion)}
                            | device_tags(cfg.evaluate.device))
 
-    return run_stage("evaluate", ctx, {"ingest": docs, "pretrain": base, "sft": sft, "rlhf": rlhf, "rag_index": rag},
-                     work)
+    return run_stage(STAGE, ctx, inputs, work)
 
 
 def champion_index_metrics(ctx: RunContext, champion: ModelRef) -> dict[str, float]:
     """The retrieval metrics of the index the champion serves with (its rag_index output, when still stored)."""
-    from lifecycle.rag.pairing import KEY
     from lifecycle.registry import version_tags
 
-    key = version_tags(champion).get(KEY)
+    key = version_tags(champion).get(names.RAG_INDEX_KEY)
     found = ctx.store.lookup("rag_index", key) if key else None
     return found.metrics if found else {}
 
 
-def read_evaluation(output: StageOutput) -> dict[str, Any]:
-    path = Path(output.file(EVALUATION))
-    if not path.is_file():
-        raise LifecycleError(f"promote: {path} is missing: re-run evaluate (`lifecycle run --from evaluate`)")
-    return json.loads(path.read_text())
+def query_settings(cfg: Config) -> dict[str, str]:
+    """What it measures at query time: the search and answer settings (conf/serve.yaml)."""
+    return {"serve": hash_json(cfg.serve.model_dump(mode="json", include={"search", "answer"}))}
+
+
+def champion(ctx: RunContext, models: dict[str, ModelRef | None]) -> str:
+    """The champion the candidate (the rlhf model) is compared with: the current `@champion`, or, when the
+    candidate already is the champion, the one it replaced (a re-run after a promotion is a cache hit)."""
+    from lifecycle.evaluate.promotion import champion_before
+
+    found = champion_before(ctx.cfg.run.models.chat, models.get("rlhf"))
+    return str(found) if found else "none"
+
+
+STAGE = Stage("evaluate", __name__, inputs=("ingest", "pretrain", "sft", "rlhf", "rag_index"), run=evaluate,
+              extras=query_settings, dynamic={"champion": champion}, candidate=True,
+              produces="the candidate against @champion, the SFT and base models on held-out data: bits per byte, "
+                       "ROUGE-L with and without retrieval, reward-model win rates, recall@k, latency; the report card")

@@ -1,10 +1,15 @@
-"""preferences tasks: publish the stage's batch of comparison items (answers sampled from the SFT model,
-passed by reference) to the preference store, and export the votes as the preference set: TRL
-prompt/chosen/rejected, content-hashed, logged to MLflow as a dataset with its quality statistics.
+"""The preferences stage: publish a batch of comparison items (answers sampled from the SFT model, passed
+by reference) to the preference store, wait for the votes (mode `human`), and export them as the preference
+set: TRL prompt/chosen/rejected, content-hashed, logged to MLflow as a dataset with its quality statistics.
 
-The batch id derives from the stage's cache key, so a re-run (after a timeout, a crash, or a suspended
-flow run re-executed by its worker) finds the same batch with every vote already cast. Waiting for the
-votes happens in the flow (flows/preferences.py): Prefect pauses flow runs, not tasks.
+Waiting for people: the stage's flow run pauses with a typed `RunInput` (`BatchSummary`) until the batch has
+its quota of votes and its agreement threshold; the annotation app resumes it with the batch summary when
+the last vote arrives (lifecycle/preferences/resume.py); a person can resume it from the Prefect UI or with
+`lifecycle preferences resume`. Embedded (no deployment) the process waits in place; run as a deployment by
+a worker, the flow run suspends (the worker is freed) and is re-executed from the top when resumed: every
+stage before comes from the cache, the batch is found by its id (it derives from what the batch holds), and
+the MLflow parent run is re-attached. Prefect pauses flow runs, not tasks: `run` is called by the stage's
+flow, outside any task.
 """
 
 from __future__ import annotations
@@ -15,24 +20,103 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
 
+from lifecycle import names
+from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
+from lifecycle.hashing import hash_file, hash_json
 from lifecycle.preferences.db import store_url
-from lifecycle.preferences.export import export_rows, pairs_to_rows, write_snapshot
+from lifecycle.preferences.export import SNAPSHOT, export_rows, pairs_to_rows, write_snapshot
 from lifecycle.preferences.importers import read_preference_file
 from lifecycle.preferences.simulated import judge, simulated_annotators
 from lifecycle.preferences.stats import BatchStats, batch_stats, plot_stats
 from lifecycle.preferences.store import NewBatch, PreferenceStore
-from lifecycle.registry import local_copy
-from lifecycle.hashing import hash_json
-from lifecycle.stages import STAGES, key_extras
+from lifecycle.preferences.summary import batch_summary, complete_if_ready
+from lifecycle.registry import ModelRef, local_copy
+from lifecycle.runtime import RunSettings
+from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, key_parts, run_stage
 from tasks.retries import STAGE_RETRIES
 
-SNAPSHOT = "preferences.jsonl"
+
+def run(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
+    """Publish the batch, wait for its votes (mode `human`), export the set."""
+    sft, docs = inputs["sft"], inputs["ingest"]
+    batch_id = publish_batch(ctx, sft, docs)
+    resumed = None
+    if batch_id and ctx.cfg.preferences.mode == "human":
+        resumed = wait_for_votes(ctx, batch_id)
+    return export_preferences(ctx, sft, docs, batch_id, resumed)
+
+
+class BatchSummary(RunInput):
+    """What the flow run is resumed with (the Prefect UI shows these fields as a form)."""
+
+    batch_id: str
+    votes: int = 0
+    quota: int = 0
+    agreement: float | None = None
+    resumed_by: str = "a person in the Prefect UI"
+    note: str = ""
+
+
+def announce_set(output: StageOutput, settings: RunSettings) -> None:
+    """The event infra/prefect.yaml's align-and-promote deployment is triggered by: a new preference set."""
+    from prefect.events import emit_event
+
+    emit_event(event=names.PREFERENCE_SET_EXPORTED, resource={"prefect.resource.id": f"{names.PREFERENCE_SET}.{output.identity}",
+                                             names.PROFILE: settings.profile},
+               payload={"path": output.path, "run_id": output.run_id, "cached": output.cached,
+                        "rows": output.metrics.get("rows", 0)})
+
+
+def app_url(ctx: RunContext) -> str:
+    cfg = ctx.cfg.annotate
+    return (cfg.public_url or f"http://{cfg.host}:{cfg.port}").rstrip("/") + "/"
+
+
+def wait_for_votes(ctx: RunContext, batch_id: str) -> dict | None:
+    """Return once the batch has its votes (None), or with the input a person resumed the run with."""
+    logger, store = get_run_logger(), open_store(ctx)
+    human = ctx.cfg.preferences.human
+    store.set_flow_run(batch_id, str(flow_run.id))  # before the check: a vote arriving now finds the run
+    summary = batch_summary(store, batch_id)
+    if summary["status"] != "open" or complete_if_ready(store, batch_id):
+        logger.info("preferences: batch %s has its votes (%d)", batch_id, summary["votes"])
+        return None
+    url = app_url(ctx)
+    create_link_artifact(link=url, link_text="annotate", key="annotate",
+                         description=f"Vote on batch {batch_id}: {summary['items']} items x "
+                                     f"{human.votes_per_item} votes (`lifecycle annotate` serves it)")
+    print(f"\npreferences: batch {batch_id} waits for {summary['quota'] - summary['votes']} more votes.\n"
+          f"  annotate: {url}   (start the app with `lifecycle annotate`; tokens: `lifecycle annotators add NAME`)\n"
+          f"  the flow goes on when the quota and agreement are met, or: lifecycle preferences resume {batch_id}\n",
+          flush=True)
+    initial = BatchSummary.with_initial_data(batch_id=batch_id, votes=summary["votes"], quota=summary["quota"],
+                                             agreement=summary["agreement"])
+    try:
+        if FlowRunContext.get().flow_run.deployment_id:  # a worker runs this flow run: free it while people vote
+            answer = suspend_flow_run(wait_for_input=initial, timeout=human.timeout_s, key=f"votes-{batch_id}")
+        else:
+            answer = pause_flow_run(wait_for_input=initial, timeout=human.timeout_s,
+                                    poll_interval=human.poll_interval_s, key=f"votes-{batch_id}")
+    except FlowPauseTimeout:
+        now = batch_summary(store, batch_id)
+        raise LifecycleError(f"preferences: batch {batch_id} got {now['votes']} of {now['quota']} votes in "
+                             f"{human.timeout_s} s (preferences.human.timeout_s); every vote is kept: run the same "
+                             "command again to go on waiting") from None
+    logger.info("preferences: resumed by %s (%s)", answer.resumed_by, answer.note or "no note")
+    return answer.model_dump()
+
+
 
 
 def open_store(ctx: RunContext) -> PreferenceStore:
@@ -47,8 +131,7 @@ def batch_id_for(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str:
     votes.pop("timeout_s", None), votes.pop("poll_interval_s", None), votes.pop("min_agreement", None)
     what = {"sft": sft.key, "ingest": docs.key, "mode": p.mode, "round": p.round, "votes": votes,
             "prompts": p.prompts.model_dump(), "sampling": p.sampling.model_dump(),
-            "files": {k: v for k, v in key_extras(STAGES["preferences"], ctx.cfg, lambda _: "").items()
-                      if k != "feedback"}}  # feedback joins the set at export, not the people's batch
+            "files": preference_files(ctx.cfg)}  # not the feedback: it joins the set at export, not the batch
     return f"{p.mode[:5]}-{hash_json(what)}"
 
 
@@ -57,7 +140,7 @@ def publish_batch(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str |
     """The batch id to wait for and export, or None when nothing is to be collected (import mode, or the
     stage's output is cached already)."""
     cfg, logger = ctx.cfg, get_run_logger()
-    key, _, _ = key_parts(ctx, "preferences", {"sft": sft, "ingest": docs})
+    key, _, _ = key_parts(ctx, STAGE, {"sft": sft, "ingest": docs})
     if cfg.preferences.mode == "import" or (ctx.store.lookup("preferences", key) and "preferences" not in
                                             ctx.plan.force):
         return None
@@ -128,18 +211,18 @@ def export_preferences(ctx: RunContext, sft: StageOutput, docs: StageOutput, bat
         (dirs.out / "stats.json").write_text(json.dumps({"stats": stats.to_dict(), "counts": counts,
                                                          "hash": set_hash, "batch": batch_id}, indent=2))
         log_preference_set(dirs.out, rows, stats, set_hash, cfg.preferences.mode)
-        tags = {"lifecycle.preference_set_hash": set_hash, "lifecycle.preferences.mode": cfg.preferences.mode,
-                "lifecycle.preferences.synthetic": str(cfg.preferences.mode == "simulated").lower(),
-                "lifecycle.preferences.model": str(sft.model)}
+        tags = {names.PREFERENCE_SET_HASH: set_hash, names.PREFERENCES_MODE: cfg.preferences.mode,
+                names.PREFERENCES_SYNTHETIC: str(cfg.preferences.mode == "simulated").lower(),
+                names.PREFERENCES_MODEL: str(sft.model)}
         if batch_id:
-            tags["lifecycle.preferences.batch"] = batch_id
+            tags[names.PREFERENCES_BATCH] = batch_id
         if resumed:
-            tags["lifecycle.preferences.resumed_by"] = str(resumed.get("resumed_by", ""))[:200]
+            tags[names.PREFERENCES_RESUMED_BY] = str(resumed.get("resumed_by", ""))[:200]
         if store is not None and batch_id:
             store.set_status(batch_id, "exported")
         return StageResult({**counts, **stats.to_metrics()}, tags=tags, digest=set_hash[:16])
 
-    return run_stage("preferences", ctx, {"sft": sft, "ingest": docs}, work)
+    return run_stage(STAGE, ctx, {"sft": sft, "ingest": docs}, work)
 
 
 def import_rows(files: list[str], out: Path) -> tuple[list[dict], BatchStats, dict[str, int]]:
@@ -189,3 +272,24 @@ def quality_markdown(stats: BatchStats, rows: int, set_hash: str, mode: str) -> 
     lines += [f"| gold accuracy: {name} | {acc:.3f} |" for name, acc in sorted(stats.gold_accuracy.items())]
     lines += [f"| self-contradictions: {name} | {n} |" for name, n in sorted(stats.contradictions.items()) if n]
     return "\n".join(lines)
+
+
+def preference_files(cfg: Config) -> dict[str, str]:
+    """What the key takes from the prompt files (and, importing, the preference files): their contents."""
+    p = cfg.preferences
+    files = [*p.prompts.files, *(p.import_.files if p.mode == "import" else [])]
+    return {f"file.{name}": hash_file(Path(name).expanduser()) for name in files}
+
+
+def feedback(ctx: RunContext, models: dict[str, ModelRef | None]) -> str:
+    """The digest of the chat page's feedback in the preference store: new feedback, a new set."""
+    from lifecycle.preferences.feedback import feedback_digest
+
+    return feedback_digest(open_store(ctx))
+
+
+STAGE = Stage("preferences", __name__, inputs=("sft", "ingest"), run=run, extras=preference_files,
+              dynamic={"feedback": feedback}, announce=announce_set,
+              lineage=lambda out: {names.PREFERENCE_SET_HASH: out.identity},
+              produces="a preference set (TRL prompt/chosen/rejected, content-hashed) voted by people in the annotation "
+                       "app, by a simulated judge, or imported; its quality statistics")

@@ -1,4 +1,4 @@
-"""pretrain task: train the causal LM from scratch on the tokenize stage's blocks (in this process, or
+"""The pretrain stage: train the causal LM from scratch on the tokenize stage's blocks (in this process, or
 under torchrun when pretrain.distributed asks for more, on one node or several), then register it (on
 node 0) as a new version of run.models.base, tagged with its lineage, and hand on its reference. No alias
 is set: the base model is not a chat model, and `@champion` only moves through the promotion gate."""
@@ -12,18 +12,21 @@ import mlflow
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lifecycle import names
 from lifecycle.hashing import hash_json
 from lifecycle.manifest import write_json_atomic
 from lifecycle.registry import register_model
+from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, run_stage, seed
+from tasks.launch import device_tags, launch_stage
 from tasks.retries import STAGE_RETRIES
 
 
 @task(name="pretrain", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def pretrain(ctx: RunContext, tokens: StageOutput) -> StageOutput:
-    cfg = ctx.cfg
+def pretrain(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
+    cfg, tokens = ctx.cfg, inputs["tokenize"]
     section, seed = cfg.pretrain, cfg.run.seed
     logger = get_run_logger()
 
@@ -43,7 +46,7 @@ def pretrain(ctx: RunContext, tokens: StageOutput) -> StageOutput:
             spec = dirs.checkpoints.parent / f"{dirs.key}-node{launch.node_rank}.json"  # one per node: shared storage
             spec.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(spec, {"seed": seed, "pretrain": section.model_dump(mode="json")})
-            if not launch_stage("pretrain", "lifecycle.train.pretrain",
+            if not launch_stage("pretrain", train.__module__,
                                 ["--data", tokens.path, "--config", str(spec), "--out", str(dirs.out),
                                  "--checkpoints", str(dirs.checkpoints), "--mlflow-run-id", run_id],
                                 launch, dirs, expect=dirs.out / "metrics.json"):
@@ -52,14 +55,18 @@ def pretrain(ctx: RunContext, tokens: StageOutput) -> StageOutput:
             metrics = json.loads((dirs.out / "metrics.json").read_text())
         tokenize_tags = mlflow.get_run(tokens.run_id).data.tags
         ref = register_model(dirs.out / "model", cfg.run.models.base, tags={
-            "lifecycle.stage": "pretrain", "lifecycle.stage_key": dirs.key,
-            "lifecycle.data_key": tokenize_tags.get("lifecycle.input.ingest", "unknown"),
-            "lifecycle.tokenizer_key": tokens.key, "lifecycle.config_hash": ctx.config_hash,
-            "lifecycle.pretrain_config_hash": hash_json(section.model_dump(mode="json")),
+            names.STAGE: "pretrain", names.STAGE_KEY: dirs.key,
+            names.DATA_KEY: tokenize_tags.get(names.INPUT + "ingest", "unknown"),
+            names.TOKENIZER_KEY: tokens.key, names.CONFIG_HASH: ctx.config_hash,
+            names.section_hash("pretrain"): hash_json(section.model_dump(mode="json")),
             "mlflow.source.git.commit": ctx.git_commit})
         logger.info("pretrain: registered %s (val %.3f bits/byte, unigram baseline %.3f)", ref, metrics["val_bpb"],
                     metrics["unigram_bpb"])
         return StageResult({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, model=ref,
                            tags=device_tags(cfg.pretrain.device, int(metrics.get("world_size", 1))))
 
-    return run_stage("pretrain", ctx, {"tokenize": tokens}, work)
+    return run_stage(STAGE, ctx, inputs, work)
+
+
+STAGE = Stage("pretrain", __name__, inputs=("tokenize",), run=pretrain, model="base", extras=seed,
+              produces="the base model, registered: its reference (name, version, URI)")

@@ -1,4 +1,4 @@
-"""promote task: the gate (lifecycle/evaluate/gate.py) over the evaluate stage's result. The candidate
+"""The promote stage: the gate (lifecycle/evaluate/gate.py) over the evaluate stage's result. The candidate
 becomes @champion only when every rule passes; the decision (each rule, value, threshold, verdict) is
 decision.json on this stage's MLflow run, tags on the version and a Prefect artifact. Cached like every
 stage: the same evaluation under the same rules is decided once (a later hand rollback is respected)."""
@@ -13,33 +13,34 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from lifecycle import names
+from lifecycle.evaluate import read_evaluation
 from lifecycle.evaluate.gate import Decision, decide
 from lifecycle.registry import ModelRef, resolve, version_tags
+from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, run_stage
 from tasks.retries import STAGE_RETRIES
-from tasks.evaluate import read_evaluation
-from tasks.rlhf import ALARM_TAG
 
 
 @task(name="promote", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def promote(ctx: RunContext, evaluation: StageOutput) -> StageOutput:
-    cfg, logger = ctx.cfg, get_run_logger()
+def promote(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
+    cfg, logger, evaluation = ctx.cfg, get_run_logger(), inputs["evaluate"]
 
     def work(dirs: StageDirs) -> StageResult:
         from lifecycle.evaluate.promotion import apply_decision
         from lifecycle.evaluate.report import build_report, report_markdown_for_prefect
 
-        found = read_evaluation(evaluation)
+        found = read_evaluation(evaluation.path)
         candidate = resolve(found["models"]["candidate"])
         expected = resolve(found["models"]["champion"]) if found["models"].get("champion") else None
-        decision = decide(cfg.promote, found, version_tags(candidate).get(ALARM_TAG, "none"))
+        decision = decide(cfg.promote, found, version_tags(candidate).get(names.RLHF_ALARM, "none"))
         run_id = mlflow.active_run().info.run_id
         record = decision.to_dict() | {"evaluation_run_id": evaluation.run_id, "promote_run_id": run_id,
-                                       "rag_index_version": version_tags(candidate).get("lifecycle.rag_index_version")}
+                                       "rag_index_version": version_tags(candidate).get(names.RAG_INDEX_VERSION)}
         (dirs.out / "decision.json").write_text(json.dumps(record, indent=2))
         champion = apply_decision(Path(ctx.state_dir), decision, candidate, expected,
-                                  {"lifecycle.decision.run_id": run_id})
+                                  {names.DECISION_RUN_ID: run_id})
         mlflow.log_dict(record, "promote/decision.json")
         markdown = decision_markdown(decision, str(champion) if champion else "none")
         mlflow.log_text(markdown, "promote/decision.md")
@@ -55,10 +56,10 @@ def promote(ctx: RunContext, evaluation: StageOutput) -> StageOutput:
         log("promote: %s: %s", candidate, decision.summary())
         return StageResult({"passed": float(decision.passed), "rules": len(decision.rules),
                             "failed_rules": len(decision.failed)},
-                           tags={"lifecycle.decision": "promoted" if decision.passed else "refused",
-                                 "lifecycle.candidate": str(candidate), "lifecycle.champion": str(champion)})
+                           tags={names.DECISION: "promoted" if decision.passed else "refused",
+                                 names.CANDIDATE: str(candidate), names.CHAMPION: str(champion)})
 
-    return run_stage("promote", ctx, {"evaluate": evaluation}, work)
+    return run_stage(STAGE, ctx, inputs, work)
 
 
 def decision_markdown(decision: Decision, champion: str) -> str:
@@ -76,13 +77,14 @@ def decision_markdown(decision: Decision, champion: str) -> str:
     return "\n".join(lines + ["", *(f"- {r.rule}: {r.detail}" for r in decision.rules)])
 
 
-CHAMPION_MOVED = "lifecycle.champion.promoted"
-
-
 def announce_champion(champion: ModelRef, previous: ModelRef | None) -> None:
     """The event infra/prefect.yaml's RAG rebuild check is triggered by: a new champion."""
     from prefect.events import emit_event
 
-    emit_event(event=CHAMPION_MOVED, resource={"prefect.resource.id": f"lifecycle.model.{champion.name}",
-                                               "lifecycle.model": str(champion)},
+    emit_event(event=names.CHAMPION_PROMOTED, resource={"prefect.resource.id": f"{names.MODEL_RESOURCE}.{champion.name}",
+                                               names.MODEL: str(champion)},
                payload={"champion": str(champion), "previous": str(previous) if previous else None})
+
+
+STAGE = Stage("promote", __name__, inputs=("evaluate",), run=promote,
+              produces="the gate's decision (each rule, value, threshold, verdict); @champion moves only on a pass")

@@ -1,4 +1,4 @@
-"""rag_index task: bring the persistent LanceDB chunk table up to date with the ingested documents
+"""The rag_index stage: bring the persistent LanceDB chunk table up to date with the ingested documents
 (incrementally), evaluate retrieval on python-docs questions, pin the version it produced, pair it with
 the model it is given (by reference: the run's chat model), point `<state_dir>/rag/current.json` at it
 for `lifecycle search`, and clean up table versions nothing refers to any more."""
@@ -15,20 +15,23 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from lifecycle import names
 from lifecycle.config import Config
+from lifecycle.hashing import hash_json
 from lifecycle.rag.evaluate import evaluate_retrieval, python_docs_questions, report_markdown
 from lifecycle.rag.pairing import pair_index
 from lifecycle.rag.retention import open_dataset, pin_version, referenced_versions, retain_versions
 from lifecycle.rag.search import open_index, open_table, rag_dir, write_current
 from lifecycle.registry import ModelRef
+from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, run_stage
 from tasks.retries import STAGE_RETRIES
 
 
 @task(name="rag_index", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None) -> StageOutput:
-    cfg = ctx.cfg
+def rag_index(ctx: RunContext, inputs: dict[str, StageOutput], model: ModelRef | None = None) -> StageOutput:
+    cfg, docs = ctx.cfg, inputs["ingest"]
     section = cfg.rag_index
     state_dir = Path(ctx.state_dir)
     logger = get_run_logger()
@@ -56,9 +59,9 @@ def rag_index(ctx: RunContext, docs: StageOutput, model: ModelRef | None = None)
         if info["embedded_chunks"]:
             metrics["embed_chunks_per_s"] = info["embedded_chunks"] / max(info["embed_seconds"], 1e-9)
         metrics |= evaluate_index(info, documents, cfg, dirs.out)
-        return StageResult(metrics, tags={"lifecycle.paired_model": str(model) if model else "none"})
+        return StageResult(metrics, tags={names.PAIRED_MODEL: str(model) if model else "none"})
 
-    output = run_stage("rag_index", ctx, {"ingest": docs}, work)
+    output = run_stage(STAGE, ctx, inputs, work)
     info = json.loads(output.file("index.json").read_text())
     if model is not None:
         pair_index(model, info, output.key)
@@ -97,3 +100,15 @@ def evaluate_index(info: dict[str, Any], documents: list[dict[str, Any]], cfg: C
                                             for m, r in report.items()))
     return {f"{mode}_{name}": value for mode, row in report.items() for name, value in row.items()
             if name != "questions"} | {"eval_questions": float(len(questions))}
+
+
+def search_settings(cfg: Config) -> dict[str, str]:
+    """What its retrieval evaluation measures: the search settings and the intervals (query-time settings;
+    nothing is embedded again when only they change)."""
+    return {"search": hash_json({"search": cfg.serve.search.model_dump(mode="json"),
+                                 "intervals": cfg.evaluate.intervals.model_dump(mode="json")})}
+
+
+STAGE = Stage("rag_index", __name__, inputs=("ingest",), after=("validate",), uses=("sft", "rlhf"), run=rag_index,
+              extras=search_settings,
+              produces="a version of the LanceDB chunk table and its retrieval metrics; paired with the run's model")

@@ -1,4 +1,4 @@
-"""rlhf task: align the SFT model (passed by reference) with the preference set. `rlhf.method` rloo or
+"""The rlhf stage: align the SFT model (passed by reference) with the preference set. `rlhf.method` rloo or
 grpo: train a reward model (registered as run.models.reward), then optimise the policy against it with a
 KL leash to the SFT model, watching its health; dpo: train the policy on the pairs directly. The policy
 is registered as a new version of run.models.chat with its lineage (preference-set hash, SFT version,
@@ -17,25 +17,28 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pathlib import Path
+
+from lifecycle import names
 from lifecycle.align.pairs import split_pairs, unique_prompts
+from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
 from lifecycle.manifest import write_json_atomic
-from lifecycle.preferences.export import read_snapshot
+from lifecycle.preferences.export import SNAPSHOT, read_snapshot
 from lifecycle.registry import ModelRef, local_copy
 from lifecycle.resume import register_once
+from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, launch_stage, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, run_stage, seed
+from tasks.launch import device_tags, launch_stage
 from tasks.retries import STAGE_RETRIES
-from tasks.preferences import SNAPSHOT
-
-ALARM_TAG = "lifecycle.rlhf.alarm"
 
 
 @task(name="rlhf", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
-    cfg, logger = ctx.cfg, get_run_logger()
+def rlhf(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
+    cfg, logger, sft, prefs = ctx.cfg, get_run_logger(), inputs["sft"], inputs["preferences"]
     if sft.model is None:
         raise LifecycleError(f"rlhf: the sft output {sft.path} carries no model reference; re-run sft")
 
@@ -44,10 +47,10 @@ def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
         on_metrics, _ = mlflow_hooks(run_id)
         rows = read_snapshot(prefs.file(SNAPSHOT))
         sft_dir = local_copy(sft.model, ctx.models_dir)
-        lineage = {"lifecycle.stage": "rlhf", "lifecycle.stage_key": dirs.key, "lifecycle.base_model": str(sft.model),
-                   "lifecycle.preference_set_hash": prefs.identity, "lifecycle.rlhf.method": cfg.rlhf.method,
-                   "lifecycle.config_hash": ctx.config_hash, "mlflow.source.git.commit": ctx.git_commit,
-                   "lifecycle.rlhf_config_hash": hash_json(cfg.rlhf.model_dump(mode="json"))}
+        lineage = {names.STAGE: "rlhf", names.STAGE_KEY: dirs.key, names.BASE_MODEL: str(sft.model),
+                   names.PREFERENCE_SET_HASH: prefs.identity, names.RLHF_METHOD: cfg.rlhf.method,
+                   names.CONFIG_HASH: ctx.config_hash, "mlflow.source.git.commit": ctx.git_commit,
+                   names.section_hash("rlhf"): hash_json(cfg.rlhf.model_dump(mode="json"))}
         mlflow.log_params({"method": cfg.rlhf.method, "sft_model": str(sft.model), "pairs": len(rows),
                            "nproc": launch.nproc, "nnodes": launch.nnodes})
         if launch.world_size > 1:
@@ -68,7 +71,7 @@ def rlhf(ctx: RunContext, sft: StageOutput, prefs: StageOutput) -> StageOutput:
                     sft.model)
         return StageResult(metrics, model=policy, tags=tags | device_tags(cfg.rlhf.device, launch.world_size))
 
-    return run_stage("rlhf", ctx, {"sft": sft, "preferences": prefs}, work)
+    return run_stage(STAGE, ctx, inputs, work)
 
 
 def optimise_policy(ctx: RunContext, sft_dir, rows: list[dict], dirs: StageDirs, lineage: dict[str, str],
@@ -101,7 +104,9 @@ def train_under_torchrun(ctx: RunContext, sft_dir, prefs: StageOutput, dirs: Sta
     write_json_atomic(spec, {"config": ctx.cfg.dump(), "sft_dir": str(sft_dir),
                              "preferences": str(prefs.file(SNAPSHOT)), "out": str(dirs.out),
                              "checkpoints": str(dirs.checkpoints), "result": str(result), "mlflow_run_id": run_id})
-    if not launch_stage("rlhf", "lifecycle.align.launch", ["--spec", str(spec)], launch, dirs, expect=result):
+    import lifecycle.align.launch as entry  # imported, not named: part of the stage's code (its cache key)
+
+    if not launch_stage("rlhf", entry.__name__, ["--spec", str(spec)], launch, dirs, expect=result):
         return None
     return json.loads(result.read_text())
 
@@ -126,9 +131,9 @@ def register_trained(ctx: RunContext, trained: dict, dirs: StageDirs,
 def register_reward(ctx: RunContext, dirs: StageDirs, lineage: dict[str, str], metrics: dict[str, float],
                     flagged: bool) -> ModelRef:
     cfg, logger = ctx.cfg, get_run_logger()
-    flag = {"lifecycle.reward.flagged": "does not beat the longer-answer-wins baseline"} if flagged else {}
+    flag = {names.REWARD_FLAGGED: "does not beat the longer-answer-wins baseline"} if flagged else {}
     reward_ref = register_once(dirs.out / "reward_model", cfg.run.models.reward, task="text-classification",
-                               tags=lineage | flag | {"lifecycle.reward.accuracy": f"{metrics['accuracy']:.4f}"},
+                               tags=lineage | flag | {names.REWARD_ACCURACY: f"{metrics['accuracy']:.4f}"},
                                models_dir=ctx.models_dir)
     if flagged:
         logger.warning("rlhf: reward model %s: held-out accuracy %.3f does not beat the length baseline %.3f",
@@ -142,9 +147,9 @@ def report_policy(reward_ref: ModelRef | None, reward_metrics: dict[str, float],
     `reward_ref` None: DPO, no reward model."""
     create_markdown_artifact(key="rlhf-health", markdown=report.markdown(), description="RLHF health checks")
     mlflow.log_text(report.markdown(), "rlhf/health.md")
-    tags = {ALARM_TAG: "; ".join(report.reasons) if report.alarm else "none"}
+    tags = {names.RLHF_ALARM: "; ".join(report.reasons) if report.alarm else "none"}
     if reward_ref is not None:
-        tags["lifecycle.reward_model"] = str(reward_ref)
+        tags[names.REWARD_MODEL] = str(reward_ref)
     if report.alarm:
         get_run_logger().warning("rlhf: HEALTH ALARM: %s", "; ".join(report.reasons))
     metrics = {**{f"reward_model/{k}": v for k, v in reward_metrics.items()}, **policy_metrics,
@@ -152,9 +157,21 @@ def report_policy(reward_ref: ModelRef | None, reward_metrics: dict[str, float],
     return metrics, tags
 
 
-def reward_model_of(policy: ModelRef) -> ModelRef | None:
-    """The reward model a policy version was optimised against (its lineage tag)."""
-    from lifecycle.registry import resolve, version_tags
+def check_trainers(cfg: Config, scratch: Path) -> None:
+    """The TRL sections of the chosen method pass through to TRL's configs: construct them, so a bad key fails
+    before any work."""
+    from lifecycle.align.dpo import dpo_args
+    from lifecycle.align.policy import policy_args
+    from lifecycle.align.reward import reward_args
 
-    tag = version_tags(policy).get("lifecycle.reward_model")
-    return resolve(tag) if tag else None
+    if cfg.rlhf.method == "dpo":
+        dpo_args(cfg, scratch, max_length=1)
+    else:
+        reward_args(cfg, scratch, max_length=1)
+        policy_args(cfg, scratch, cfg.rlhf.method)
+
+
+STAGE = Stage("rlhf", __name__, inputs=("sft", "preferences"), run=rlhf, model="chat", extras=seed,
+              check=check_trainers,
+              produces="the aligned policy (RLOO/GRPO against a reward model with a KL leash, or DPO) and the reward "
+                       "model, registered: the policy's reference; health checks and the reward-hacking alarm")

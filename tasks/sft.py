@@ -1,4 +1,4 @@
-"""sft task: fine-tune the base model (passed by reference) on instruction pairs with TRL's SFTTrainer,
+"""The sft stage: fine-tune the base model (passed by reference) on instruction pairs with TRL's SFTTrainer,
 log curves and the held-out comparison with the base model to MLflow, and register the result as a new
 version of run.models.chat with its lineage (base model version, instruction data hash)."""
 
@@ -10,19 +10,25 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pathlib import Path
+
+from lifecycle import names
+from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
 from lifecycle.registry import local_copy
 from lifecycle.resume import register_once
+from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, device_tags, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, run_stage, seed
+from tasks.launch import device_tags
 from tasks.retries import STAGE_RETRIES
 
 
 @task(name="sft", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def sft(ctx: RunContext, base: StageOutput, docs: StageOutput) -> StageOutput:
-    cfg = ctx.cfg
+def sft(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
+    cfg, base, docs = ctx.cfg, inputs["pretrain"], inputs["ingest"]
     logger = get_run_logger()
     if base.model is None:
         raise LifecycleError(f"sft: the pretrain output {base.path} carries no model reference; re-run pretrain")
@@ -42,15 +48,22 @@ def sft(ctx: RunContext, base: StageOutput, docs: StageOutput) -> StageOutput:
         mlflow.log_text(markdown, "sft/report.md")
         create_markdown_artifact(key="sft-report", markdown=markdown, description="SFT model vs base model")
         ref = register_once(dirs.out / "model", cfg.run.models.chat, models_dir=ctx.models_dir, tags={
-            "lifecycle.stage": "sft", "lifecycle.stage_key": dirs.key, "lifecycle.base_model": str(base.model),
-            "lifecycle.sft_data_hash": result.data_hash, "lifecycle.config_hash": ctx.config_hash,
-            "lifecycle.sft_config_hash": hash_json(cfg.sft.model_dump(mode="json")),
+            names.STAGE: "sft", names.STAGE_KEY: dirs.key, names.BASE_MODEL: str(base.model),
+            names.SFT_DATA_HASH: result.data_hash, names.CONFIG_HASH: ctx.config_hash,
+            names.section_hash("sft"): hash_json(cfg.sft.model_dump(mode="json")),
             "mlflow.source.git.commit": ctx.git_commit})
         logger.info("sft: registered %s, trained from %s", ref, base.model)
         return StageResult(result.metrics, model=ref,
-                           tags={"lifecycle.sft_data_hash": result.data_hash} | device_tags(cfg.sft.device))
+                           tags={names.SFT_DATA_HASH: result.data_hash} | device_tags(cfg.sft.device))
 
-    return run_stage("sft", ctx, {"pretrain": base, "ingest": docs}, work)
+    return run_stage(STAGE, ctx, inputs, work)
+
+
+def check_trainer(cfg: Config, scratch: Path) -> None:
+    """sft.trainer passes through to TRL's SFTConfig: construct it, so a bad key fails before any work."""
+    from lifecycle.align.sft import sft_args
+
+    sft_args(cfg, scratch, max_length=1)
 
 
 def samples_markdown(metrics: dict[str, float], samples: list[dict], n: int = 8) -> str:
@@ -67,3 +80,7 @@ def samples_markdown(metrics: dict[str, float], samples: list[dict], n: int = 8)
     lines += [f"| {cell(s['question'])} | {cell(s['reference'])} | {cell(s['base'])} | {cell(s['sft'])} |"
               for s in samples[:n]]
     return "\n".join(lines)
+
+
+STAGE = Stage("sft", __name__, inputs=("pretrain", "ingest"), run=sft, model="chat", extras=seed, check=check_trainer,
+              produces="the instruction-tuned chat model, registered: its reference; held-out loss and ROUGE-L")

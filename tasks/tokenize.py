@@ -1,4 +1,4 @@
-"""tokenize task: train the BPE tokenizer and pack the documents into token blocks."""
+"""The tokenize stage: train the BPE tokenizer and pack the documents into token blocks."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from lifecycle.names import TOKENIZER_KEY
+from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, run_stage
 from tasks.retries import STAGE_RETRIES
 
 
 @task(name="tokenize", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def tokenize(ctx: RunContext, docs: StageOutput) -> StageOutput:
-    section = ctx.cfg.tokenize
+def tokenize(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
+    section, docs = ctx.cfg.tokenize, inputs["ingest"]
 
     def work(dirs: StageDirs) -> StageResult:
         from lifecycle.engine import Engine
@@ -29,4 +31,9 @@ def tokenize(ctx: RunContext, docs: StageOutput) -> StageOutput:
         mlflow.log_params({"vocab_size": section.vocab_size, "context_length": section.context_length})
         return StageResult(stats)
 
-    return run_stage("tokenize", ctx, {"ingest": docs}, work)
+    return run_stage(STAGE, ctx, inputs, work)
+
+
+STAGE = Stage("tokenize", __name__, inputs=("ingest",), after=("validate",), run=tokenize,
+              lineage=lambda out: {TOKENIZER_KEY: out.identity},
+              produces="a byte-level BPE tokenizer with a chat template, and packed token blocks")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lifecycle import names
 from lifecycle.errors import LifecycleError
 
 
@@ -62,7 +63,7 @@ def reward_folder(model: str | None, cfg: Any, state_dir: Path) -> tuple[Path, s
         ref = resolve(model)
     else:
         chat = get_alias(cfg.run.models.chat, CANDIDATE)
-        tag = version_tags(chat).get("lifecycle.reward_model") if chat else None
+        tag = version_tags(chat).get(names.REWARD_MODEL) if chat else None
         if not tag:
             raise LifecycleError(f"{cfg.run.models.chat}@{CANDIDATE} has no reward model (run the pipeline through "
                                  "rlhf with method rloo or grpo), or pass --model")

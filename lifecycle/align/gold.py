@@ -36,7 +36,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from lifecycle.align.callbacks import MetricsHook
 from lifecycle.config.rlhf import GoldConfig
-from lifecycle.evaluate.text import rouge_l
+from lifecycle.text import rouge_l
 from lifecycle.hashing import hash_json
 from lifecycle.model import right_pad
 from lifecycle.tokenizer import chat_ids, stop_token_ids

@@ -17,10 +17,6 @@ from lifecycle.hashing import hash_json
 Row = dict[str, Any]
 
 
-def pair_id(row: Row) -> str:
-    return hash_json([row["prompt"], row["chosen"], row["rejected"]])
-
-
 def held_out_prompt(prompt: list[dict[str, str]], fraction: float) -> bool:
     """Whether a prompt is held out: its hash falls under `fraction`."""
     return int(hash_json(prompt)[:8], 16) / 2**32 < fraction

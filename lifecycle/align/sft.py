@@ -29,7 +29,7 @@ from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
 from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
-from lifecycle.evaluate.text import mean_rouge_l, rouge_l
+from lifecycle.text import mean_rouge_l, rouge_l
 from lifecycle.hashing import hash_json
 from lifecycle.model import context_window, load_causal_lm
 from lifecycle.progress import progress

@@ -1,4 +1,4 @@
-"""Sections that configure a third-party trainer (TRL's `SFTConfig`, later `RewardConfig`, `RLOOConfig`,
+"""Sections that configure a third-party trainer (TRL's `SFTConfig`, `RewardConfig`, `RLOOConfig`,
 `GRPOConfig`, `DPOConfig`) pass through as mappings: they are checked by constructing the trainer's own
 config, and its complaint is reported with the key, the value and the file it came from.
 

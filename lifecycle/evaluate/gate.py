@@ -19,6 +19,7 @@ import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lifecycle import names
 from lifecycle.config.evaluate import PromoteConfig
 
 _OPS = {"<=": operator.le, ">=": operator.ge}
@@ -98,9 +99,9 @@ class Decision:
 
     def tags(self) -> dict[str, str]:
         """The decision as version tags: the verdict, then one tag per rule."""
-        out = {"lifecycle.decision": "promoted" if self.passed else "refused", "lifecycle.decision.mode": self.mode,
-               "lifecycle.decision.reason": (self.reason or self.summary())[:4000]}
-        return out | {f"lifecycle.gate.{r.rule}": r.line()[:4000] for r in self.rules}
+        out = {names.DECISION: "promoted" if self.passed else "refused", names.DECISION_MODE: self.mode,
+               names.DECISION_REASON: (self.reason or self.summary())[:4000]}
+        return out | {names.GATE + r.rule: r.line()[:4000] for r in self.rules}
 
 
 def decide(cfg: PromoteConfig, evaluation: dict[str, Any], alarm: str) -> Decision:

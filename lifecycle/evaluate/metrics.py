@@ -36,7 +36,7 @@ from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
 from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.evaluate.compare import interval_sections
-from lifecycle.evaluate.text import rouge_l
+from lifecycle.text import rouge_l
 from lifecycle.hashing import hash_json
 from lifecycle.model import context_window, evaluating, load_causal_lm
 from lifecycle.rag.answer import fit_prompt

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lifecycle import names
 from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.evaluate.gate import Decision
@@ -31,8 +32,6 @@ from lifecycle.registry import (
     tag_version,
     version_tags,
 )
-
-RAG_VERSION = "lifecycle.rag_index_version"
 
 
 def lock_dir(state_dir: Path) -> Path:
@@ -61,8 +60,8 @@ def apply_decision(state_dir: Path, decision: Decision, candidate: ModelRef, exp
                                  f"evaluation of {candidate}; re-run the pipeline to evaluate against {current}")
         tags = decision.tags() | extra_tags
         if decision.passed and current != candidate:
-            rag = version_tags(candidate).get(RAG_VERSION)
-            move_champion(candidate, tags | ({"lifecycle.champion.rag_index_version": rag} if rag else {}))
+            rag = version_tags(candidate).get(names.RAG_INDEX_VERSION)
+            move_champion(candidate, tags | ({names.CHAMPION_RAG_INDEX_VERSION: rag} if rag else {}))
             return candidate
         if current != candidate:
             tag_version(candidate, tags)
@@ -77,7 +76,7 @@ def record(cfg: Config, state_dir: Path, name: str, record: dict[str, Any], tags
 
     experiment_id = setup_mlflow(Path(state_dir), cfg.run.experiment)
     with mlflow.start_run(run_name=name, experiment_id=experiment_id,
-                          tags={"lifecycle.stage": "promote", "lifecycle.manual": "true"} | tags) as run:
+                          tags={names.STAGE: "promote", names.MANUAL: "true"} | tags) as run:
         mlflow.log_dict(record, "promote/decision.json")
     return run.info.run_id
 
@@ -96,10 +95,10 @@ def promote_by_hand(cfg: Config, state_dir: Path, spec: str, reason: str) -> dic
         decision = {"passed": True, "mode": "manual", "candidate": str(ref), "champion": str(before or "none"),
                     "reason": reason, "by": who, "at": when, "rules": []}
         run_id = record(cfg, state_dir, f"promote-{ref.name}-{ref.version}-by-hand", decision,
-                        {"lifecycle.decision": "promoted by hand", "lifecycle.model": str(ref)})
-        move_champion(ref, {"lifecycle.decision": "promoted by hand", "lifecycle.decision.mode": "manual",
-                            "lifecycle.decision.reason": reason[:4000], "lifecycle.decision.by": who,
-                            "lifecycle.decision.run_id": run_id})
+                        {names.DECISION: "promoted by hand", names.MODEL: str(ref)})
+        move_champion(ref, {names.DECISION: "promoted by hand", names.DECISION_MODE: "manual",
+                            names.DECISION_REASON: reason[:4000], names.DECISION_BY: who,
+                            names.DECISION_RUN_ID: run_id})
     return decision | {"run_id": run_id}
 
 
@@ -108,13 +107,13 @@ def rollback(cfg: Config, state_dir: Path, reason: str) -> dict[str, Any]:
     name = cfg.run.models.chat
     who, when = getpass.getuser(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with promotion_lock(lock_dir(state_dir), name):
-        rolled, restored = rollback_champion(name, {"lifecycle.decision": "rolled back",
-                                                    "lifecycle.decision.reason": (reason or "rollback")[:4000],
-                                                    "lifecycle.decision.by": who})
+        rolled, restored = rollback_champion(name, {names.DECISION: "rolled back",
+                                                    names.DECISION_REASON: (reason or "rollback")[:4000],
+                                                    names.DECISION_BY: who})
         decision = {"mode": "rollback", "rolled_back": str(rolled), "champion": str(restored), "reason": reason,
                     "by": who, "at": when}
         decision["run_id"] = record(cfg, state_dir, f"rollback-{name}-{rolled.version}", decision,
-                                    {"lifecycle.decision": "rolled back", "lifecycle.model": str(rolled)})
+                                    {names.DECISION: "rolled back", names.MODEL: str(rolled)})
     return decision
 
 
@@ -124,14 +123,7 @@ def model_table(versions: list[dict[str, Any]]) -> str:
     for v in versions:
         tags = v["tags"]
         lines.append(f"{v['version']:>7}  {','.join('@' + a for a in v['aliases']) or '-':<34} "
-                     f"{tags.get('lifecycle.stage', '?'):<6} {tags.get('lifecycle.decision', '-'):<18} "
-                     f"{tags.get('lifecycle.eval.rouge_l_rag', '-'):>7} {tags.get('lifecycle.eval.val_bpb', '-'):>6}  "
-                     f"{tags.get('lifecycle.decision.reason', '')[:90]}")
+                     f"{tags.get(names.STAGE, '?'):<6} {tags.get(names.DECISION, '-'):<18} "
+                     f"{tags.get(names.EVAL + 'rouge_l_rag', '-'):>7} {tags.get(names.EVAL + 'val_bpb', '-'):>6}  "
+                     f"{tags.get(names.DECISION_REASON, '')[:90]}")
     return "\n".join(lines)
-
-
-def decision_of(ref: ModelRef) -> dict[str, Any]:
-    """The decision tags of a version, as JSON-ready data."""
-    tags = version_tags(ref)
-    return {k: v for k, v in tags.items() if k.startswith(("lifecycle.decision", "lifecycle.gate.", PREVIOUS,
-                                                           "lifecycle.promoted", "lifecycle.rolled"))}

@@ -32,6 +32,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from lifecycle import names
 from lifecycle.evaluate.plots import draw_figures, format_number, metrics_lines, table_lines
 from lifecycle.evaluate.report_intervals import interval_lines, span
 
@@ -131,13 +132,13 @@ def fetch_stage_runs(client: MlflowClient, parent: Run) -> list[StageRun]:
                                   max_results=1000, order_by=["attributes.start_time ASC"])
     chosen: dict[str, Run] = {}
     for run in children:
-        stage = run.data.tags.get("lifecycle.stage")
+        stage = run.data.tags.get(names.STAGE)
         if stage and (stage not in chosen or _rank(run) >= _rank(chosen[stage])):
             chosen[stage] = run
     out = []
     for stage, run in chosen.items():
-        cached = run.data.tags.get("lifecycle.cache_hit") == "true"
-        origin = run.data.tags.get("lifecycle.cached_from_run")
+        cached = run.data.tags.get(names.CACHE_HIT) == "true"
+        origin = run.data.tags.get(names.CACHED_FROM_RUN)
         source = run
         if cached and origin:
             try:
@@ -163,8 +164,8 @@ def price_for(device: str, prices: dict[str, float]) -> float | None:
 
 def stage_cost(stage_run: StageRun, prices: dict[str, float]) -> StageCost:
     tags, metrics = stage_run.source.data.tags, stage_run.source.data.metrics
-    device = tags.get("lifecycle.device") or "cpu"
-    raw_count = tags.get("lifecycle.device_count") or "1"
+    device = tags.get(names.DEVICE) or "cpu"
+    raw_count = tags.get(names.DEVICE_COUNT) or "1"
     try:
         count = int(float(raw_count))
     except ValueError:

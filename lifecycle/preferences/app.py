@@ -47,9 +47,9 @@ from lifecycle.preferences.schema import Assignment, Batch, Item, Vote
 from lifecycle.preferences.stats import batch_stats, plot_stats
 from lifecycle.preferences.store import PreferenceStore, hash_token
 from lifecycle.preferences.summary import batch_summary, complete_if_ready
-from lifecycle.preferences.web import (SESSION_COOKIE, SESSION_MAX_AGE_S, BodyLimit, Creds, Guard, SecurityHeaders,
-                                       SignInFirst, Signer, Who, api_creds, credentials, page_creds, rate_key)
-from lifecycle.ratelimit import RateLimit, RateLimiter
+from lifecycle.preferences.web import Creds, Guard, SignInFirst, Who, api_creds, credentials, page_creds, rate_key
+from lifecycle.web_security import (SESSION_COOKIE, SESSION_MAX_AGE_S, BodyLimit, RateLimit, RateLimiter,
+                                    SecurityHeaders, Signer)
 
 log = logging.getLogger("lifecycle.preferences.app")
 HERE = Path(__file__).parent

@@ -51,9 +51,9 @@ def cmd_annotate(args: argparse.Namespace, load: Callable[[argparse.Namespace], 
     import logging
 
     from lifecycle.preferences.app import create_app, run_server
+    from lifecycle.preferences.resume import on_batch_complete
 
     cfg, store, _ = _open(args, load)
-    from flows.preferences import on_batch_complete  # imports prefect: after PREFECT_HOME is set
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     host, port = args.host or cfg.annotate.host, args.port or cfg.annotate.port
@@ -89,7 +89,7 @@ def cmd_preferences(args: argparse.Namespace, load: Callable[[argparse.Namespace
         print(json.dumps([batch_summary(store, i) for i in ids], indent=2))
         return 0
     summary = batch_summary(store, batch_id)
-    from flows.preferences import resume_batch
+    from lifecycle.preferences.resume import resume_batch
 
     flow_run_id = resume_batch(summary, "lifecycle preferences resume", args.note, wait_s=5.0)
     print(f"resumed flow run {flow_run_id} for batch {batch_id} ({summary['votes']} of {summary['quota']} votes)",

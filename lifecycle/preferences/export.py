@@ -41,6 +41,7 @@ from lifecycle.preferences.importers import Message, PreferencePair
 from lifecycle.preferences.stats import CHOICES, majority
 
 log = logging.getLogger("lifecycle.preferences")
+SNAPSHOT = "preferences.jsonl"  # the preference set in a preferences stage output
 TIES = ("drop", "both")
 SOURCES = ("human", "simulated", "import", "feedback")
 ROW_FIELDS = ("prompt", "chosen", "rejected")

@@ -2,7 +2,7 @@
 
 A simulated annotator prefers the response closer to a held-out reference answer. The rule, exactly:
 
-1. Score both responses against the reference with ROUGE-L F (`lifecycle.evaluate.text.rouge_l`, the
+1. Score both responses against the reference with ROUGE-L F (`lifecycle.text.rouge_l`, the
    F-measure of the longest common subsequence of lower-cased letter/digit tokens).
 2. If the two scores differ by at most 1e-9 the vote is "tie"; otherwise the higher-scoring response
    wins ("a" or "b").
@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from lifecycle.evaluate.text import rouge_l
+from lifecycle.text import rouge_l
 
 TIE_TOLERANCE = 1e-9
 MAX_NOISE = 0.5

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lifecycle import names
 from lifecycle.config import Config
 from lifecycle.data.clean import text_id
 from lifecycle.errors import InputError
@@ -202,7 +203,7 @@ def log_retrieval_eval(state_dir: Path, experiment: str, name: str, report: dict
     from lifecycle.tracking import setup_mlflow
 
     experiment_id = setup_mlflow(Path(state_dir), experiment)
-    tags = {"lifecycle.stage": "eval-retrieval"}
+    tags = {names.STAGE: "eval-retrieval"}
     with mlflow.start_run(run_name=name, experiment_id=experiment_id, tags=tags) as run:
         mlflow.log_params(params)
         mlflow.log_metrics({f"rag_eval/{mode}_{k}": v for mode, row in report.items() for k, v in row.items()})

@@ -1,5 +1,5 @@
 """A registered model carries the RAG index it serves with: the rag_index stage tags the model version
-it is given (by reference) with the index's table, version and stage key; `ask` (and later serving)
+it is given (by reference) with the index's table, version and stage key; `ask`, evaluation and serving
 opens that index for that model.
 
     pair_index(ref, info, key)                   # info: the stage's index.json
@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lifecycle.names import RAG_INDEX_KEY, RAG_INDEX_TABLE, RAG_INDEX_VERSION
 from lifecycle.registry import ModelRef, tag_version, version_tags
 
-VERSION, KEY, TABLE = "lifecycle.rag_index_version", "lifecycle.rag_index_key", "lifecycle.rag_index_table"
+VERSION, KEY, TABLE = RAG_INDEX_VERSION, RAG_INDEX_KEY, RAG_INDEX_TABLE
 
 
 def pair_index(ref: ModelRef, info: dict[str, Any], key: str) -> None:

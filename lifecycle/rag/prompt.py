@@ -1,5 +1,5 @@
 """The retrieval-augmented prompt, one layout for training (the sft stage) and for answering
-(`lifecycle ask`, later serving): an optional system message, then one user turn holding the numbered
+(`lifecycle ask`, evaluation and serving): an optional system message, then one user turn holding the numbered
 context chunks and the question. The model's chat template renders it (and adds its default system
 message when there is none here).
 

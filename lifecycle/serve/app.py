@@ -35,8 +35,8 @@ from starlette.types import Scope
 from lifecycle.config.serve import ServeConfig
 from lifecycle.preferences.feedback import Answered, FeedbackRefused, record_comparison, record_rating
 from lifecycle.preferences.store import PreferenceStore
-from lifecycle.preferences.web import BodyLimit, SecurityHeaders, same_origin
-from lifecycle.ratelimit import RateLimit, RateLimiter, bearer_token, client_address
+from lifecycle.web_security import (BodyLimit, RateLimit, RateLimiter, SecurityHeaders, bearer_token, client_address,
+                                    same_origin)
 from lifecycle.registry import CHALLENGER
 from lifecycle.serve import api
 from lifecycle.serve.completions import Completions

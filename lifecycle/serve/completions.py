@@ -21,6 +21,7 @@ from typing import Any
 
 from mlflow.entities import SpanType
 
+from lifecycle import names
 from lifecycle.config.serve import ServeConfig
 from lifecycle.errors import LifecycleError
 from lifecycle.preferences.feedback import Answered
@@ -82,8 +83,8 @@ class Completions:
                                "context_length_exceeded") from None
         inputs = {"messages": [m.model_dump() for m in body.messages], "model": body.model,
                   "max_tokens": body.limit, "stream": body.stream, "temperature": body.temperature}
-        trace = RequestTrace.start(self.experiment_id, inputs, {"lifecycle.model": str(served.ref),
-                                                                "lifecycle.alias": served.alias or "pinned"})
+        trace = RequestTrace.start(self.experiment_id, inputs, {names.MODEL: str(served.ref),
+                                                                names.ALIAS: served.alias or "pinned"})
         k = self.cfg.answer.top_k
         span = trace.span("retrieve", SpanType.RETRIEVER, {"query": question, "k": k})
         try:

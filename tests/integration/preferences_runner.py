@@ -2,7 +2,7 @@
 suspend while people vote and be re-executed when resumed. Used by tests/integration/test_preferences_flow.py:
 `python tests/integration/preferences_runner.py`."""
 
-from flows.preferences import preferences_flow
+from flows.stages import FLOWS
 
 if __name__ == "__main__":
-    preferences_flow.serve(name="probe")
+    FLOWS["preferences"].serve(name="probe")

@@ -5,23 +5,22 @@ in place. Served by tests/integration/test_parent_run.py."""
 from prefect import flow
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
-from flows.ingest import ingest_flow
-from flows.validate import validate_flow
+from flows.stages import FLOWS
 from lifecycle.runtime import RunSettings
-from lifecycle.stages import plan_stages
-from tasks.common import pipeline_run
+from tasks.context import pipeline_run
+from tasks.graph import GRAPH
 
 
 @flow(name="waits-for-people")
 def waits_for_people(state_dir: str, conf_dir: str, overrides: list[str], suspend: bool) -> str:
     settings = RunSettings(overrides=overrides, state_dir=state_dir, conf_dir=conf_dir)
-    with pipeline_run(settings, settings.load(), plan_stages(until="validate")) as ctx:
-        docs = ingest_flow(ctx=ctx)
+    with pipeline_run(settings, settings.load(), GRAPH.plan(until="validate")) as ctx:
+        docs = FLOWS["ingest"](ctx=ctx)
         if suspend:
             suspend_flow_run(timeout=300)
         else:
             pause_flow_run(timeout=300, poll_interval=1)
-        validate_flow(ctx=ctx, ingest=docs)
+        FLOWS["validate"](ctx=ctx, inputs={"ingest": docs})
     return ctx.parent_run_id
 
 

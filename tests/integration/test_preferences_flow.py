@@ -24,7 +24,7 @@ from prefect import get_client
 from prefect.deployments import run_deployment
 
 from flows.pipeline import pipeline
-from flows.preferences import on_batch_complete
+from lifecycle.preferences.resume import on_batch_complete
 from lifecycle.cli import main
 from lifecycle.config import load_config
 from lifecycle.errors import LifecycleError

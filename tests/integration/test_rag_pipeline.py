@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.pipeline import pipeline
-from flows.rag_index import rag_index_flow
+from flows.stages import FLOWS
 from lifecycle.cli import main
 from lifecycle.config import load_config
 from lifecycle.model import load_causal_lm
@@ -62,7 +62,7 @@ def test_rag_index_stage_search_and_ask(tmp_path: Path, conf_dir: Path, tiny_ove
     assert run.data.tags["lifecycle.input.ingest"] == first["ingest"]["key"]
     assert run.data.tags["lifecycle.paired_model"] == "none"  # no chat model in this run: nothing guessed
     assert "lifecycle.rag_index_key" not in MlflowClient(tracking_uri(state)).get_model_version(name, "1").tags
-    alone = rag_index_flow(settings=RunSettings(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir)),
+    alone = FLOWS["rag_index"](settings=RunSettings(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir)),
                            model=f"{name}@candidate")
     assert alone.cached and alone.key == first["rag_index"]["key"]
     version_tags = MlflowClient(tracking_uri(state)).get_model_version(name, "1").tags

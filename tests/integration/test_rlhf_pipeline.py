@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.pipeline import pipeline
-from flows.rlhf import rlhf_flow
+from flows.stages import FLOWS
 from lifecycle.cli import main
 from lifecycle.preferences.export import read_snapshot
 from lifecycle.registry import ModelRef, get_alias, version_tags
@@ -62,7 +62,7 @@ def test_rlhf_registers_the_policy_and_reward_model_with_lineage(tmp_path: Path,
     assert report["model"] == str(reward) and report["pairs"] == 2
     assert 0 <= report["accuracy"] <= 1 and report["length_baseline"] == 1.0
 
-    alone = rlhf_flow(settings=RunSettings(overrides=overrides, state_dir=str(state), conf_dir=str(CONF)))
+    alone = FLOWS["rlhf"](settings=RunSettings(overrides=overrides, state_dir=str(state), conf_dir=str(CONF)))
     assert alone.cached and alone.model == policy
 
     dpo = pipeline(overrides=[*overrides, "rlhf.method=dpo"], state_dir=str(state), conf_dir=str(CONF),

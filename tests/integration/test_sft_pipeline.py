@@ -15,8 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.pipeline import pipeline
-from flows.rag_index import rag_index_flow
-from flows.sft import sft_flow
+from flows.stages import FLOWS
 from lifecycle.cli import main
 from lifecycle.errors import LifecycleError
 from lifecycle.registry import ModelRef, get_alias, lineage
@@ -47,7 +46,7 @@ def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
     overrides = tiny_overrides + TINY_PRETRAIN + CHAIN
     settings = RunSettings(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir))
     with pytest.raises(LifecycleError, match="sft runs on the cached output of"):  # alone, with nothing cached
-        sft_flow(settings=settings)
+        FLOWS["sft"](settings=settings)
 
     first = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
     before = {stage: tree_hash(Path(out["path"])) for stage, out in first.items()}
@@ -82,9 +81,9 @@ def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
     assert "sft/samples.json" in {a.path for a in client.list_artifacts(out["sft"]["run_id"], "sft")}
 
     # one stage as a flow of its own, on the cached outputs of the others (a nightly RAG rebuild)
-    alone = rag_index_flow(settings=settings, model=f"{policy.name}@candidate")
+    alone = FLOWS["rag_index"](settings=settings, model=f"{policy.name}@candidate")
     assert alone.cached and alone.key == out["rag_index"]["key"]
-    alone_sft = sft_flow(settings=settings)
+    alone_sft = FLOWS["sft"](settings=settings)
     assert alone_sft.cached and alone_sft.model == chat
 
     # `ask` as the README writes it: the candidate model, its paired index, its own context length

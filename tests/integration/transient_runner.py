@@ -23,8 +23,8 @@ def main(state: Path, sync: Path, overrides: list[str]) -> None:
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from lifecycle.stages import plan_stages
-    from tasks.common import pipeline_run
+    from tasks.context import pipeline_run
+    from tasks.graph import GRAPH
     from tasks.ingest import ingest
 
     configure_logging()
@@ -34,11 +34,11 @@ def main(state: Path, sync: Path, overrides: list[str]) -> None:
     @flow(name="transient-fault")
     def run_ingest():
         settings = RunSettings(overrides=overrides, state_dir=str(state), conf_dir=str(CONF))
-        with pipeline_run(settings, settings.load(), plan_stages("ingest", None)) as ctx:
+        with pipeline_run(settings, settings.load(), GRAPH.plan("ingest", None)) as ctx:
             (sync / "ready").touch()
             while not (sync / "go").exists():
                 time.sleep(0.05)
-            final = ingest(ctx, return_state=True)  # a failed task fails no further: the test reads its state
+            final = ingest(ctx, {}, return_state=True)  # a failed task fails no further: the test reads its state
         return final.state_details.task_run_id, final.name, final.message
 
     task_run_id, name, message = run_ingest()

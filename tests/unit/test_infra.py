@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from lifecycle.config import find_conf_dir, load_config
-from lifecycle.stages import plan_stages
+from tasks.graph import GRAPH
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -47,7 +47,7 @@ def test_deployment_matches_flow(deployment: dict) -> None:
     flow.validate_parameters(params)  # raises on unknown or mistyped parameters
     profile = params.get("profile", params.get("settings", {}).get("profile", "default"))
     load_config(find_conf_dir(ROOT / "conf"), None if profile == "default" else profile)
-    plan_stages(params.get("until"), params.get("from_stage"))
+    GRAPH.plan(params.get("until"), params.get("from_stage"))
     for schedule in deployment.get("schedules", []):
         CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
 

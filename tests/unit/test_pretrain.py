@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lifecycle.config import load_config
 from lifecycle.errors import ConfigError, LifecycleError
 from lifecycle.model import build_model
-from lifecycle.stages import STAGES, stage_key
+from lifecycle.stages import stage_key
+from tasks.graph import GRAPH
 from lifecycle.train.data import BatchOrder, bits_per_byte, eval_shards, load_split, unigram_loss
 from lifecycle.train.distributed import torchrun_command
 from lifecycle.train.flops import detect_peak_flops, flops_per_token, mfu
@@ -161,11 +162,11 @@ def test_several_nodes_need_a_rendezvous_endpoint_named_with_its_file(conf_dir: 
 
 def test_node_rank_and_rendezvous_are_not_part_of_the_stage_key(conf_dir: Path) -> None:
     base = ["pretrain.distributed.nnodes=2", "pretrain.distributed.rdzv_endpoint=10.0.0.1:29500"]
-    keys = {stage_key(STAGES["pretrain"], load_config(conf_dir, overrides=base + extra), {"tokenize": "t"})
+    keys = {stage_key(GRAPH["pretrain"], load_config(conf_dir, overrides=base + extra), {"tokenize": "t"})
             for extra in ([], ["pretrain.distributed.node_rank=1", "pretrain.distributed.rdzv_id=x"])}
     assert len(keys) == 1  # every node computes the same key (and checkpoint folder, rendezvous id)
     wider = base + ["pretrain.distributed.nproc=2", "pretrain.micro_batch_size=8"]
-    more = stage_key(STAGES["pretrain"], load_config(conf_dir, overrides=wider), {"tokenize": "t"})
+    more = stage_key(GRAPH["pretrain"], load_config(conf_dir, overrides=wider), {"tokenize": "t"})
     assert more not in keys  # the number of processes is part of what was computed
 
 

@@ -23,7 +23,8 @@ from lifecycle.rag.index import build_index
 from lifecycle.rag.profile import fitted_yaml, save_profile
 from lifecycle.rag.rerank import load_reranker
 from lifecycle.rag.search import Hit, fuse, fuse_pair, open_index
-from lifecycle.stages import STAGES, stage_key
+from lifecycle.stages import stage_key
+from tasks.graph import GRAPH
 from tests.unit.test_rag_index import CONF, rag_config, search_config
 
 
@@ -190,7 +191,7 @@ def test_bad_search_settings_are_refused_naming_the_key(override: str, key: str)
 
 def test_search_settings_are_part_of_the_rag_index_key_and_answer_settings_are_not() -> None:
     def key(*overrides: str) -> str:
-        return stage_key(STAGES["rag_index"], load_config(CONF, overrides=list(overrides)), {"ingest": "k"})
+        return stage_key(GRAPH["rag_index"], load_config(CONF, overrides=list(overrides)), {"ingest": "k"})
 
     assert key("serve.search.fusion.dense_weight=0.9") != key()  # its recall metrics measure these settings
     assert key("serve.answer.max_new_tokens=7") == key()

@@ -1,8 +1,10 @@
-"""The stage graph: the --until/--from planner, cache keys, and the pipeline flow agreeing with the graph
-(every stage called in graph order, with exactly the inputs the graph declares, for every --until)."""
+"""The stage graph: assembled from the stages' own modules, the --until/--from planner, cache keys (with the
+code each stage runs, computed from its imports), and the pipeline flow agreeing with the graph (every stage
+called in graph order, with exactly the inputs the graph declares, for every --until)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -13,13 +15,20 @@ from typing import Any
 import pytest
 
 import flows.pipeline as pipeline_module
+import lifecycle.hashing
 from lifecycle.config import load_config
 from lifecycle.errors import ConfigError, LifecycleError
+from lifecycle.hashing import code_closure
 from lifecycle.registry import ModelRef
 from lifecycle.runtime import RunSettings
-from lifecycle.stages import GRAPH, STAGES, Stage, ancestors, plan_stages, planned_keys, stage_key
+from lifecycle.stages import stage_key
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, check_trainer_sections
+from tasks.common import check_stages
+from tasks.context import RunContext
+from tasks.graph import GRAPH
+
+STAGES = GRAPH.names
+plan_stages, planned_keys, ancestors = GRAPH.plan, GRAPH.planned_keys, GRAPH.ancestors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +43,7 @@ def test_until_runs_the_stage_and_its_ancestors_only() -> None:
 
 
 def test_full_plan_is_every_stage_in_graph_order() -> None:
-    assert plan_stages().run == tuple(s.name for s in GRAPH)
+    assert plan_stages().run == tuple(s.name for s in GRAPH) == STAGES
 
 
 def test_from_reuses_ancestors_and_forces_dependants() -> None:
@@ -60,9 +69,9 @@ class Recorder:
     calls: list[tuple[str, dict[str, Any]]]
 
     def stage(self, name: str):
-        def call(ctx: Any = None, **inputs: Any) -> StageOutput:
-            self.calls.append((name, inputs))
-            model = ModelRef(f"model-of-{name}", "1") if STAGES[name].model else None
+        def call(ctx: Any = None, inputs: dict[str, StageOutput] | None = None, **extra: Any) -> StageOutput:
+            self.calls.append((name, (inputs or {}) | extra))
+            model = ModelRef(f"model-of-{name}", "1") if GRAPH[name].model else None
             return StageOutput(stage=name, key=f"key-{name}", path=f"/{name}", run_id="r", model=model)
         return call
 
@@ -78,14 +87,14 @@ class FakeContext:
 def run_pipeline(monkeypatch: pytest.MonkeyPatch, conf_dir: Path, **params: Any) -> Recorder:
     recorder = Recorder([])
     for stage in STAGES:
-        monkeypatch.setattr(pipeline_module, f"{stage}_flow", recorder.stage(stage))
+        monkeypatch.setitem(pipeline_module.FLOWS, stage, recorder.stage(stage))
 
     @contextmanager
     def fake_run(settings: Any, cfg: Any, plan: Any):
         yield FakeContext(plan)
 
     monkeypatch.setattr(pipeline_module, "pipeline_run", fake_run)
-    monkeypatch.setattr(pipeline_module, "check_trainer_sections", lambda cfg, stages, ctx: None)
+    monkeypatch.setattr(pipeline_module, "check_stages", lambda cfg, stages, ctx: None)
     monkeypatch.setattr(pipeline_module, "mark_challenger", lambda ctx, model, out: recorder.calls.append(
         ("mark_challenger", {"model": model})))
     pipeline_module.pipeline.fn(conf_dir=str(conf_dir), **params)
@@ -102,21 +111,21 @@ def test_pipeline_flow_agrees_with_the_graph(monkeypatch: pytest.MonkeyPatch, co
     for name, inputs in calls:
         if name not in STAGES:
             continue
-        spec = STAGES[name]
+        spec = GRAPH[name]
         assert set(inputs) - {"model"} == set(spec.inputs), name  # reads what the graph declares, no more
         assert all(inputs[i].stage == i for i in spec.inputs)
         if spec.uses:  # a model from a stage of this run, by reference, never looked up
             produced = [s for s in spec.uses if s in stages]
             assert inputs["model"] == (ModelRef(f"model-of-{produced[-1]}", "1") if produced else None)
     candidate = [c for name, c in calls if name == "mark_challenger"]
-    final = next((s for s in ("rlhf", "sft") if s in stages), None)  # the run's last model stage
+    final = next((s for s in ("rlhf", "sft") if s in stages), None)  # the run's last chat model stage
     assert candidate == ([{"model": ModelRef(f"model-of-{final}", "1")}] if final else [])
 
 
 def test_a_stage_given_inputs_the_graph_does_not_declare_is_refused(conf_dir: Path) -> None:
     cfg = load_config(conf_dir)
     with pytest.raises(LifecycleError, match="declares"):
-        stage_key(STAGES["tokenize"], cfg, {"ingest": "a", "pretrain": "b"})
+        stage_key(GRAPH["tokenize"], cfg, {"ingest": "a", "pretrain": "b"})
 
 
 # --- cache keys ------------------------------------------------------------------------------------------
@@ -176,19 +185,56 @@ def test_preference_files_key_the_preferences_stage_by_content(tmp_path: Path, c
         keys()
 
 
-def test_a_changed_stage_code_forces_a_cache_miss(tmp_path: Path, conf_dir: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    module = tmp_path / "stage_code_probe.py"
-    module.write_text("STEP = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("stage_code_probe", None)
-    spec = Stage("tokenize", inputs=("ingest",), produces="", code=("stage_code_probe",))
-    cfg = load_config(conf_dir)
-    first = stage_key(spec, cfg, {"ingest": "k"})
-    module.write_text("STEP = 2\n")
-    assert stage_key(spec, cfg, {"ingest": "k"}) != first
-    module.write_text("STEP = 1\n")
-    assert stage_key(spec, cfg, {"ingest": "k"}) == first
+@pytest.fixture
+def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the project's code that the keys are computed from (lifecycle.hashing.ROOT), free to edit."""
+    for package in ("lifecycle", "tasks"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(lifecycle.hashing, "ROOT", tmp_path)
+    return tmp_path
+
+
+def all_keys(conf_dir: Path) -> dict[str, str]:
+    return planned_keys(load_config(conf_dir), "promote", dynamic=lambda *_: "fixed")
+
+
+def test_an_edit_to_code_a_stage_runs_changes_its_key(checkout: Path, conf_dir: Path) -> None:
+    """rag_index's retrieval metrics come from lifecycle/rag/search.py, which tasks/rag_index.py imports: an edit
+    there changes rag_index's key (and its readers'), and only the keys of the stages that run it."""
+    before = all_keys(conf_dir)
+    search = checkout / "lifecycle" / "rag" / "search.py"
+    search.write_text(search.read_text() + "\n# an edit\n")
+    after = all_keys(conf_dir)
+    changed = {s for s in before if before[s] != after[s]}
+    assert "rag_index" in changed and "evaluate" in changed and "promote" in changed
+    assert {"ingest", "validate", "tokenize", "pretrain"}.isdisjoint(changed)
+    assert changed == {s for s in STAGES if "lifecycle.rag.search" in code_closure(f"tasks.{s}")
+                       or any(i in changed for i in GRAPH[s].inputs)}
+
+
+def test_an_edit_to_a_function_level_import_changes_the_key(checkout: Path, conf_dir: Path) -> None:
+    """tasks/tokenize.py imports lifecycle.tokenizer inside its work (a run of cache hits never loads it): still
+    part of its code."""
+    before = all_keys(conf_dir)["tokenize"]
+    tokenizer = checkout / "lifecycle" / "tokenizer.py"
+    tokenizer.write_text(tokenizer.read_text().replace("def ", "def  ", 1))
+    assert all_keys(conf_dir)["tokenize"] != before
+
+
+def test_an_edit_to_code_no_stage_runs_changes_no_key(checkout: Path, conf_dir: Path) -> None:
+    unused = "lifecycle.serve.app"
+    assert all(unused not in code_closure(f"tasks.{s}") for s in STAGES)
+    before = all_keys(conf_dir)
+    app = checkout / "lifecycle" / "serve" / "app.py"
+    app.write_text(app.read_text() + "\n# an edit\n")
+    assert all_keys(conf_dir) == before
+
+
+def test_the_code_of_a_stage_is_its_module_and_what_it_imports() -> None:
+    closure = code_closure("tasks.rag_index")
+    assert "tasks.rag_index" in closure and "lifecycle.rag.search" in closure and "lifecycle.rag" in closure
+    assert not any(m.startswith("tasks.") and m != "tasks.rag_index" for m in closure)  # not the stage runtime
+    assert "lifecycle.align.policy" not in closure and "lifecycle.align.policy" in code_closure("tasks.rlhf")
 
 
 # --- what a run of cache hits does not do -----------------------------------------------------------------
@@ -201,14 +247,14 @@ def test_a_bad_trainer_key_stops_a_run_that_trains_and_not_one_that_reuses_the_m
     ctx = RunContext(cfg=cfg, settings=RunSettings(), state_dir=str(tmp_path), experiment_id="0", parent_run_id="p",
                      flow_run_id="f", git_commit="c", config_hash="h", plan=plan_stages(until="sft"))
     with pytest.raises(ConfigError, match="learning_rat"):
-        check_trainer_sections(cfg, ctx.plan.run, ctx)
+        check_stages(cfg, ctx.plan.run, ctx)
     key = planned_keys(cfg, "sft")["sft"]
     with ctx.store.building("sft", key) as tmp:
         ctx.store.commit(tmp, StageOutput(stage="sft", key=key, path=str(ctx.store.path("sft", key)), run_id="r"))
-    check_trainer_sections(cfg, ctx.plan.run, ctx)  # cached for this config: nothing to train
+    check_stages(cfg, ctx.plan.run, ctx)  # cached for this config: nothing to train
     forced = replace(ctx, plan=plan_stages(until="sft", from_stage="sft"))
     with pytest.raises(ConfigError, match="learning_rat"):  # --from sft trains it again
-        check_trainer_sections(cfg, forced.plan.run, forced)
+        check_stages(cfg, forced.plan.run, forced)
 
 
 def test_the_pipeline_loads_no_training_library_until_a_stage_computes() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lifecycle.evaluate.text import lcs_length, mean_rouge_l, rouge_l, tokens
+from lifecycle.text import lcs_length, mean_rouge_l, rouge_l, tokens
 
 
 def test_lcs_and_rouge_l_by_hand() -> None:

@@ -19,7 +19,7 @@ from lifecycle.preferences.app import create_app
 from lifecycle.preferences.db import default_url, read
 from lifecycle.preferences.schema import Annotator, Vote
 from lifecycle.preferences.store import NewBatch, PreferenceStore
-from lifecycle.ratelimit import MAX_KEYS, RateLimiter
+from lifecycle.web_security import MAX_KEYS, RateLimiter
 from tests.annotate_fixtures import annotate_config, comparison_items
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}

@@ -1,4 +1,5 @@
-"""Text-overlap metrics for generated answers against references.
+"""Text-overlap metrics for generated answers against references, shared by every stage that scores an answer
+(the SFT stage's held-out comparison, the simulated and gold judges, evaluation).
 
 ROUGE-L (Lin, 2004) is the F-measure of the longest common subsequence of the two token sequences:
 P = LCS / len(prediction), R = LCS / len(reference), F = 2PR / (P + R). Tokens are lower-cased runs of
