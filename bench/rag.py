@@ -29,7 +29,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from lifecycle.config import Config, find_conf_dir, load_config
-from lifecycle.rag.embed import Embedder, load_embedder, resolve_model
+from lifecycle.hub import resolve_model
+from lifecycle.rag.embed import Embedder, load_embedder
 from lifecycle.rag.evaluate import indexed_documents, load_squad, python_docs_questions
 from lifecycle.rag.index import build_index
 from lifecycle.rag.search import MODES, Retriever, open_index, rag_dir, read_current

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from lifecycle.config import find_conf_dir, load_config
-from lifecycle.rag.embed import resolve_model
+from lifecycle.hub import resolve_model
 from lifecycle.rag.evaluate import Question, current_target, indexed_documents, load_squad, python_docs_questions
 from lifecycle.rag.rerank import passage
 from lifecycle.rag.search import open_index, open_table

@@ -22,8 +22,10 @@ from pathlib import Path
 from lifecycle import names
 from lifecycle.align.pairs import split_pairs, unique_prompts
 from lifecycle.config import Config
+from lifecycle.config.rlhf import REWARD_POLICY
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
+from lifecycle.hub import checkpoint_digest, configured_checkpoint
 from lifecycle.manifest import write_json_atomic
 from lifecycle.preferences.export import SNAPSHOT, read_snapshot
 from lifecycle.registry import ModelRef, local_copy
@@ -84,7 +86,7 @@ def optimise_policy(ctx: RunContext, sft_dir, rows: list[dict], dirs: StageDirs,
 
     cfg = ctx.cfg
     reward = train_reward(cfg, sft_dir, rows, dirs.out, dirs.checkpoints / "reward", on_metrics)
-    reward_ref = register_reward(ctx, dirs, lineage, reward.metrics, reward.flagged)
+    reward_ref = register_reward(ctx, dirs, lineage, reward.metrics, reward.flagged, reward.kind)
     train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
     prompts = unique_prompts(train, cfg.rlhf.policy.max_prompts)
     result = train_policy(cfg, sft_dir, dirs.out / "reward_model", prompts, dirs.out, dirs.checkpoints / "policy",
@@ -122,23 +124,48 @@ def register_trained(ctx: RunContext, trained: dict, dirs: StageDirs,
         metrics, tags = report_policy(None, {}, trained["dpo"]["metrics"], HealthReport(**trained["dpo"]["health"]))
         return metrics | world, tags
     reward = trained["reward"]
-    reward_ref = register_reward(ctx, dirs, lineage, reward["metrics"], reward["flagged"])
+    reward_ref = register_reward(ctx, dirs, lineage, reward["metrics"], reward["flagged"], reward["kind"])
     metrics, tags = report_policy(reward_ref, reward["metrics"], trained["policy"]["metrics"],
                                   HealthReport(**trained["policy"]["health"]))
     return metrics | world, tags
 
 
 def register_reward(ctx: RunContext, dirs: StageDirs, lineage: dict[str, str], metrics: dict[str, float],
-                    flagged: bool) -> ModelRef:
+                    flagged: bool, kind: str) -> ModelRef:
     cfg, logger = ctx.cfg, get_run_logger()
     flag = {names.REWARD_FLAGGED: "does not beat the longer-answer-wins baseline"} if flagged else {}
+    tags = reward_lineage(cfg, lineage) | flag | {names.REWARD_ACCURACY: f"{metrics['accuracy']:.4f}",
+                                                  names.REWARD_INPUT: kind}
     reward_ref = register_once(dirs.out / "reward_model", cfg.run.models.reward, task="text-classification",
-                               tags=lineage | flag | {names.REWARD_ACCURACY: f"{metrics['accuracy']:.4f}"},
-                               models_dir=ctx.models_dir)
+                               tags=tags, models_dir=ctx.models_dir)
     if flagged:
         logger.warning("rlhf: reward model %s: held-out accuracy %.3f does not beat the length baseline %.3f",
                        reward_ref, metrics["accuracy"], metrics["length_baseline"])
     return reward_ref
+
+
+def reward_lineage(cfg: Config, lineage: dict[str, str]) -> dict[str, str]:
+    """The stage's lineage as the reward model's: trained from the SFT model (`policy`), or from an encoder,
+    named with the digest of its files (and no base model in the registry)."""
+    setting = cfg.rlhf.reward.model
+    if setting == REWARD_POLICY:
+        return lineage | {names.REWARD_BASE: setting}
+    return {k: v for k, v in lineage.items() if k != names.BASE_MODEL} | {
+        names.REWARD_BASE: setting, names.REWARD_BASE_SHA256: checkpoint_digest(reward_checkpoint(cfg))}
+
+
+def reward_checkpoint(cfg: Config) -> Path:
+    """The folder of the encoder `rlhf.reward.model` names (a ConfigError naming the key when there is none)."""
+    return configured_checkpoint("rlhf.reward.model", cfg.rlhf.reward.model, cfg._origin, "a reward model to start from")
+
+
+def extras(cfg: Config) -> dict[str, str]:
+    """The key's extras: the seed, and an encoder reward model's files (what a folder holds can change under
+    the same name)."""
+    found = seed(cfg)
+    if cfg.rlhf.method != "dpo" and cfg.rlhf.reward.model != REWARD_POLICY:
+        found["reward_model"] = checkpoint_digest(reward_checkpoint(cfg))
+    return found
 
 
 def report_policy(reward_ref: ModelRef | None, reward_metrics: dict[str, float], policy_metrics: dict[str, float],
@@ -158,20 +185,23 @@ def report_policy(reward_ref: ModelRef | None, reward_metrics: dict[str, float],
 
 
 def check_trainers(cfg: Config, scratch: Path) -> None:
-    """The TRL sections of the chosen method pass through to TRL's configs: construct them, so a bad key fails
-    before any work."""
+    """The TRL sections of the chosen method pass through to TRL's configs: construct them, and load an encoder
+    reward model, so a bad key or a model that cannot load fails before any work."""
     from lifecycle.align.dpo import dpo_args
     from lifecycle.align.policy import policy_args
     from lifecycle.align.reward import reward_args
+    from lifecycle.align.reward_model import load_encoder
 
     if cfg.rlhf.method == "dpo":
         dpo_args(cfg, scratch, max_length=1)
     else:
         reward_args(cfg, scratch, max_length=1)
         policy_args(cfg, scratch, cfg.rlhf.method)
+        if cfg.rlhf.reward.model != REWARD_POLICY:
+            load_encoder(cfg)  # loads, or a ConfigError naming rlhf.reward.model and its value
 
 
-STAGE = Stage("rlhf", __name__, inputs=("sft", "preferences"), run=rlhf, model="chat", extras=seed,
+STAGE = Stage("rlhf", __name__, inputs=("sft", "preferences"), run=rlhf, model="chat", extras=extras,
               check=check_trainers,
               produces="the aligned policy (RLOO/GRPO against a reward model with a KL leash, or DPO) and the reward "
                        "model, registered: the policy's reference; health checks and the reward-hacking alarm")

@@ -33,7 +33,8 @@ from lifecycle.align.callbacks import MetricsCallback, MetricsHook
 from lifecycle.align.gold import GoldMonitor, dpo_proxy, fit_gold_prompts, gold_note, gold_set, json_ready
 from lifecycle.align.health import HealthReport, assess, summarize_gold
 from lifecycle.align.pairs import Row, split_pairs, trl_rows
-from lifecycle.align.reward import conversation_ids, prepare_rows
+from lifecycle.align.reward import prepare_rows
+from lifecycle.align.reward_model import chat_fits, conversation_ids
 from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
@@ -97,7 +98,8 @@ def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_d
     set_seed(cfg.run.seed)
     model, tokenizer = load_causal_lm(sft_dir)
     window = context_window(model, tokenizer)
-    train, held_out, dropped = prepare_rows(cfg, rows, tokenizer, window)
+    train, held_out, dropped = prepare_rows(cfg, rows, lambda row: chat_fits(tokenizer, row, window),
+                                            f"the model's {window}-token context")
     args = dpo_args(cfg, ckpt_dir, window)
     gold = gold_set(split_pairs(rows, cfg.rlhf.held_out_fraction)[1], cfg.rlhf.gold)
     gold_monitor = GoldMonitor(fit_gold_prompts(gold.prompts, tokenizer, window, cfg.rlhf.gold.max_new_tokens),

@@ -45,17 +45,17 @@ def train_rlhf(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_
         result = {"dpo": {"metrics": dpo.metrics, "health": asdict(dpo.health)}}
     else:
         from lifecycle.align.gold import gold_set
-        from lifecycle.align.policy import RewardModelScore, train_policy
+        from lifecycle.align.policy import train_policy
         from lifecycle.align.reward import fit_reward
 
-        reward, model, tokenizer = fit_reward(cfg, sft_dir, rows, out_dir, ckpt_dir / "reward", on_metrics)
+        reward, scorer = fit_reward(cfg, sft_dir, rows, out_dir, ckpt_dir / "reward", on_metrics)
         train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
         prompts = unique_prompts(train, cfg.rlhf.policy.max_prompts)
         # the reward model in memory, not out_dir/reward_model: only global rank 0 wrote that, on its node
         policy = train_policy(cfg, sft_dir, None, prompts, out_dir, ckpt_dir / "policy", on_metrics,
-                              reward_funcs=[RewardModelScore(model, tokenizer)],
+                              reward_funcs=[scorer],
                               gold=gold_set(held_out, cfg.rlhf.gold))
-        result = {"reward": {"metrics": reward.metrics, "flagged": reward.flagged},
+        result = {"reward": {"metrics": reward.metrics, "flagged": reward.flagged, "kind": reward.kind},
                   "policy": {"metrics": policy.metrics, "health": asdict(policy.health)}}
     return {"world_size": world_size(), **result}
 

@@ -3,8 +3,9 @@
 The SFT model is the policy and, frozen (TRL loads a second copy from its folder when beta > 0), the
 reference the KL leash ties it to: a `beta` of 0 is refused, since without it nothing stops the policy from
 drifting wherever the reward model is wrong. It practises on the preference set's prompts (prompt-only
-conversations); each completion is scored by the reward model trained in the reward stage (or by Python
-reward functions, for tests). The run's health (reward vs KL, completion length, reward-length correlation)
+conversations); each completion is scored by the reward model trained before it (`RewardModel`, either kind:
+the SFT backbone reading the chat, or an encoder reading (answer, context) with its own tokenizer; or by
+Python reward functions, for tests). The run's health (reward vs KL, completion length, reward-length correlation)
 is assessed at the end: `PolicyResult.health.alarm` flags likely reward hacking. With a gold set (held-out
 prompts with reference answers: simulated preferences), the policy's greedy answers are scored by the proxy
 and the gold judge every `rlhf.gold.every` steps (lifecycle/align/gold.py), and the proxy rising while gold
@@ -28,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback
+from transformers import PreTrainedTokenizerBase, PrinterCallback
 
 from lifecycle.align.callbacks import MetricsCallback, MetricsHook
 from lifecycle.align.gold import GoldMonitor, GoldSet, fit_gold_prompts, gold_note, json_ready, reward_proxy
 from lifecycle.align.health import HealthMonitor, HealthReport, LengthTracker, RewardFunc, assess
+from lifecycle.align.reward_model import RewardModel
 from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.loader import describe
@@ -51,42 +52,6 @@ METHODS = ("rloo", "grpo")
 class PolicyResult:
     metrics: dict[str, float]
     health: HealthReport
-
-
-class RewardModelScore:
-    """A sequence-classification reward model as a TRL reward function: each prompt + completion rendered by
-    the reward model's chat template, scored at its last token (as TRL scores a model reward function; a
-    Python function lets `LengthTracker` see every score)."""
-
-    __name__ = "reward_model"
-
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-        self.model.config.pad_token_id = tokenizer.pad_token_id  # scores are read at the last non-pad token
-        self.max_length = context_window(model, tokenizer)
-
-    @classmethod
-    def load(cls, reward_dir: Path) -> RewardModelScore:
-        from lifecycle.align.reward import load_reward_model
-
-        return cls(*load_reward_model(reward_dir))
-
-    def to(self, device: torch.device | str) -> RewardModelScore:
-        self.model.to(device)
-        return self
-
-    def __call__(self, prompts: list[Messages], completions: list[Messages], **kwargs: Any) -> list[float]:
-        texts = [self.tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions,
-                                                                                          strict=True)]
-        side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"  # keep the answer's end
-        try:
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                 add_special_tokens=False, return_tensors="pt").to(self.model.device)
-        finally:
-            self.tokenizer.truncation_side = side
-        with torch.inference_mode():
-            return self.model(**enc).logits[:, 0].float().tolist()  # (batch,)
 
 
 def policy_args(cfg: Config, ckpt_dir: Path, method: str) -> Any:
@@ -148,7 +113,7 @@ def build_trainer(cfg: Config, sft_dir: Path, reward_funcs: Sequence[RewardFunc]
                              SealCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
     for func in reward_funcs:
-        if isinstance(func, RewardModelScore):
+        if isinstance(func, RewardModel):
             func.to(trainer.accelerator.device)
     gold_monitor.reference = trainer.accelerator.unwrap_model(trainer.ref_model)  # beta > 0: there is one
     return trainer, monitor, gold_monitor
@@ -163,7 +128,7 @@ def train_policy(cfg: Config, sft_dir: Path, reward_dir: Path | None, prompts: l
     if reward_funcs is None:
         if reward_dir is None:
             raise ConfigError("policy: no reward model folder and no reward functions were given")
-        reward_funcs = [RewardModelScore.load(reward_dir)]
+        reward_funcs = [RewardModel.load(reward_dir)]
     trainer, monitor, gold_monitor = build_trainer(cfg, sft_dir, reward_funcs, prompts, ckpt_dir, on_metrics, gold)
     resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:

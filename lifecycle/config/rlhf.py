@@ -1,4 +1,5 @@
-"""conf/rlhf.yaml: alignment with the preference set. A reward model (TRL RewardTrainer) and a policy
+"""conf/rlhf.yaml: alignment with the preference set. A reward model (TRL RewardTrainer: the SFT model with a
+score head, or an encoder of its own, `reward.model`) and a policy
 optimised against it with a KL leash (RLOO or GRPO), or DPO straight on the pairs. Each `trainer`
 mapping passes through to TRL's own config class (RewardConfig, RLOOConfig, GRPOConfig, DPOConfig) and
 is checked by constructing it. `gold` measures the policy against the simulated judges' criterion on
@@ -13,8 +14,12 @@ from pydantic import Field
 from lifecycle.config.base import Section
 from lifecycle.config.distributed import LaunchConfig
 
+REWARD_POLICY = "policy"  # rlhf.reward.model: the SFT model with a score head (else an encoder of its own)
+
 
 class RewardModelConfig(Section):
+    model: str = Field(min_length=1)  # "policy": the SFT model with a score head; else an encoder (lifecycle/hub.py)
+    max_length: int = Field(ge=8)  # an encoder's input tokens: (answer, prompt with its context), the context cut
     trainer: dict[str, Any]  # trl.RewardConfig keys
     baseline_margin: float = Field(ge=0, le=1)  # flag a reward model not beating "longer wins" by this much
     batch_size: int = Field(ge=1)  # scoring held-out pairs

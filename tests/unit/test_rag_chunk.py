@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from lifecycle.config import RagChunkConfig
 from lifecycle.data.clean import text_id
 from lifecycle.rag.chunk import chunk_documents, doc_key, split_characters, split_tokens
-from lifecycle.rag.embed import resolve_model
+from lifecycle.hub import resolve_model
 
 TEXT = ("Serialize obj to a JSON formatted str. If skipkeys is true then dict keys that are not basic types "
         "will be skipped instead of raising a TypeError.\n\nIf ensure_ascii is false, the return value can "

@@ -13,14 +13,8 @@ import datasets
 import pytest
 import torch
 
-from lifecycle.align.reward import (
-    evaluate_reward,
-    length_baseline,
-    load_reward_model,
-    reward_args,
-    score_pairs,
-    train_reward,
-)
+from lifecycle.align.reward import evaluate_reward, length_baseline, reward_args, train_reward
+from lifecycle.align.reward_model import RewardModel
 from lifecycle.config import TokenizeConfig, load_config
 from lifecycle.model import build_model
 from lifecycle.tokenizer import chat_template, train_tokenizer
@@ -122,12 +116,14 @@ def test_reward_model_learns_content_not_length(trained: tuple[Path, dict, list[
 
 
 def test_scores_match_what_the_trainer_feeds_the_model(trained: tuple[Path, dict, list[dict]], tmp_path: Path) -> None:
-    """score_pairs tokenises like RewardTrainer: same rewards as the trainer's own collated batch; and
+    """RewardModel.margins tokenises like RewardTrainer: same rewards as the trainer's own collated batch; and
     batching (padding) does not change a score."""
     import trl
 
     out, _, rows = trained
-    model, tok = load_reward_model(out / "reward_model")
+    reward = RewardModel.load(out / "reward_model")
+    model, tok = reward.model, reward.tokenizer
+    assert reward.kind == "chat"
     rows = rows[:6]
     cfg = load_config(CONF, overrides=TINY)
     trainer = trl.RewardTrainer(model=model, args=reward_args(cfg, tmp_path, CONTEXT), processing_class=tok,
@@ -138,8 +134,8 @@ def test_scores_match_what_the_trainer_feeds_the_model(trained: tuple[Path, dict
     with torch.inference_mode():
         chosen, rejected = model(**batch).logits[:, 0].chunk(2)
     expected = (chosen - rejected).tolist()
-    assert score_pairs(model, tok, rows, batch_size=6) == pytest.approx(expected, abs=1e-5)
-    assert score_pairs(model, tok, rows, batch_size=1) == pytest.approx(expected, abs=1e-4)
+    assert reward.margins(rows, batch_size=6) == pytest.approx(expected, abs=1e-5)
+    assert reward.margins(rows, batch_size=1) == pytest.approx(expected, abs=1e-4)
 
 
 def test_length_only_preference_is_flagged(sft_dir: Path, tmp_path: Path,
