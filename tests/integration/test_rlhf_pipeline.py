@@ -3,7 +3,11 @@ registered; an RLOO policy against it with a KL leash, registered as the chat mo
 its lineage and health tag, becoming @candidate, its greedy answers to held-out prompts scored by the
 proxy and the gold judge (the simulated judges' references) at step 0, every 2 steps and the last;
 `lifecycle eval-reward` scores a user's file with it; DPO as the alternative, with its gold curve too; a
-stage run alone on the cached inputs is a cache hit."""
+stage run alone on the cached inputs is a cache hit. And a reward model of its own
+(`rlhf.reward.model: all-MiniLM-L6-v2`, installed offline): trained on the same preference set and registered
+with its lineage (the encoder it started from and the digest of its files, what it reads; no SFT base model),
+the policy optimised against it, and evaluate loading it from the registry for the candidate's reward-model
+win rate against the SFT model."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from flows.pipeline import pipeline
 from flows.stages import FLOWS
 from lifecycle.cli import main
+from lifecycle.hub import checkpoint_digest, local_checkpoint
 from lifecycle.preferences.export import read_snapshot
 from lifecycle.registry import ModelRef, get_alias, version_tags
 from lifecycle.runtime import RunSettings
@@ -24,11 +29,20 @@ from tests.conftest import CONF
 from tests.integration.test_preferences_flow import OVERRIDES
 
 pytestmark = pytest.mark.integration
+ENCODER = ["rlhf.reward.model=all-MiniLM-L6-v2", "rlhf.reward.max_length=64",
+           "rlhf.reward.trainer.per_device_train_batch_size=4"]  # tests/conftest.py TINY: 6 steps
 
 
-def test_rlhf_registers_the_policy_and_reward_model_with_lineage(tmp_path: Path,
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state dir with the tiny chain through the preference set, shared by the tests below."""
+    state = tmp_path_factory.mktemp("rlhf") / "state"
+    pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="preferences")
+    return state
+
+
+def test_rlhf_registers_the_policy_and_reward_model_with_lineage(state: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    state = tmp_path / "state"
     # tests/conftest.py TINY: a few steps of each trainer; answers short enough for its 32-token context
     overrides = [*OVERRIDES, "rlhf.gold.every=2", "rlhf.gold.max_new_tokens=6"]
     out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(CONF), until="rlhf")
@@ -72,3 +86,27 @@ def test_rlhf_registers_the_policy_and_reward_model_with_lineage(tmp_path: Path,
     assert dpo["metrics"]["margin_after"] > dpo["metrics"]["margin_before"] - 1.0  # recorded (tiny run: no claim)
     assert dpo["metrics"]["gold_points"] >= 2 and version_tags(ModelRef(**dpo["model"]))["lifecycle.rlhf.alarm"]
     assert client.get_metric_history(dpo["run_id"], "rlhf/gold/gold")[0].step == 0
+
+
+def test_an_encoder_reward_model_is_trained_registered_and_used_by_evaluate(state: Path) -> None:
+    out = pipeline(overrides=[*OVERRIDES, *ENCODER], state_dir=str(state), conf_dir=str(CONF), until="evaluate")
+    assert out["preferences"]["cached"] and not out["rlhf"]["cached"]
+    use_tracking(state)
+    policy = ModelRef(**out["rlhf"]["model"])
+    reward = ModelRef(*version_tags(policy)["lifecycle.reward_model"].split("/"))
+    tags = version_tags(reward)
+    assert reward.name == "lifecycle-gpt-reward" and tags["lifecycle.reward.input"] == "pair"
+    assert tags["lifecycle.reward.base"] == "all-MiniLM-L6-v2"
+    assert tags["lifecycle.reward.base_sha256"] == checkpoint_digest(local_checkpoint("all-MiniLM-L6-v2"))
+    assert tags["lifecycle.preference_set_hash"] == out["preferences"]["digest"]
+    assert tags["lifecycle.stage_key"] == version_tags(policy)["lifecycle.stage_key"]
+    assert "lifecycle.base_model" not in tags and 0 <= float(tags["lifecycle.reward.accuracy"]) <= 1
+    assert version_tags(policy)["lifecycle.base_model"] == str(ModelRef(**out["sft"]["model"]))
+    assert out["rlhf"]["metrics"]["reward_model/steps"] == 6
+
+    evaluation = json.loads((Path(out["evaluate"]["path"]) / "evaluation.json").read_text())
+    assert evaluation["models"]["candidate"] == str(policy)
+    assert 0 <= evaluation["metrics"]["candidate"]["win_rate_vs_sft"] <= 1
+    margins = evaluation["per_question"]["reward_margin"]["sft"]
+    assert len(margins) == evaluation["prompts"] and all(m is not None for m in margins)  # cut to fit, never dropped
+    assert "reward_win_rate" in evaluation["comparisons"]["candidate_vs_sft"]
