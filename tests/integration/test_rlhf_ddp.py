@@ -1,11 +1,13 @@
 """The rlhf stage under torchrun on CPU: with `rlhf.distributed.nproc: 2` the reward model and the RLOO policy
 train in two processes (DDP over gloo), and the task registers both exactly as the in-process stage does:
 the same lineage tags, the reward/policy metrics and curves in the stage's MLflow run, and a world size of 2
-showing both processes joined the training."""
+showing both processes joined the training. An encoder reward model of its own (`rlhf.reward.model`) trains and
+scores the policy's completions under torchrun too."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,18 @@ def test_rlhf_under_torchrun_registers_what_the_in_process_stage_registers(tmp_p
     assert client.get_run(double["rlhf"]["run_id"]).data.tags["lifecycle.device_count"] == "2"
     out = Path(double["rlhf"]["path"])
     assert {p.name for p in out.iterdir()} >= {"policy", "reward_model", "reward_metrics.json", "policy_health.json"}
+
+
+def test_an_encoder_reward_model_trains_under_torchrun(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    encoder = ["rlhf.reward.model=all-MiniLM-L6-v2", "rlhf.reward.max_length=48",
+               "rlhf.reward.trainer.per_device_train_batch_size=2"]
+    fast = [*FAST, f"preferences.import.files=[{write_pairs(tmp_path / 'pairs.jsonl')}]", *TWO, *encoder]
+    out = pipeline(overrides=fast, state_dir=str(state), conf_dir=str(CONF), until="rlhf")["rlhf"]
+    use_tracking(state)
+    reward = ModelRef(*version_tags(ModelRef(**out["model"]))["lifecycle.reward_model"].split("/"))
+    tags = version_tags(reward)
+    assert tags["lifecycle.reward.input"] == "pair" and tags["lifecycle.reward.base"] == "all-MiniLM-L6-v2"
+    metrics = MlflowClient(tracking_uri(state)).get_run(out["run_id"]).data.metrics
+    assert metrics["rlhf/world_size"] == 2 and metrics["rlhf/reward_model/steps"] == 6 and metrics["rlhf/steps"] == 3
+    assert math.isfinite(metrics["rlhf/reward_first"])  # the policy's completions, scored by the encoder
