@@ -10,7 +10,8 @@ evaluate stage's win rates all go through `RewardModel`, which knows both kinds:
   Hugging Face cache) with its own tokenizer. It reads `[CLS] answer [SEP] context [SEP]` (the context: the
   prompt's last user turn, the question with its retrieved chunks), cut to `rlhf.reward.max_length` tokens
   from the longer side (the context, in practice), scored at [CLS]. Its special tokens and truncation are ours:
-  TRL's own model-reward path would drop [CLS]/[SEP] and never truncate (docs: libraries.md 8.1).
+  TRL's own model-reward path tokenises with add_special_tokens=False (no [CLS]/[SEP]) and never truncates.
+  Token type ids are left out, as RewardTrainer's collator leaves them out: all zeros, in training and in use.
 
 A saved reward model says which it is: its tokenizer has a chat template (chat) or not (pair; the saved
 tokenizer's `model_max_length` is the length it was trained with). Weights load from safetensors only, and no
