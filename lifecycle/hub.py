@@ -5,7 +5,7 @@ rlhf stage (`rlhf.reward.model`) are found this way.
 
     resolve_model("all-MiniLM-L6-v2")        # the package's folder; a folder as is; any other name as is
     local_checkpoint("all-MiniLM-L6-v2")     # a folder always: a hub id is looked up in the cache only
-    configured_checkpoint("rlhf.reward.model", value, cfg._origin, "...")   # the same; errors name the key
+    configured_checkpoint("rlhf.reward.model", value, cfg._origin)   # the same; its errors name the key
     checkpoint_digest(folder)                # one sha256 over its files: what a key or a lineage tag holds
 """
 
@@ -50,7 +50,7 @@ def local_checkpoint(name: str) -> Path:
         raise FileNotFoundError(f"not a folder, and not a hub id in the local Hugging Face cache ({err})") from None
 
 
-def configured_checkpoint(key: str, value: str, origin: dict[str, str], what: str) -> Path:
+def configured_checkpoint(key: str, value: str, origin: dict[str, str], what: str = "a model to start from") -> Path:
     """local_checkpoint(value) for the config key `key`, or a ConfigError naming the key, the value and where
     it was set."""
     from lifecycle.config.loader import describe

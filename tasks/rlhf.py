@@ -156,7 +156,7 @@ def reward_lineage(cfg: Config, lineage: dict[str, str]) -> dict[str, str]:
 
 def reward_checkpoint(cfg: Config) -> Path:
     """The folder of the encoder `rlhf.reward.model` names (a ConfigError naming the key when there is none)."""
-    return configured_checkpoint("rlhf.reward.model", cfg.rlhf.reward.model, cfg._origin, "a reward model to start from")
+    return configured_checkpoint("rlhf.reward.model", cfg.rlhf.reward.model, cfg._origin)
 
 
 def extras(cfg: Config) -> dict[str, str]:

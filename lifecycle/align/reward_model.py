@@ -166,7 +166,7 @@ def load_encoder(cfg: Config) -> RewardModel:
     """The checkpoint `rlhf.reward.model` names with a one-logit head and its own tokenizer, reading at most
     `rlhf.reward.max_length` tokens; a ConfigError naming the key and the value when it cannot be loaded."""
     setting = cfg.rlhf.reward.model
-    folder = configured_checkpoint(KEY, setting, cfg._origin, "a reward model to start from")
+    folder = configured_checkpoint(KEY, setting, cfg._origin)
     try:
         model, tokenizer = load_classifier(folder, num_labels=1)
     except (OSError, ValueError, RuntimeError, LifecycleError) as err:
