@@ -6,7 +6,8 @@ however that ends (exit, SIGTERM, SIGINT, SIGKILL), and takes everything it star
     stop(proc)                       # SIGTERM to the command and all it started; SIGKILL after a grace period
 
 How: the command runs under a watchdog, `python -m lifecycle.children PPID GRACE_S -- COMMAND...`, in a
-session of its own (a terminal's Ctrl-C reaches the starting process, which stops its children itself).
+session of its own by default (a terminal's Ctrl-C reaches the starting process, which stops its children
+itself).
 The watchdog waits until the command exits or process PPID ends (pidfds; a look every 0.2 s where there are
 none), and then signals every process that carries its mark in the environment (`MARK`: the command and
 its descendants, also those in sessions of their own, such as torchrun's workers) and the command's
@@ -44,11 +45,13 @@ class _Stop(Exception):
         self.signum = signum
 
 
-def start_bound(argv: list[str], grace_s: float = GRACE_S, **popen: Any) -> subprocess.Popen:
+def start_bound(argv: list[str], grace_s: float = GRACE_S, session: bool = True, **popen: Any) -> subprocess.Popen:
     """`subprocess.Popen(argv, **popen)`, bound to this process (see the module docstring); from any thread.
-    The Popen is the watchdog's: its exit status is the command's (128 + N when a signal N ended it)."""
+    The Popen is the watchdog's: its exit status is the command's (128 + N when a signal N ended it).
+    `session=False`: the watchdog stays in this process group, so a terminal's Ctrl-C reaches it too, and
+    it passes the SIGINT on to the command."""
     watchdog = [sys.executable, "-m", "lifecycle.children", str(os.getpid()), str(grace_s), "--", *argv]
-    return subprocess.Popen(watchdog, start_new_session=True, **popen)
+    return subprocess.Popen(watchdog, start_new_session=session, **popen)
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = GRACE_S + 5) -> None:

@@ -143,8 +143,9 @@ def launch_torchrun(module: str, args: list[str], launch: LaunchConfig, rdzv_id:
     out = logger or log
     cmd = torchrun_command(module, args, launch, rdzv_id)
     out.info("launching: %s", " ".join(cmd))
-    # bound: torchrun and its workers end with this process (lifecycle.children), and with this call
-    proc = start_bound(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    # bound: torchrun and its workers end with this process (lifecycle.children), and with this call; in this
+    # process group, so a terminal's Ctrl-C stops them at once, whichever thread waits here
+    proc = start_bound(cmd, session=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        env={**os.environ, **(env or {})}, bufsize=1)
     assert proc.stdout is not None
     tail: list[str] = []

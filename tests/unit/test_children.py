@@ -1,7 +1,7 @@
 """Children bound to their process (lifecycle.children): a command started from a thread that has ended
 lives on, and it and everything it started (also in a session of its own, like torchrun's workers) end
 when the process that started it ends, however it ends; `stop` ends them all, and SIGKILLs a command that
-ignores SIGTERM."""
+ignores SIGTERM; bound in the caller's process group, Ctrl-C at a terminal reaches it through the watchdog."""
 
 from __future__ import annotations
 
@@ -47,6 +47,24 @@ def test_a_child_started_from_a_thread_ends_with_its_process(sig: signal.Signals
     assert find(mark, "import subprocess")  # the command outlived the thread that started it
     parent.send_signal(sig)
     parent.wait()
+    assert left_behind(mark) == {}
+
+
+def test_ctrl_c_at_a_terminal_reaches_a_command_bound_in_the_same_process_group(mark: str) -> None:
+    # as launch_torchrun waits for torchrun: here the waiting process never sees the SIGINT itself
+    waiter = subprocess.Popen([sys.executable, "-c", f"""
+import signal
+from lifecycle.children import start_bound
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+proc = start_bound({TREE!r}, session=False)
+print("started", flush=True)
+print(proc.wait(), flush=True)
+"""], cwd=ROOT, env=os.environ | {MARK: mark}, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert waiter.stdout is not None and waiter.stdout.readline() == "started\n"
+    wait_for(lambda: find(mark, "sleep 600"), "grandchild")
+    os.killpg(waiter.pid, signal.SIGINT)  # what a terminal sends its foreground job on Ctrl-C
+    assert waiter.stdout.readline() == f"{128 + signal.SIGINT}\n"
+    waiter.wait()
     assert left_behind(mark) == {}
 
 
