@@ -7,11 +7,10 @@ however that ends (exit, SIGTERM, SIGINT, SIGKILL), and takes everything it star
 
 How: the command runs under a watchdog, `python -m lifecycle.children PPID GRACE_S -- COMMAND...`, in a
 session of its own by default (a terminal's Ctrl-C reaches the starting process, which stops its children
-itself).
-The watchdog waits until the command exits or process PPID ends (pidfds; a look every 0.2 s where there are
-none), and then signals every process that carries its mark in the environment (`MARK`: the command and
-its descendants, also those in sessions of their own, such as torchrun's workers) and the command's
-process group: SIGTERM, and SIGKILL to what is left after GRACE_S. A SIGTERM or SIGINT to the watchdog
+itself). The watchdog waits until the command exits or process PPID ends (pidfds; a look every 0.2 s
+where there are none), and then signals every process that carries its mark in the environment (`MARK`:
+the command and its descendants, also those in sessions of their own, such as torchrun's workers) and
+the command's process group: SIGTERM, and SIGKILL to what is left after GRACE_S. A SIGTERM or SIGINT to the watchdog
 does the same with that signal. The command gets a parent-death signal from the watchdog, so it cannot
 outlive a SIGKILLed watchdog either.
 
