@@ -18,15 +18,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flows.pipeline import pipeline
 from lifecycle.tracking import tracking_uri
+from tests.integration.conftest import TINY_PRETRAIN
 from tests.pretrain_fixtures import ROOT
 
 pytestmark = pytest.mark.integration
-
-TINY_PRETRAIN = ["pretrain.model.n_layer=2", "pretrain.model.n_head=4", "pretrain.model.n_kv_head=2",
-                 "pretrain.model.d_model=64", "pretrain.model.d_ff=172", "pretrain.max_steps=60",
-                 "pretrain.batch_size=8", "pretrain.micro_batch_size=8", "pretrain.eval_every=30",
-                 "pretrain.checkpoint_every=20", "pretrain.log_every=10", "pretrain.device=cpu",
-                 "pretrain.optim.lr=3e-3", "pretrain.optim.warmup_steps=3", "pretrain.sample.max_new_tokens=8"]
 
 
 def test_pretrain_stage_tracks_registers_and_caches(tmp_path: Path, conf_dir: Path,
