@@ -33,6 +33,9 @@ settings.register_profile("ci", max_examples=100, deadline=None, derandomize=Tru
 settings.register_profile("deep", parent=settings.get_profile("ci"), max_examples=2000, derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# One throwaway PostgreSQL server for the whole session, whichever modules ask for it (tests/postgres.py).
+from tests.postgres import postgres_server, postgres_url  # noqa: E402,F401
+
 # A small but real corpus: a few stdlib modules' docstrings, with validation thresholds to match.
 TINY = [
     "ingest.sources=[{name: stdlib, kind: python-docs, include: [json, textwrap, string, csv, shlex, fnmatch]}]",
@@ -70,6 +73,14 @@ def tiny_overrides() -> list[str]:
 @pytest.fixture
 def conf_dir() -> Path:
     return CONF
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test outside tests/unit is an integration test (real flows, servers, processes or a browser), so
+    `-m "not integration"` is the unit set, the one `make test-fast` runs."""
+    for item in items:
+        if ROOT / "tests" / "unit" not in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -167,7 +167,7 @@ def test_the_flow_waits_for_people_and_goes_on_by_itself(state: Path) -> None:
 def test_under_a_runner_the_stage_suspends_and_resumes_under_the_same_parent_run(state: Path) -> None:
     """A deployment's flow run frees its process while people vote; the last vote resumes it, the runner
     re-executes it from the top (inputs from the cache, the batch found by its id) under the same MLflow
-    parent run."""
+    parent run. A runner process and two flow-run processes, each step seen by polling: most of a minute."""
     human = ["preferences.mode=human", "preferences.round=2", "preferences.human.votes_per_item=1",
              "preferences.human.gold_items=0", "preferences.human.min_agreement=-1"]
     settings = {"overrides": [*OVERRIDES, *human], "state_dir": str(state), "conf_dir": str(CONF)}

@@ -83,6 +83,8 @@ def test_pretrain_stage_under_torchrun_reads_its_metrics_back(tmp_path: Path, co
 @pytest.mark.slow
 def test_two_nodes_train_together_and_node_0_alone_registers(tmp_path: Path, conf_dir: Path,
                                                              tiny_overrides: list[str]) -> None:
+    """Two pipelines, one in a `lifecycle run` process, each tokenizing the corpus itself and starting torchrun:
+    most of a minute."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -35,7 +35,10 @@ LINEAGE = ("lifecycle.data_key", "lifecycle.validation", "lifecycle.tokenizer_ke
            "mlflow.source.git.commit", "lifecycle.decision", "lifecycle.gate.max_bpb")
 
 
+@pytest.mark.slow
 def test_the_gate_promotes_then_refuses_a_worse_candidate(sft_trained: Path, tmp_path: Path) -> None:
+    """Four pipeline runs after sft (the first candidate, a cached re-run, a broken candidate measured against
+    the champion, a crashing evaluation), two of them training and evaluating: most of a minute."""
     state = copy_state(sft_trained, tmp_path / "state")  # ingest .. sft cached (tests/integration/conftest.py)
     out = pipeline(overrides=RELAXED, state_dir=str(state), conf_dir=str(CONF))
     assert list(out)[-2:] == ["evaluate", "promote"]
