@@ -21,14 +21,14 @@ from lifecycle.registry import ModelRef, get_alias, version_tags
 from lifecycle.runtime import RunSettings
 from lifecycle.tracking import tracking_uri, use_tracking
 from tests.conftest import CONF
-from tests.integration.test_preferences_flow import OVERRIDES
+from tests.integration.conftest import OVERRIDES, copy_state
 
 pytestmark = pytest.mark.integration
 
 
-def test_rlhf_registers_the_policy_and_reward_model_with_lineage(tmp_path: Path,
+def test_rlhf_registers_the_policy_and_reward_model_with_lineage(sft_trained: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    state = tmp_path / "state"
+    state = copy_state(sft_trained, tmp_path / "state")  # ingest .. sft cached (tests/integration/conftest.py)
     # tests/conftest.py TINY: a few steps of each trainer; answers short enough for its 32-token context
     overrides = [*OVERRIDES, "rlhf.gold.every=2", "rlhf.gold.max_new_tokens=6"]
     out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(CONF), until="rlhf")
