@@ -20,10 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # a command that starts a grandchild in a session of its own, then waits
 TREE = [sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '600'], start_new_session=True); "
         "time.sleep(600)"]
-# a process that starts TREE from a thread, waits until that thread is gone, says so and waits
+# a process that starts TREE from a thread, waits until that thread is gone, says so and waits (a shell's
+# background job inherits SIGINT ignored: the process sets Python's handler, as a terminal's process has it)
 PARENT = f"""
-import os, sys, threading, time
+import os, signal, sys, threading, time
 from lifecycle.children import start_bound
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, also when pytest runs in the background
 tid = []
 def start():
     tid.append(threading.get_native_id())
