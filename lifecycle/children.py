@@ -85,9 +85,9 @@ def watch(ppid: int, grace_s: float, argv: list[str]) -> int:
     return code if code >= 0 else 128 - code
 
 
-def marked(token: str) -> list[int]:
-    """The processes whose environment carries MARK=token (Linux: /proc; elsewhere none)."""
-    needle, found = f"{MARK}={token}".encode(), []
+def marked(token: str, var: str = MARK) -> list[int]:
+    """The processes whose environment carries var=token (Linux: /proc; elsewhere none)."""
+    needle, found = f"{var}={token}".encode(), []
     for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if name.isdigit():
             try:

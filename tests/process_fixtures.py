@@ -9,6 +9,7 @@ listed without knowing the process tree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+
+from lifecycle.children import marked
 
 MARK = "LIFECYCLE_TEST_MARK"
 T = TypeVar("T")
@@ -37,14 +40,10 @@ def mark() -> Iterator[str]:
 
 def processes(mark: str) -> dict[int, str]:
     """pid -> command line of the live processes carrying `mark` (a zombie's environment reads empty)."""
-    needle, found = f"{MARK}={mark}".encode(), {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except OSError:  # gone meanwhile
-                pass
+    found = {}
+    for pid in marked(mark, MARK):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     return found
 
 
