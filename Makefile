@@ -1,9 +1,10 @@
-# Two entry points for a fresh machine: `make quickstart` (set up + run the pipeline) and `make test`.
+# Two entry points for a fresh machine: `make quickstart` (set up + run the pipeline) and `make test`
+# (the whole suite, with its 25 slowest tests listed); `make test-fast` runs the unit tests alone, for the edit loop.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup quickstart test
+.PHONY: setup quickstart test test-fast
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -16,4 +17,7 @@ quickstart: setup
 	$(VENV)/bin/lifecycle run --profile quickstart
 
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest --durations=25
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/unit -m "not integration"

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from lifecycle import children
 from lifecycle.errors import LifecycleError, StorageError
 
 if TYPE_CHECKING:
@@ -72,13 +73,15 @@ EMBEDDED_API = "LIFECYCLE_EMBEDDED_API"  # the URL of the Prefect API this proce
 
 
 class EmbeddedApi:
-    """The run's own Prefect API: Prefect's temporary server (the same uvicorn app with the ephemeral-mode
-    services, on the SQLite database under PREFECT_HOME), started before prefect is imported so it comes
-    up while the pipeline's modules load; Prefect would start it only at the first flow call, after them.
-    It lives as long as this process. Its own output goes to `PREFECT_HOME/api.log`, not the run's console
-    (uvicorn and Prefect's services print tracebacks of the work they cancel when stopped)."""
+    """The process's own Prefect API (a run's, the annotation app's): Prefect's temporary server (the same
+    uvicorn app with the ephemeral-mode services, on the SQLite database under PREFECT_HOME), started before
+    prefect is imported so it comes up while the pipeline's modules load; Prefect would start it only at the
+    first flow call, after them, and bound only by atexit, which SIGTERM and SIGKILL skip. It lives as long
+    as this process, however that ends (lifecycle.children). Its own output goes to `PREFECT_HOME/api.log`,
+    not the run's console (uvicorn and Prefect's services print tracebacks of the work they cancel when
+    stopped)."""
 
-    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:  # process: its watchdog
         self.url, self.process, self.log_path = url, process, log_path
 
     def wait(self, timeout_s: float | None = None) -> None:
@@ -89,28 +92,23 @@ class EmbeddedApi:
             try:
                 with opener.open(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
-                        logging.getLogger("lifecycle").info("Prefect API of this run: %s (temporary; PREFECT_HOME "
-                                                            "%s)", self.url, os.environ.get("PREFECT_HOME"))
+                        logging.getLogger("lifecycle").info("Prefect API of this process: %s (temporary; "
+                                                            "PREFECT_HOME %s)", self.url,
+                                                            os.environ.get("PREFECT_HOME"))
                         return
             except OSError:  # not listening yet: poll again until the deadline
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise LifecycleError(f"the run's Prefect API {self.url} did not answer in {timeout_s:.0f} s "
+                raise LifecycleError(f"this process's Prefect API {self.url} did not answer in {timeout_s:.0f} s "
                                      f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log: {self.log_path}")
             time.sleep(0.05)
-        raise LifecycleError(f"the run's Prefect API {self.url} stopped with status {self.process.returncode} before "
-                             "it answered (3: its port was taken meanwhile; run again, or set PREFECT_API_URL to "
-                             f"a running Prefect server); its log: {self.log_path}")
+        raise LifecycleError(f"this process's Prefect API {self.url} stopped with status {self.process.returncode} "
+                             "before it answered (3: its port was taken meanwhile; run again, or set PREFECT_API_URL "
+                             f"to a running Prefect server); its log: {self.log_path}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        children.stop(self.process)
 
 
 def start_embedded_api() -> EmbeddedApi | None:
@@ -123,10 +121,10 @@ def start_embedded_api() -> EmbeddedApi | None:
     home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "api.log", "a", encoding="utf-8") as log:  # the child keeps its own descriptor
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: pid {os.getpid()} starts the run's Prefect API on "
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: pid {os.getpid()} starts its own Prefect API on "
                   f"port {port}\n")
         log.flush()
-        process = subprocess.Popen(
+        process = children.start_bound(  # it ends with this process, even one killed by SIGKILL (lifecycle.children)
             [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
              "error", "--lifespan", "on"], stdout=log, stderr=subprocess.STDOUT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,10 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("LIFECYCLE_HOME", None)
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+# One torch CPU thread per process (and per subprocess, which inherit it): the models are tiny, and beside a busy
+# neighbour (another test's server or subprocess, another job) a second thread's spin-waits made a training step
+# 10-60x slower (docs/BENCHMARKS.md, "Test suite time"). Tests of thread settings start from two (`two_threads`).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from lifecycle.runtime import prepare_environment  # noqa: E402
 
@@ -32,6 +37,9 @@ settings.register_profile("ci", max_examples=100, deadline=None, derandomize=Tru
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.register_profile("deep", parent=settings.get_profile("ci"), max_examples=2000, derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# One throwaway PostgreSQL server for the whole session, whichever modules ask for it (tests/postgres.py).
+from tests.postgres import postgres_server, postgres_url  # noqa: E402,F401
 
 # A small but real corpus: a few stdlib modules' docstrings, with validation thresholds to match.
 TINY = [
@@ -70,6 +78,26 @@ def tiny_overrides() -> list[str]:
 @pytest.fixture
 def conf_dir() -> Path:
     return CONF
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """torch on two CPU threads for one test, not the suite's one: code that sets its own count for a while
+    (training, re-ranking) and does not put it back shows."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test outside tests/unit is an integration test (real flows, servers, processes or a browser), so
+    `-m "not integration"` is the unit set, the one `make test-fast` runs."""
+    for item in items:
+        if ROOT / "tests" / "unit" not in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

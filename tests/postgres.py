@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL server for tests: `LIFECYCLE_TEST_POSTGRES_URL` if set (e.g. by CI), else a
 cluster initialised in a temp folder from Debian's binaries and started on a free loopback port (as the
-`postgres` user when run as root: initdb refuses root). Absent binaries skip the tests that need it."""
+`postgres` user when run as root: initdb refuses root), one for the whole session (tests/conftest.py imports the
+fixtures). Absent binaries skip the tests that need it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """`lifecycle ui`: the Prefect server and the MLflow UI together, on loopback, over the state directory the
 embedded defaults wrote (Prefect's SQLite database under <state>/prefect, MLflow's under <state>/mlflow).
-Both are children of this process: Ctrl-C (or either one dying) stops both.
+Both are children of this process, bound to it (lifecycle.children: they and what they start end with it,
+even when it is killed): Ctrl-C (or either one dying) stops both.
 
     with dashboards(state_dir, 4200, 5000, tracking_uri(state_dir)) as ui:   # returns once both answer
         ui.urls["prefect"], ui.urls["mlflow"]; ui.wait()                      # until one exits or Ctrl-C
@@ -19,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from lifecycle.children import start_bound, stop
 from lifecycle.errors import LifecycleError
 
 HOST = "127.0.0.1"
@@ -51,7 +53,7 @@ def _server(name: str, argv: list[str], env: dict[str, str], health: str, log_pa
             timeout_s: float) -> Iterator[subprocess.Popen]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = start_bound(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout_s
         while not _answers(health):
@@ -62,12 +64,7 @@ def _server(name: str, argv: list[str], env: dict[str, str], health: str, log_pa
             time.sleep(0.5)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(proc)
 
 
 @contextmanager

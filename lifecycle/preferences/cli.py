@@ -51,14 +51,21 @@ def cmd_annotate(args: argparse.Namespace, load: Callable[[argparse.Namespace], 
     import logging
 
     from lifecycle.preferences.app import create_app, run_server
-    from lifecycle.preferences.resume import on_batch_complete
+    from lifecycle.preferences.resume import on_batch_complete  # imports prefect only when it resumes
+    from lifecycle.runtime import start_embedded_api
 
     cfg, store, _ = _open(args, load)
+    api = start_embedded_api()  # for the resume: bound to this process, not Prefect's own server (atexit only)
+
+    def on_complete(summary: dict[str, Any]) -> None:
+        if api:
+            api.wait()
+        on_batch_complete(summary)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     host, port = args.host or cfg.annotate.host, args.port or cfg.annotate.port
     print(f"annotation app: http://{host}:{port}/  (API docs: /docs; stop with Ctrl-C)", file=sys.stderr)
-    run_server(create_app(store, cfg.annotate, on_complete=on_batch_complete), host, port)
+    run_server(create_app(store, cfg.annotate, on_complete=on_complete), host, port)
     return 0
 
 
@@ -81,6 +88,7 @@ def cmd_annotators(args: argparse.Namespace, load: Callable[[argparse.Namespace]
 
 def cmd_preferences(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> int:
     from lifecycle.preferences.summary import batch_summary
+    from lifecycle.runtime import start_embedded_api
 
     _, store, _ = _open(args, load)
     batch_id = args.batch or _waiting_batch(store, args.action == "resume")
@@ -89,8 +97,11 @@ def cmd_preferences(args: argparse.Namespace, load: Callable[[argparse.Namespace
         print(json.dumps([batch_summary(store, i) for i in ids], indent=2))
         return 0
     summary = batch_summary(store, batch_id)
+    api = start_embedded_api()  # as in cmd_annotate
     from lifecycle.preferences.resume import resume_batch
 
+    if api:
+        api.wait()
     flow_run_id = resume_batch(summary, "lifecycle preferences resume", args.note, wait_s=5.0)
     print(f"resumed flow run {flow_run_id} for batch {batch_id} ({summary['votes']} of {summary['quota']} votes)",
           file=sys.stderr)

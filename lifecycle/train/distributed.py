@@ -21,6 +21,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from lifecycle.children import start_bound, stop
 from lifecycle.config.distributed import LaunchConfig
 from lifecycle.errors import LifecycleError
 
@@ -142,14 +143,20 @@ def launch_torchrun(module: str, args: list[str], launch: LaunchConfig, rdzv_id:
     out = logger or log
     cmd = torchrun_command(module, args, launch, rdzv_id)
     out.info("launching: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, bufsize=1)
+    # bound: torchrun and its workers end with this process (lifecycle.children), and with this call; in this
+    # process group, so a terminal's Ctrl-C stops them at once, whichever thread waits here
+    proc = start_bound(cmd, session=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       env={**os.environ, **(env or {})}, bufsize=1)
     assert proc.stdout is not None
     tail: list[str] = []
-    for line in proc.stdout:
-        line = line.rstrip()
-        out.info("%s", line)
-        tail = (tail + [line])[-20:]
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            out.info("%s", line)
+            tail = (tail + [line])[-20:]
+    except BaseException:  # Ctrl-C, or a failing log handler: no training goes on behind our back
+        stop(proc)
+        raise
     if proc.wait() != 0:
         where = f"node {launch.node_rank} of {launch.nnodes}, " if launch.nnodes > 1 else ""
         raise LifecycleError(f"torchrun ({where}{launch.nproc} processes) failed with exit code {proc.returncode}; "

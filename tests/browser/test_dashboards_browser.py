@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 from tests.browser.chrome import NEEDS_CHROMIUM, wait_for
 from tests.conftest import CONF, ROOT, TINY
 
-pytestmark = [*NEEDS_CHROMIUM, pytest.mark.integration]
+pytestmark = [*NEEDS_CHROMIUM, pytest.mark.integration, pytest.mark.slow]
 
 
 def free_port() -> int:
@@ -30,6 +30,8 @@ def free_port() -> int:
 
 
 def test_both_dashboards_show_the_latest_pipeline_run(tmp_path: Path, browser: webdriver.Chrome) -> None:
+    """A `lifecycle run` process, then `lifecycle ui` starting a Prefect server and the MLflow UI, and
+    Chromium rendering both single-page apps: about a minute."""
     state = tmp_path / "state"
     # as a user runs it: Prefect and MLflow in the state dir (earlier tests may have pointed these elsewhere)
     env = {k: v for k, v in os.environ.items()

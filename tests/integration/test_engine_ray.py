@@ -19,6 +19,7 @@ import pytest
 
 from lifecycle.tokenizer import load_blocks
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ["ingest.shard_size=40", "tokenize.batch_size=25", "rag_index.embed.shard_size=64",
@@ -62,6 +63,8 @@ def shard_task_runs(state: Path) -> dict[str, int]:
 
 
 def test_ray_engine_matches_local(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    """Four `lifecycle run` processes (the data stages, then rag_index, for each engine), two of them starting
+    a Ray cluster with its workers: about two minutes, most of it process and cluster start-up."""
     overrides = tiny_overrides + SHARDS
     ray = overrides + ["run.engine=ray", "run.ray.num_cpus=2"]
     outputs = {}

@@ -12,13 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from lifecycle.tracking import tracking_uri
-from tests.integration.test_pretrain_stage import TINY_PRETRAIN
+from tests.integration.conftest import TINY_PRETRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 CLEAN_ENV = ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "LIFECYCLE_HOME")
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def command(state: Path, overrides: list[str]) -> list[str]:
@@ -34,6 +36,8 @@ def prefect_states(state: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    """Two `lifecycle run` processes on a fresh state dir (each starts its own Prefect API), the second
+    pretraining to the end from the first one's checkpoint: most of a minute."""
     state = tmp_path / "state"
     overrides = tiny_overrides + TINY_PRETRAIN + ["pretrain.max_steps=400", "pretrain.checkpoint_every=10",
                                                   "pretrain.eval_every=0", "pretrain.num_threads=1"]

@@ -76,6 +76,8 @@ def test_a_paused_flow_run_resumes_under_the_same_parent_run(tmp_path: Path, con
 @pytest.mark.slow
 def test_a_suspended_flow_run_resumes_in_a_new_process_under_the_same_parent_run(
         tmp_path: Path, conf_dir: Path, tiny_overrides: list[str]) -> None:
+    """A runner process serving the flow, which suspends (its flow-run process ends) and is re-executed in a new
+    one when resumed, each step seen by polling the Prefect API: most of a minute."""
     state = tmp_path / "state"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},  # set by earlier tests
            "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PYTHONPATH": str(ROOT)}

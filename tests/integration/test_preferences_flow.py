@@ -1,4 +1,4 @@
-"""The preferences stage for real, on a tiny SFT model trained once for the module:
+"""The preferences stage for real, on the tiny SFT model of the session's chain (tests/integration/conftest.py):
 - simulated: the pipeline runs through `preferences` unattended; the set is TRL-format, content-hashed,
   logged to MLflow as a dataset, every vote marked synthetic; a re-run is a cache hit;
 - import: HH-RLHF transcripts read directly, a bad row refused with its line number;
@@ -33,22 +33,18 @@ from lifecycle.preferences.db import default_url
 from lifecycle.preferences.export import read_snapshot
 from lifecycle.preferences.store import PreferenceStore
 from lifecycle.tracking import tracking_uri
-from tests.conftest import CONF, TINY
+from tests.conftest import CONF
+from tests.integration.conftest import OVERRIDES, copy_state
 from tests.integration.test_parent_run import wait_for_state
-from tests.integration.test_pretrain_stage import TINY_PRETRAIN
-from tests.integration.test_sft_pipeline import CHAIN
 
 pytestmark = pytest.mark.integration
-OVERRIDES = TINY + TINY_PRETRAIN + CHAIN
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def state(sft_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state dir with a trained (tiny) SFT model, shared by the tests below."""
-    state = tmp_path_factory.mktemp("prefs") / "state"
-    pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="sft")
-    return state
+    return copy_state(sft_trained, tmp_path_factory.mktemp("prefs") / "state")
 
 
 def run(state: Path, *extra: str) -> dict:
@@ -171,7 +167,7 @@ def test_the_flow_waits_for_people_and_goes_on_by_itself(state: Path) -> None:
 def test_under_a_runner_the_stage_suspends_and_resumes_under_the_same_parent_run(state: Path) -> None:
     """A deployment's flow run frees its process while people vote; the last vote resumes it, the runner
     re-executes it from the top (inputs from the cache, the batch found by its id) under the same MLflow
-    parent run."""
+    parent run. A runner process and two flow-run processes, each step seen by polling: most of a minute."""
     human = ["preferences.mode=human", "preferences.round=2", "preferences.human.votes_per_item=1",
              "preferences.human.gold_items=0", "preferences.human.min_agreement=-1"]
     settings = {"overrides": [*OVERRIDES, *human], "state_dir": str(state), "conf_dir": str(CONF)}

@@ -39,6 +39,8 @@ def run_to_end(cmd: list[str]) -> dict:
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Three training processes of STEPS steps (the reference, the killed one, the resumed one): long enough
+    that the kill lands well before the end."""
     data = make_tokenized(tmp_path / "data")
     reference = run_to_end(command(data, tmp_path / "ref", tmp_path / "ref-ckpt"))
     assert reference["resumed_from_step"] == 0

@@ -18,15 +18,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flows.pipeline import pipeline
 from lifecycle.tracking import tracking_uri
+from tests.integration.conftest import TINY_PRETRAIN
 from tests.pretrain_fixtures import ROOT
 
 pytestmark = pytest.mark.integration
-
-TINY_PRETRAIN = ["pretrain.model.n_layer=2", "pretrain.model.n_head=4", "pretrain.model.n_kv_head=2",
-                 "pretrain.model.d_model=64", "pretrain.model.d_ff=172", "pretrain.max_steps=60",
-                 "pretrain.batch_size=8", "pretrain.micro_batch_size=8", "pretrain.eval_every=30",
-                 "pretrain.checkpoint_every=20", "pretrain.log_every=10", "pretrain.device=cpu",
-                 "pretrain.optim.lr=3e-3", "pretrain.optim.warmup_steps=3", "pretrain.sample.max_new_tokens=8"]
 
 
 def test_pretrain_stage_tracks_registers_and_caches(tmp_path: Path, conf_dir: Path,
@@ -88,6 +83,8 @@ def test_pretrain_stage_under_torchrun_reads_its_metrics_back(tmp_path: Path, co
 @pytest.mark.slow
 def test_two_nodes_train_together_and_node_0_alone_registers(tmp_path: Path, conf_dir: Path,
                                                              tiny_overrides: list[str]) -> None:
+    """Two pipelines, one in a `lifecycle run` process, each tokenizing the corpus itself and starting torchrun:
+    most of a minute."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -21,11 +21,13 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import CONF, ROOT
-from tests.integration.test_preferences_flow import OVERRIDES
-from tests.postgres import postgres_server  # noqa: F401 - the fixture
+from tests.integration.conftest import OVERRIDES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "lifecycle-artifacts"
+# the tiny chain, shorter still: what is checked here is where runs, models and artifacts go, not how good they are
+SHORT = [*OVERRIDES, "pretrain.max_steps=12", "pretrain.eval_every=0", "sft.trainer.max_steps=10",
+         "sft.eval.max_pairs=2"]
 
 
 def free_port() -> int:
@@ -49,7 +51,7 @@ def wait_until(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 1
 
 
 @pytest.fixture
-def servers(tmp_path: Path, postgres_server: str) -> Iterator[dict[str, str]]:  # noqa: F811
+def servers(tmp_path: Path, postgres_server: str) -> Iterator[dict[str, str]]:
     """Prefect and MLflow servers on fresh Postgres databases, and an S3 bucket on a moto server."""
     admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
     suffix = tmp_path.name[-8:].replace("-", "_").lower()
@@ -102,6 +104,8 @@ def servers(tmp_path: Path, postgres_server: str) -> Iterator[dict[str, str]]:  
 
 
 def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, servers: dict[str, str]) -> None:
+    """Postgres, a Prefect server, an MLflow server and an S3 store, each its own process, then `lifecycle
+    deploy`, a worker and the deployment's flow run through sft, and four promoting threads: about a minute."""
     env = json.loads(servers["env"]) | {"PREFECT_API_URL": servers["prefect"],
                                         "MLFLOW_TRACKING_URI": servers["mlflow"], "HF_HUB_OFFLINE": "1"}
     lifecycle = [sys.executable, "-m", "lifecycle.cli"]
@@ -115,7 +119,7 @@ def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, 
         "prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
 
     state = tmp_path / "state"
-    params = {"profile": "default", "overrides": OVERRIDES, "until": "sft", "state_dir": str(state),
+    params = {"profile": "default", "overrides": SHORT, "until": "sft", "state_dir": str(state),
               "conf_dir": str(CONF)}
     worker_log = tmp_path / "worker.log"
     with open(worker_log, "wb") as out:

@@ -1,8 +1,9 @@
-"""evaluate and promote for real on the tiny chain: the first candidate passes the (relaxed) minimums and
-becomes @champion with its lineage, its report card and its decision record; a deliberately broken
-candidate is measured against that champion, refused with its failed rules, and the champion stays; an
-evaluation that crashes (the champion's registered files were changed) leaves the champion as it was; a
-fully cached re-run decides nothing new; feedback from the chat page joins the next preference set."""
+"""evaluate and promote for real on the tiny chain (the session's, tests/integration/conftest.py): the first
+candidate passes the (relaxed) minimums and becomes @champion with its lineage, its report card and its
+decision record; a deliberately broken candidate is measured against that champion, refused with its failed
+rules, and the champion stays; an evaluation that crashes (the champion's registered files were changed)
+leaves the champion as it was; a fully cached re-run decides nothing new; feedback from the chat page joins
+the next preference set."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from lifecycle.preferences.store import PreferenceStore
 from lifecycle.registry import CHALLENGER, CHAMPION, ModelRef, get_alias, version_tags
 from lifecycle.tracking import tracking_uri, use_tracking
 from tests.conftest import CONF
-from tests.integration.test_preferences_flow import OVERRIDES
+from tests.integration.conftest import OVERRIDES, copy_state
 
 pytestmark = pytest.mark.integration
 RELAXED = [*OVERRIDES, "promote.minimums.max_bpb=100", "promote.minimums.min_rouge_l=0",
@@ -34,8 +35,11 @@ LINEAGE = ("lifecycle.data_key", "lifecycle.validation", "lifecycle.tokenizer_ke
            "mlflow.source.git.commit", "lifecycle.decision", "lifecycle.gate.max_bpb")
 
 
-def test_the_gate_promotes_then_refuses_a_worse_candidate(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+@pytest.mark.slow
+def test_the_gate_promotes_then_refuses_a_worse_candidate(sft_trained: Path, tmp_path: Path) -> None:
+    """Four pipeline runs after sft (the first candidate, a cached re-run, a broken candidate measured against
+    the champion, a crashing evaluation), two of them training and evaluating: most of a minute."""
+    state = copy_state(sft_trained, tmp_path / "state")  # ingest .. sft cached (tests/integration/conftest.py)
     out = pipeline(overrides=RELAXED, state_dir=str(state), conf_dir=str(CONF))
     assert list(out)[-2:] == ["evaluate", "promote"]
     use_tracking(state)
@@ -87,8 +91,8 @@ def test_the_gate_promotes_then_refuses_a_worse_candidate(tmp_path: Path) -> Non
     weights.write_bytes(blob)
 
 
-def test_chat_feedback_joins_the_next_preference_set(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+def test_chat_feedback_joins_the_next_preference_set(pretrained: Path, tmp_path: Path) -> None:
+    state = copy_state(pretrained, tmp_path / "state")  # ingest .. pretrain cached
     first = pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="preferences")
     store = PreferenceStore.open(store_url(None, state))
     question = "What does json.loads do?"

@@ -48,6 +48,9 @@ def lineage(ref: ModelRef) -> dict[str, str]:
 
 
 def test_rlhf_under_torchrun_registers_what_the_in_process_stage_registers(tmp_path: Path) -> None:
+    """Its own shorter chain, not the session's (tests/integration/conftest.py): this barely trained SFT model
+    never ends an answer early, so both runs log the same health metrics (a reward-length correlation needs
+    answers of different lengths, and under torchrun rank 0 sees only its half of them)."""
     state = tmp_path / "state"
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     fast = [*FAST, f"preferences.import.files=[{pairs}]"]

@@ -26,7 +26,7 @@ from lifecycle.registry import ModelRef, get_alias, version_tags
 from lifecycle.runtime import RunSettings
 from lifecycle.tracking import tracking_uri, use_tracking
 from tests.conftest import CONF
-from tests.integration.test_preferences_flow import OVERRIDES
+from tests.integration.conftest import OVERRIDES, copy_state
 
 pytestmark = pytest.mark.integration
 ENCODER = ["rlhf.reward.model=all-MiniLM-L6-v2", "rlhf.reward.max_length=64",
@@ -34,15 +34,17 @@ ENCODER = ["rlhf.reward.model=all-MiniLM-L6-v2", "rlhf.reward.max_length=64",
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state dir with the tiny chain through the preference set, shared by the tests below."""
-    state = tmp_path_factory.mktemp("rlhf") / "state"
+def preferred(sft_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny chain (ingest .. sft cached, tests/integration/conftest.py) through the preference
+    set; each test below takes a copy."""
+    state = copy_state(sft_trained, tmp_path_factory.mktemp("rlhf") / "state")
     pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="preferences")
     return state
 
 
-def test_rlhf_registers_the_policy_and_reward_model_with_lineage(state: Path, tmp_path: Path,
+def test_rlhf_registers_the_policy_and_reward_model_with_lineage(preferred: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    state = copy_state(preferred, tmp_path / "state")
     # tests/conftest.py TINY: a few steps of each trainer; answers short enough for its 32-token context
     overrides = [*OVERRIDES, "rlhf.gold.every=2", "rlhf.gold.max_new_tokens=6"]
     out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(CONF), until="rlhf")
@@ -88,7 +90,8 @@ def test_rlhf_registers_the_policy_and_reward_model_with_lineage(state: Path, tm
     assert client.get_metric_history(dpo["run_id"], "rlhf/gold/gold")[0].step == 0
 
 
-def test_an_encoder_reward_model_is_trained_registered_and_used_by_evaluate(state: Path) -> None:
+def test_an_encoder_reward_model_is_trained_registered_and_used_by_evaluate(preferred: Path, tmp_path: Path) -> None:
+    state = copy_state(preferred, tmp_path / "state")
     out = pipeline(overrides=[*OVERRIDES, *ENCODER], state_dir=str(state), conf_dir=str(CONF), until="evaluate")
     assert out["preferences"]["cached"] and not out["rlhf"]["cached"]
     use_tracking(state)

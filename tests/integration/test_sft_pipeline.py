@@ -1,9 +1,9 @@
 """The whole chain on a tiny corpus and model, for real: ingest -> validate -> tokenize -> pretrain -> sft ->
-preferences -> rlhf -> rag_index. The base model's reference flows into sft, the SFT model's into rlhf,
-the policy's into the index pairing and the `@candidate` alias; the SFT model beats the base model on
-held-out pairs; stored outputs are never written to by later stages; a stage runs alone as its own flow on
-the others' cached outputs; `ask` answers with the candidate and its paired index, with the model's own
-context length."""
+preferences -> rlhf -> rag_index (ingest .. pretrain as the session's tiny chain left them, the rest computed
+here). The base model's reference flows into sft, the SFT model's into rlhf, the policy's into the index
+pairing and the `@candidate` alias; the SFT model beats the base model on held-out pairs; stored outputs are
+never written to by later stages; a stage runs alone as its own flow on the others' cached outputs; `ask`
+answers with the candidate and its paired index, with the model's own context length."""
 
 from __future__ import annotations
 
@@ -21,14 +21,10 @@ from lifecycle.errors import LifecycleError
 from lifecycle.registry import ModelRef, get_alias, lineage
 from lifecycle.runtime import RunSettings
 from lifecycle.tracking import tracking_uri, use_tracking
-from tests.integration.test_pretrain_stage import TINY_PRETRAIN
+from tests.integration.conftest import OVERRIDES, copy_state
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-CHAIN = ["tokenize.context_length=128", "sft.device=cpu", "sft.trainer.max_steps=40", "sft.trainer.logging_steps=10",
-         "sft.trainer.per_device_train_batch_size=8", "sft.trainer.learning_rate=3e-3", "sft.trainer.warmup_steps=2",
-         "sft.eval.max_pairs=6", "sft.eval.max_new_tokens=12", "rag_index.evaluate.max_questions=10",
-         "rag_index.ann.min_rows=100000", "ingest.val_fraction=0.3"]
 
 
 def tree_hash(path: Path) -> str:
@@ -41,13 +37,14 @@ def tree_hash(path: Path) -> str:
 
 
 def test_chain_passes_models_by_reference_and_leaves_outputs_untouched(
-        tmp_path: Path, conf_dir: Path, tiny_overrides: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    state = tmp_path / "state"
-    overrides = tiny_overrides + TINY_PRETRAIN + CHAIN
-    settings = RunSettings(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir))
+        pretrained: Path, tmp_path: Path, conf_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = OVERRIDES
     with pytest.raises(LifecycleError, match="sft runs on the cached output of"):  # alone, with nothing cached
-        FLOWS["sft"](settings=settings)
+        FLOWS["sft"](settings=RunSettings(overrides=overrides, state_dir=str(tmp_path / "empty"),
+                                          conf_dir=str(conf_dir)))
 
+    state = copy_state(pretrained, tmp_path / "state")  # ingest .. pretrain cached (tests/integration/conftest.py)
+    settings = RunSettings(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir))
     first = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir), until="pretrain")
     before = {stage: tree_hash(Path(out["path"])) for stage, out in first.items()}
     out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(conf_dir))

@@ -21,15 +21,15 @@ from mlflow.tracking import MlflowClient
 from lifecycle.manifest import SEAL
 from lifecycle.store import ArtifactStore
 from lifecycle.tracking import tracking_uri
+from tests.integration.conftest import OVERRIDES, copy_state
 from tests.integration.test_orphans import CLEAN_ENV, ROOT, command, prefect_states
-from tests.integration.test_preferences_flow import OVERRIDES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-FAULTS = [*OVERRIDES, "pretrain.max_steps=20", "pretrain.eval_every=0", "evaluate.text_bytes=5000",
-          "preferences.sampling.responses=3", "preferences.export.ties=both",
-          "sft.trainer.max_steps=60", "sft.trainer.save_steps=10",
-          "rlhf.reward.trainer.max_steps=60", "rlhf.reward.trainer.save_steps=10",
-          "rlhf.policy.rloo.max_steps=12", "rlhf.policy.rloo.save_steps=3", "rag_index.embed.shard_size=16"]
+# each trainer saves a checkpoint halfway: the kill lands on the first one, the next run resumes from it
+FAULTS = [*OVERRIDES, "evaluate.text_bytes=5000", "preferences.sampling.responses=3", "preferences.export.ties=both",
+          "sft.trainer.max_steps=20", "sft.trainer.save_steps=10",
+          "rlhf.reward.trainer.max_steps=20", "rlhf.reward.trainer.save_steps=10",
+          "rlhf.policy.rloo.max_steps=6", "rlhf.policy.rloo.save_steps=3", "rag_index.embed.shard_size=16"]
 MODELS = ("lifecycle-gpt-base", "lifecycle-gpt", "lifecycle-gpt-reward")
 
 
@@ -76,8 +76,11 @@ def stage_metrics(state: Path, stage: str, old: tuple[str, ...] = ()) -> dict[st
     return MlflowClient(tracking_uri(state)).get_run(output.run_id).data.metrics
 
 
-def test_each_long_stage_resumes_after_kill_9_and_leaves_nothing_half_written(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+def test_each_long_stage_resumes_after_kill_9_and_leaves_nothing_half_written(pretrained: Path, tmp_path: Path) -> None:
+    """Eight `lifecycle run` processes, each starting its own Prefect API and loading the stages before the one
+    it is killed in from the cache: a few minutes, most of it process start-up. Ingest .. pretrain come from
+    the session's tiny chain (tests/integration/conftest.py)."""
+    state = copy_state(pretrained, tmp_path / "state")
     table = state / "rag" / "lancedb"
 
     run_until_killed(state, f"sft/*/checkpoint-*/{SEAL}")
@@ -124,7 +127,7 @@ def test_each_long_stage_resumes_after_kill_9_and_leaves_nothing_half_written(tm
     assert [s for n, s in found["flow_run"] if n == "pipeline-default"] == ["CRASHED"] * 5 + ["COMPLETED"]
 
     # DPO as the policy optimisation, on the same state (pairs, SFT and base models cached): killed, then resumed
-    dpo = ("rlhf.method=dpo", "rlhf.dpo.trainer.max_steps=40", "rlhf.dpo.trainer.save_steps=5")
+    dpo = ("rlhf.method=dpo", "rlhf.dpo.trainer.max_steps=10", "rlhf.dpo.trainer.save_steps=5")
     rloo = committed(state, "rlhf")
     run_until_killed(state, f"rlhf/*/dpo/checkpoint-*/{SEAL}", dpo)
     assert committed(state, "rlhf") == rloo and versions(state)["lifecycle-gpt"] == 2

@@ -125,6 +125,7 @@ def assert_retried_and_completed(result: dict, output: str, reason: str) -> None
 
 def test_a_tracking_server_down_for_seconds_is_survived_by_a_retry(tmp_path: Path,
                                                                     tracking_server: TrackingServer) -> None:
+    """The server stays down 10 s, longer than MLflow's own HTTP retries, so the task itself must retry."""
     runner = Runner(tmp_path, {"MLFLOW_TRACKING_URI": tracking_server.url}, TINY)
     try:
         runner.wait_ready()
@@ -142,6 +143,7 @@ def test_a_tracking_server_down_for_seconds_is_survived_by_a_retry(tmp_path: Pat
 
 
 def test_a_locked_sqlite_tracking_database_is_survived_by_a_retry(tmp_path: Path) -> None:
+    """The lock is held 25 s: MLflow waits 20 s on it before the first attempt fails, then the retry gets it."""
     runner = Runner(tmp_path, {}, TINY)
     try:
         runner.wait_ready()

@@ -60,7 +60,7 @@ def test_minimal_gpt_loss_falls_on_a_tiny_batch() -> None:
     assert losses[-1] < losses[0] - 1.0
 
 
-def test_bench_reports_tokens_per_s_and_both_ratios() -> None:
+def test_bench_reports_tokens_per_s_and_both_ratios(two_threads: None) -> None:
     parser = argparse.ArgumentParser()
     add_pretrain_args(parser)
     args = parser.parse_args(["--layers", "1", "--heads", "2", "--dim", "32", "--context", "16", "--batch", "2",

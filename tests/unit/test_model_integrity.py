@@ -4,6 +4,7 @@ champion while the new one loads, and after a new one fails to load (docs/RELIAB
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,15 +13,27 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lifecycle.errors import LifecycleError
-from lifecycle.registry import CHAMPION, FILES_SHA256, local_copy, set_alias, version_tags
+from lifecycle.registry import CHALLENGER, CHAMPION, FILES_SHA256, local_copy, set_alias, version_tags
 from lifecycle.serve import models as served_models
 from lifecycle.serve.models import ServedModels
+from lifecycle.tracking import use_tracking
 from tests.serve_fixtures import NAME, ServeState, make_serve_state, serve_config
 
 
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> ServeState:
+    return make_serve_state(tmp_path_factory.mktemp("integrity"))
+
+
 @pytest.fixture
-def state(tmp_path: Path) -> ServeState:
-    return make_serve_state(tmp_path)
+def state(registered: ServeState) -> ServeState:
+    """The module's registry as make_serve_state left it, for each test: @champion on version 1, @challenger on
+    version 2, and no local copies yet (the tests below move the aliases and fetch copies)."""
+    use_tracking(registered.state_dir)
+    set_alias(registered.champion, CHAMPION)
+    set_alias(registered.challenger, CHALLENGER)
+    shutil.rmtree(registered.state_dir / "models", ignore_errors=True)
+    return registered
 
 
 def registry_weights(state: ServeState, version: str) -> Path:

@@ -20,7 +20,6 @@ from lifecycle.preferences.feedback import (Answered, FeedbackRefused, feedback_
 from lifecycle.preferences.importers import PreferencePair
 from lifecycle.preferences.schema import Base
 from lifecycle.preferences.store import PreferenceStore
-from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])

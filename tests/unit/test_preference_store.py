@@ -15,7 +15,6 @@ from lifecycle.preferences.assign import VoteRefused, cast_votes, next_item, sub
 from lifecycle.preferences.db import default_url, read
 from lifecycle.preferences.schema import Annotator, Vote
 from lifecycle.preferences.store import NewBatch, NewItem, PreferenceStore
-from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 
 def items(n: int, gold: int = 0) -> list[NewItem]:

@@ -170,7 +170,7 @@ def test_node_rank_and_rendezvous_are_not_part_of_the_stage_key(conf_dir: Path) 
     assert more not in keys  # the number of processes is part of what was computed
 
 
-def test_in_process_training_leaves_thread_settings_alone(tmp_path: Path, data: Path) -> None:
+def test_in_process_training_leaves_thread_settings_alone(tmp_path: Path, data: Path, two_threads: None) -> None:
     before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     train(tiny_pretrain_config(max_steps=2, num_threads=1, deterministic=True, sample={"prompts": []}),
           1, data, tmp_path / "out", tmp_path / "ckpt")

@@ -261,7 +261,7 @@ def rerank_cfg(model: Path | str, candidates: int = 10) -> RerankConfig:
     return base.model_copy(update={"model": str(model), "candidates": candidates})
 
 
-def test_a_cross_encoder_reorders_hits(cross_encoder: Path) -> None:
+def test_a_cross_encoder_reorders_hits(cross_encoder: Path, two_threads: None) -> None:
     reranker = load_reranker(rerank_cfg(cross_encoder))
     threads = torch.get_num_threads()
     first = [Hit(c, c, 0, text, "", "", "", "", 1.0 - i / 10) for i, (c, text) in enumerate(
