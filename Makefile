@@ -3,6 +3,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+# Tests run on WORKERS processes (pytest-xdist), a whole module per worker at a time: module fixtures are built
+# once, and tests/conftest.py orders the modules longest first. WORKERS=0 runs them in this process.
+WORKERS ?= 2
+PARALLEL := -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup quickstart test test-fast
 setup: $(VENV)/.installed
@@ -17,7 +21,7 @@ quickstart: setup
 	$(VENV)/bin/lifecycle run --profile quickstart
 
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest --durations=25
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest $(PARALLEL) --durations=25
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/unit -m "not integration"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest $(PARALLEL) tests/unit -m "not integration"

@@ -8,7 +8,6 @@ PREFECT_API_URL when its settings load).
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import logging
 import os
 import random
@@ -74,7 +73,8 @@ EMBEDDED_API = "LIFECYCLE_EMBEDDED_API"  # the URL of the Prefect API this proce
 
 class EmbeddedApi:
     """The process's own Prefect API (a run's, the annotation app's): Prefect's temporary server (the same
-    uvicorn app with the ephemeral-mode services, on the SQLite database under PREFECT_HOME), started before
+    uvicorn app with the ephemeral-mode services, on the SQLite database under PREFECT_HOME, which a fresh
+    state dir gets as a copy of an empty migrated one: lifecycle/prefect_api.py), started before
     prefect is imported so it comes up while the pipeline's modules load; Prefect would start it only at the
     first flow call, after them, and bound only by atexit, which SIGTERM and SIGKILL skip. It lives as long
     as this process, however that ends (lifecycle.children). Its own output goes to `PREFECT_HOME/api.log`,
@@ -117,7 +117,6 @@ def start_embedded_api() -> EmbeddedApi | None:
     if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
         return None
     port = _free_port()
-    app_dir = Path(importlib.util.find_spec("prefect").origin).parents[1]  # as Prefect runs it (spec: not imported)
     home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "api.log", "a", encoding="utf-8") as log:  # the child keeps its own descriptor
@@ -125,11 +124,10 @@ def start_embedded_api() -> EmbeddedApi | None:
                   f"port {port}\n")
         log.flush()
         process = children.start_bound(  # it ends with this process, even one killed by SIGKILL (lifecycle.children)
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
-             "error", "--lifespan", "on"], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "lifecycle.prefect_api", str(port)], stdout=log, stderr=subprocess.STDOUT,
             env=os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                              "PREFECT__SERVER_FINAL": "1"})
+                              "PREFECT__SERVER_FINAL": "1",
+                              "PREFECT_SERVER_ANALYTICS_ENABLED": "0"})  # a run's own API sends Prefect nothing
     api = EmbeddedApi(f"http://127.0.0.1:{port}/api", process, home / "api.log")
     atexit.register(api.stop)
     os.environ["PREFECT_API_URL"] = os.environ[EMBEDDED_API] = api.url

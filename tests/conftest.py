@@ -25,9 +25,11 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 # 10-60x slower (docs/BENCHMARKS.md, "Test suite time"). Tests of thread settings start from two (`two_threads`).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from lifecycle.prefect_api import seed_from_template  # noqa: E402
 from lifecycle.runtime import prepare_environment  # noqa: E402
 
 prepare_environment(_SESSION_HOME)
+seed_from_template(_SESSION_HOME / "prefect" / "prefect.db")  # Prefect's temporary server: no migrations to run
 
 # Property-based tests (tests/unit/test_properties.py): the same examples on every run, no example database
 # written into the checkout, no per-example deadline on a shared CI machine. HYPOTHESIS_PROFILE=deep explores more.
@@ -94,10 +96,17 @@ def two_threads() -> Iterator[None]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test outside tests/unit is an integration test (real flows, servers, processes or a browser), so
-    `-m "not integration"` is the unit set, the one `make test-fast` runs."""
+    `-m "not integration"` is the unit set, the one `make test-fast` runs.
+
+    Then the modules with a slow test first, the other integration modules next, the unit modules last (each
+    module's tests stay together and in order): `make test` hands whole modules to its workers in this order
+    (pytest-xdist, `--dist loadfile --no-loadscope-reorder`), so the long ones start early and the short ones
+    fill the gaps, instead of a 2-minute module starting last on one worker while the other waits."""
     for item in items:
         if ROOT / "tests" / "unit" not in item.path.parents:
             item.add_marker(pytest.mark.integration)
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: 0 if item.path in slow else 1 if item.get_closest_marker("integration") else 2)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lifecycle.children import start_bound, stop
 from lifecycle.errors import LifecycleError
+from lifecycle.prefect_api import seed_from_template
 
 HOST = "127.0.0.1"
 
@@ -74,6 +75,8 @@ def dashboards(state_dir: Path, prefect_port: int, mlflow_port: int, tracking_ur
     env = os.environ | {"PREFECT_HOME": str(Path(state_dir) / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                         "PREFECT_UI_API_URL": f"http://{HOST}:{prefect_port}/api"}
     env.pop("PREFECT_API_URL", None)  # the server serves the state dir's database, not another server's
+    if prefect_port and "PREFECT_API_DATABASE_CONNECTION_URL" not in env:  # a new one: migrated already
+        seed_from_template(Path(state_dir) / "prefect" / "prefect.db")
     logs = Path(state_dir) / "logs"
     prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)]
     mlflow = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", HOST,

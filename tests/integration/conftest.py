@@ -1,14 +1,17 @@
 """The tiny chain most integration tests start from, trained once per session.
 
 `pretrained` is a state dir where ingest -> validate -> tokenize -> pretrain ran with OVERRIDES; `sft_trained`
-went on from a copy of it through sft. Tests that only read a state take it as it is; tests that run more
+went on from a copy of it through sft. Each is built once per session, by whichever worker needs it first. Tests that only read a state take it as it is; tests that run more
 stages take a copy (`copy_state`) and continue through the pipeline with OVERRIDES (plus their own), so the
 stages already there are cache hits and only what the test is about is computed."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -41,14 +44,30 @@ def copy_state(src: Path, dst: Path) -> Path:
     return dst
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A state dir built once per test session, also across pytest-xdist's workers (`make test`): the first
+    worker to need it builds it under a lock in the folder the workers share, the others wait for it and
+    read the same one (tests change only copies). A build that failed is started again from nothing."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    state, done = root / "chain" / name, root / "chain" / f"{name}.built"
+    state.parent.mkdir(exist_ok=True)
+    with open(root / "chain" / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(state, ignore_errors=True)
+            build(state)
+            done.touch()
+    return state
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ingest -> validate -> tokenize -> pretrain with OVERRIDES: the base model `lifecycle-gpt-base/1`."""
     from flows.pipeline import pipeline
 
-    state = tmp_path_factory.mktemp("chain") / "pretrained"
-    pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="pretrain")
-    return state
+    return built_once(tmp_path_factory, "pretrained", lambda state: pipeline(
+        overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="pretrain"))
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +75,8 @@ def sft_trained(pretrained: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """`pretrained`, then sft with OVERRIDES: the chat model `lifecycle-gpt/1`."""
     from flows.pipeline import pipeline
 
-    state = copy_state(pretrained, tmp_path_factory.mktemp("chain") / "sft")
-    pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="sft")
-    return state
+    def build(state: Path) -> None:
+        copy_state(pretrained, state)
+        pipeline(overrides=OVERRIDES, state_dir=str(state), conf_dir=str(CONF), until="sft")
+
+    return built_once(tmp_path_factory, "sft", build)

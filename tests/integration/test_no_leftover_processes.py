@@ -24,7 +24,7 @@ from tests.process_fixtures import MARK, find, left_behind, mark, wait_for  # no
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SIGNALS = pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
-PREFECT_API = ("uvicorn", "prefect.server.api.server:create_app")
+PREFECT_API = ("lifecycle.prefect_api",)
 
 
 def user_env(mark: str) -> dict[str, str]:
@@ -42,7 +42,7 @@ def lifecycle(*args: str, mark: str) -> subprocess.Popen:
 def api_of(mark: str) -> str:
     """The base URL of the marked process's Prefect API, once it answers."""
     [cmd] = wait_for(lambda: find(mark, *PREFECT_API), "Prefect API process").values()
-    base = f"http://127.0.0.1:{cmd.split('--port ')[1].split()[0]}/api"
+    base = f"http://127.0.0.1:{cmd.split()[-1]}/api"  # python -m lifecycle.prefect_api PORT
     wait_for(lambda: answers(f"{base}/health"), f"answer from {base}")
     return base
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import types
 import urllib.request
 import warnings
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -75,20 +77,39 @@ print(json.dumps({"url": api.url, "prefect": get_current_settings().api.url, "pi
 
 
 def test_the_runs_own_prefect_api_serves_its_flows_and_goes_with_the_process(tmp_path: Path) -> None:
+    """Two runs on fresh state dirs: the first migrates its Prefect database and keeps an empty copy in the
+    cache, the second starts from that copy (lifecycle/prefect_api.py); both serve their flows."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", EMBEDDED_API)}
-    done = subprocess.run([sys.executable, "-c", EMBEDDED], cwd=ROOT, capture_output=True, text=True, timeout=180,
-                          env=env | {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    found = json.loads(done.stdout.splitlines()[-1])
-    assert found["prefect"] == found["url"] and found["result"] == 1  # Prefect ran the flow on it ...
-    assert "Starting temporary server" not in done.stderr  # ... and started no server of its own
-    assert (tmp_path / "prefect" / "prefect.db").is_file()  # the database under PREFECT_HOME
-    log = tmp_path / "prefect" / "api.log"  # the server's own output (tracebacks as it stops): a file, not the console
-    assert found["server_stderr"] == str(log) and f"port {found['url'].split(':')[2].split('/')[0]}" in log.read_text()
-    with pytest.raises(ProcessLookupError):  # stopped (and reaped) when the process exited
-        os.kill(found["pid"], 0)
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"{found['url']}/health", timeout=2)
+    env |= {"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    template = tmp_path / "cache" / "llm-lifecycle" / f"prefect-{prefect_version()}.db"
+    for run, seeded in (("first", "migrated; kept empty as"), ("second", "a copy of")):
+        home = tmp_path / run / "prefect"
+        done = subprocess.run([sys.executable, "-c", EMBEDDED], cwd=ROOT, capture_output=True, text=True,
+                              timeout=180, env=env | {"PREFECT_HOME": str(home)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        found = json.loads(done.stdout.splitlines()[-1])
+        assert found["prefect"] == found["url"] and found["result"] == 1  # Prefect ran the flow on it ...
+        assert "Starting temporary server" not in done.stderr  # ... and started no server of its own
+        assert (home / "prefect.db").is_file()  # the database under PREFECT_HOME
+        log = home / "api.log"  # the server's own output (tracebacks as it stops): a file, not the console
+        text = log.read_text()
+        assert found["server_stderr"] == str(log) and f"port {found['url'].split(':')[2].split('/')[0]}" in text
+        assert f"Prefect database {home / 'prefect.db'}: {seeded} {template}" in text
+        assert "ERROR" not in text and "Traceback" not in text
+        with pytest.raises(ProcessLookupError):  # stopped (and reaped) when the process exited
+            os.kill(found["pid"], 0)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{found['url']}/health", timeout=2)
+    with closing(sqlite3.connect(template)) as db:  # empty, migrated, in Prefect's journal mode
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall()
+
+
+def prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
 
 
 def test_no_api_is_started_when_a_server_is_given_or_prefect_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
