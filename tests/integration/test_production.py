@@ -79,17 +79,16 @@ def servers(tmp_path: Path, postgres_server: str) -> Iterator[dict[str, str]]:
         "postgresql+psycopg", "postgresql+asyncpg")}}
     procs = []
     try:
-        for name, (argv, health) in commands.items():
-            log = tmp_path / f"{name}.log"
-            with open(log, "wb") as out:
+        for name, (argv, _) in commands.items():  # all three start at once, each on its own database or port
+            with open(tmp_path / f"{name}.log", "wb") as out:
                 procs.append(subprocess.Popen(argv, env=server_env.get(name, env), stdout=out,
                                               stderr=subprocess.STDOUT, start_new_session=True))
-            wait_until(health, procs[-1], log)
-            if name == "s3":
-                import boto3
+        for proc, (name, (_, health)) in zip(procs, commands.items(), strict=True):
+            wait_until(health, proc, tmp_path / f"{name}.log")
+        import boto3
 
-                boto3.client("s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing",
-                             region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        boto3.client("s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket=BUCKET)
         yield {"prefect": f"http://127.0.0.1:{ports['prefect']}/api", "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
                "s3": s3, "env": json.dumps(env)}
     finally:
