@@ -11,7 +11,6 @@ after a suspend) finds its parent run by that id and logs its remaining stages u
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -24,10 +23,14 @@ from mlflow.tracking import MlflowClient
 from lifecycle.names import RESUMED, ROLE
 
 
-@functools.cache
+# The user's own settings, read when this module is imported, before it points MLflow anywhere:
+# `mlflow.set_tracking_uri` and `set_registry_uri` write these variables themselves, so a later read would
+# take the state dir set by an earlier call (or by other code in the process) for the user's choice.
+USER_URIS = {name: os.environ.get(name) or None for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 def _user_uri(name: str) -> str | None:
-    """The user's own setting, read once: `mlflow.set_tracking_uri` writes MLFLOW_TRACKING_URI itself."""
-    return os.environ.get(name) or None
+    return USER_URIS[name]
 
 
 def tracking_uri(state_dir: Path) -> str:

@@ -17,6 +17,7 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_REGISTRY_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("LIFECYCLE_HOME", None)
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
@@ -25,6 +26,7 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 # 10-60x slower (docs/BENCHMARKS.md, "Test suite time"). Tests of thread settings start from two (`two_threads`).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import lifecycle.tracking  # noqa: E402,F401  reads the user's MLflow settings now, while the environment is clean
 from lifecycle.prefect_api import seed_from_template  # noqa: E402
 from lifecycle.runtime import prepare_environment  # noqa: E402
 
