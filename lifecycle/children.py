@@ -21,6 +21,7 @@ FastAPI runs handlers in worker threads; the watchdog watches the process, which
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
@@ -90,12 +91,9 @@ def marked(token: str, var: str = MARK) -> list[int]:
     needle, found = f"{var}={token}".encode(), []
     for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if name.isdigit():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as environ:  # empty for a zombie: not counted
-                    if needle in environ.read().split(b"\0"):
-                        found.append(int(name))
-            except OSError:  # gone meanwhile, or another user's
-                pass
+            with contextlib.suppress(OSError), open(f"/proc/{name}/environ", "rb") as environ:  # OSError: gone
+                if needle in environ.read().split(b"\0"):  # meanwhile, or another user's; a zombie's reads empty
+                    found.append(int(name))
     return found
 
 
@@ -145,10 +143,8 @@ def _end(child: subprocess.Popen | None, token: str, signum: int, grace_s: float
     for sig in (signum, signal.SIGKILL):
         targets = [-child.pid] if child else []
         for pid in targets + marked(token):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
         while sig != signal.SIGKILL and time.monotonic() < deadline and (
                 (child and _running(child.pid)) or marked(token)):
             time.sleep(0.05)

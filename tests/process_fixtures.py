@@ -32,10 +32,8 @@ def mark() -> Iterator[str]:
     value = uuid.uuid4().hex
     yield value
     for pid in processes(value):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def processes(mark: str) -> dict[int, str]:
