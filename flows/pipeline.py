@@ -21,7 +21,7 @@ from tasks.registry import mark_challenger
 
 @flow(name="lifecycle-pipeline", flow_run_name="pipeline-{profile}")
 def pipeline(profile: str = "default", overrides: list[str] | None = None, sources: list[str] | None = None,
-             until: str | None = None, from_stage: str | None = None, state_dir: str | None = None,
+             until: list[str] | str | None = None, from_stage: str | None = None, state_dir: str | None = None,
              conf_dir: str | None = None) -> dict[str, dict[str, Any]]:
     """Parameters mirror `lifecycle run`, so deployments and schedules (infra/prefect.yaml) read the same."""
     settings = RunSettings(profile=profile, overrides=overrides or [], sources=sources or [], state_dir=state_dir,

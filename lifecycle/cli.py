@@ -1,6 +1,6 @@
 """The `lifecycle` command.
 
-    lifecycle run --profile quickstart [--until STAGE] [--from STAGE] [--source PATH]... [--set a.b=c]...
+    lifecycle run --profile quickstart [--until STAGE]... [--from STAGE] [--source PATH]... [--set a.b=c]...
     lifecycle config --profile quickstart          # print the resolved configuration
     lifecycle stages                                # the stage graph: inputs, gates, what each produces
     lifecycle search "parse a JSON string" [--mode dense|fts|hybrid] [--filter-source NAME] [--title-prefix P]
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline as one Prefect flow run tracked in MLflow")
     _config_args(run)
-    run.add_argument("--until", choices=stage_names(), help="run this stage and what it needs, then stop")
+    run.add_argument("--until", choices=stage_names(), action="append",
+                     help="run this stage and what it needs, then stop (repeat it for several stages)")
     run.add_argument("--from", dest="from_stage", choices=stage_names(),
                      help="reuse cached outputs of earlier stages; recompute this stage and its dependants")
     show = sub.add_parser("config", help="print the resolved configuration as YAML")

@@ -12,7 +12,7 @@ source, so an edit to anything the stage runs changes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,18 +87,19 @@ class Graph:
                 todo.extend(self.needs(s))
         return found
 
-    def plan(self, until: str | None = None, from_stage: str | None = None) -> Plan:
-        """`--until S`: S and its ancestors, nothing else. `--from S`: S's ancestors reused from the cache
-        (never run), S and everything after it that depends on it recomputed."""
-        for flag, value in (("--until", until), ("--from", from_stage)):
+    def plan(self, until: str | Sequence[str] | None = None, from_stage: str | None = None) -> Plan:
+        """`--until S` (repeatable): each S and its ancestors, nothing else. `--from S`: S's ancestors reused from
+        the cache (never run), S and everything after it that depends on it recomputed."""
+        targets = [until] if isinstance(until, str) else list(until or [])
+        for flag, value in [("--until", t) for t in targets] + [("--from", from_stage)]:
             if value is not None and value not in self:
                 raise ConfigError(f"{flag} {value}: unknown stage (stages: {', '.join(self.names)})")
-        wanted = set(self.names) if until is None else self.ancestors(until) | {until}
+        wanted = set(self.names) if not targets else set().union(*(self.ancestors(t) | {t} for t in targets))
         reuse: set[str] = set()
         force: set[str] = set()
         if from_stage is not None:
             if from_stage not in wanted:
-                raise ConfigError(f"--from {from_stage} comes after --until {until}: nothing would run")
+                raise ConfigError(f"--from {from_stage} comes after --until {' '.join(targets)}: nothing would run")
             reuse = self.ancestors(from_stage)
             force = {s for s in wanted if s == from_stage or from_stage in self.ancestors(s)}
         order = [s for s in self.names if s in wanted]

@@ -42,6 +42,15 @@ def test_until_runs_the_stage_and_its_ancestors_only() -> None:
     assert plan_stages(until="validate").reuse == () and plan_stages(until="validate").force == ()
 
 
+def test_several_untils_run_each_stage_and_its_ancestors_in_graph_order() -> None:
+    assert plan_stages(until=["rag_index", "tokenize"]).run == ("ingest", "validate", "tokenize", "rag_index")
+    assert plan_stages(until=["sft", "validate"]).run == plan_stages(until="sft").run
+    with pytest.raises(ConfigError, match="--until nope: unknown stage"):
+        plan_stages(until=["tokenize", "nope"])
+    with pytest.raises(ConfigError, match="--from pretrain comes after --until tokenize rag_index"):
+        plan_stages(until=["tokenize", "rag_index"], from_stage="pretrain")
+
+
 def test_full_plan_is_every_stage_in_graph_order() -> None:
     assert plan_stages().run == tuple(s.name for s in GRAPH) == STAGES
 
