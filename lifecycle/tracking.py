@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from lifecycle import db_template
 from lifecycle.names import RESUMED, ROLE
 
 
@@ -34,7 +35,30 @@ def _user_uri(name: str) -> str | None:
 
 
 def tracking_uri(state_dir: Path) -> str:
-    return _user_uri("MLFLOW_TRACKING_URI") or f"sqlite:///{(state_dir / 'mlflow' / 'mlflow.db').resolve()}"
+    return _user_uri("MLFLOW_TRACKING_URI") or tracking_uri_in(state_dir)
+
+
+def tracking_uri_in(state_dir: Path) -> str:
+    """The state dir's own tracking database."""
+    return f"sqlite:///{(state_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def prepare_database(db: Path) -> None:
+    """A new state dir's tracking database: a copy of the empty, migrated one kept for this MLflow version
+    (lifecycle/db_template.py), or, the first time, migrated by MLflow and kept. No experiment in it yet:
+    MLflow adds its Default experiment, with this state dir's artifact location, when it first opens it."""
+    if db_template.seed(db, "mlflow") or db.exists():
+        return
+    from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
+
+    partial = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    engine = create_sqlalchemy_engine(f"sqlite:///{partial}")
+    try:
+        _initialize_tables(engine)  # the tables and every migration, as MLflow runs them on an empty database
+    finally:
+        engine.dispose()
+    db_template.keep(partial, "mlflow")
+    db_template.put_in_place(partial, db)
 
 
 def use_tracking(state_dir: Path) -> str:
@@ -49,6 +73,8 @@ def setup_mlflow(state_dir: Path, experiment: str) -> str:
     """Point MLflow at the state directory (unless MLFLOW_TRACKING_URI is set); return the experiment id."""
     (state_dir / "mlflow").mkdir(parents=True, exist_ok=True)
     uri = use_tracking(state_dir)
+    if uri == tracking_uri_in(state_dir):
+        prepare_database(state_dir / "mlflow" / "mlflow.db")
     found = MlflowClient().get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id

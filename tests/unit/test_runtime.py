@@ -81,7 +81,7 @@ def test_the_runs_own_prefect_api_serves_its_flows_and_goes_with_the_process(tmp
     cache, the second starts from that copy (lifecycle/prefect_api.py); both serve their flows."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", EMBEDDED_API)}
     env |= {"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    template = tmp_path / "cache" / "llm-lifecycle" / f"prefect-{prefect_version()}.db"
+    template = tmp_path / "cache" / "llm-lifecycle" / f"prefect-{package_version('prefect')}.db"
     for run, seeded in (("first", "migrated; kept empty as"), ("second", "a copy of")):
         home = tmp_path / run / "prefect"
         done = subprocess.run([sys.executable, "-c", EMBEDDED], cwd=ROOT, capture_output=True, text=True,
@@ -94,7 +94,7 @@ def test_the_runs_own_prefect_api_serves_its_flows_and_goes_with_the_process(tmp
         log = home / "api.log"  # the server's own output (tracebacks as it stops): a file, not the console
         text = log.read_text()
         assert found["server_stderr"] == str(log) and f"port {found['url'].split(':')[2].split('/')[0]}" in text
-        assert f"Prefect database {home / 'prefect.db'}: {seeded} {template}" in text
+        assert f"prefect database {home / 'prefect.db'}: {seeded} {template}" in text
         assert "ERROR" not in text and "Traceback" not in text
         with pytest.raises(ProcessLookupError):  # stopped (and reaped) when the process exited
             os.kill(found["pid"], 0)
@@ -104,12 +104,6 @@ def test_the_runs_own_prefect_api_serves_its_flows_and_goes_with_the_process(tmp
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)
         assert db.execute("SELECT version_num FROM alembic_version").fetchall()
-
-
-def prefect_version() -> str:
-    from importlib.metadata import version
-
-    return version("prefect")
 
 
 def test_no_api_is_started_when_a_server_is_given_or_prefect_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,3 +118,33 @@ def test_temporary_apis_are_prefects_own_and_the_runs_own(monkeypatch: pytest.Mo
     monkeypatch.setenv(EMBEDDED_API, "http://127.0.0.1:8123/api")
     assert is_temporary_api(None) and is_temporary_api("http://127.0.0.1:8123/api")
     assert not is_temporary_api("http://prefect.example:4200/api")
+
+
+def test_a_new_state_dirs_tracking_database_starts_from_a_migrated_copy(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first fresh state dir's MLflow database is migrated by MLflow and an empty copy kept; the next one
+    starts from that copy, and MLflow opens it at its head revision with a Default experiment of its own."""
+    from mlflow.tracking import MlflowClient
+
+    from lifecycle.tracking import setup_mlflow, tracking_uri_in
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tmp_path / "cache" / "llm-lifecycle" / f"mlflow-{package_version('mlflow')}.db"
+    for run in ("first", "second"):
+        state = tmp_path / run
+        assert setup_mlflow(state, "llm-lifecycle") == "1"
+        experiments = {e.name: e.artifact_location for e in MlflowClient(tracking_uri_in(state)).search_experiments()}
+        assert experiments["llm-lifecycle"] == (state / "mlflow" / "artifacts").resolve().as_uri()
+        assert "Default" in experiments
+        assert template.is_file()
+    with closing(sqlite3.connect(template)) as db:  # empty: no experiment, not even MLflow's Default one
+        assert db.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall()
+    template.write_bytes(b"")  # a damaged template is never reached for a state dir that has its database
+    assert setup_mlflow(tmp_path / "first", "llm-lifecycle") == "1"
+
+
+def package_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
