@@ -4,6 +4,7 @@ loading a trained one back, with its tokenizer, from any folder that holds them.
 
     model = build_model(cfg.pretrain.model, vocab_size=len(tok), context_length=128,
                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = load_checkpoint_model(folder, tok)   # an open checkpoint, grown to tok's added tokens
     count_params(model)  # {"total": ..., "non_embedding": ..., "matmul": ...}
     model, tokenizer = load_causal_lm(path)   # save_pretrained output or an MLflow transformers model
     context_window(model, tokenizer)          # positions the model was trained with
@@ -66,6 +67,29 @@ def build_model(cfg: ModelArchConfig, vocab_size: int, context_length: int, eos_
              cfg.arch, cfg.n_layer, cfg.d_model, cfg.n_head, vocab_size, context_length, sizes["total"] / 1e6,
              sizes["non_embedding"] / 1e6)
     return model
+
+
+def load_checkpoint_model(folder: Path, tokenizer: PreTrainedTokenizerBase,
+                          remote_code: bool = False) -> PreTrainedModel:
+    """An open checkpoint to train on (fp32, on CPU; the caller moves it): safetensors weights only, its
+    embeddings grown to the tokens the tokenize stage added (ChatML's), padding and EOS from `tokenizer`."""
+    model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, trust_remote_code=remote_code,
+                                                 dtype=torch.float32)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    for config in (model.config, model.generation_config):
+        config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    sizes = count_params(model)
+    log.info("model: %s from %s, vocab %d: %.2fM parameters (%.2fM non-embedding)", type(model).__name__, folder,
+             len(tokenizer), sizes["total"] / 1e6, sizes["non_embedding"] / 1e6)
+    return model
+
+
+def depth_and_width(model: PreTrainedModel) -> tuple[int, int]:
+    """(layers, hidden size) from the model's config, whatever its architecture calls them."""
+    text = model.config.get_text_config()
+    return int(text.num_hidden_layers), int(text.hidden_size)
 
 
 def count_params(model: PreTrainedModel) -> dict[str, int]:

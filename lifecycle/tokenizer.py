@@ -1,7 +1,9 @@
-"""tokenize: train a byte-level BPE tokenizer (with chat special tokens and a chat template), measure its
-compression, and pack the documents into fixed-length blocks of token ids (documents EOS-separated).
+"""tokenize: train a byte-level BPE tokenizer (with chat special tokens and a chat template), or take an open
+checkpoint's own (`tokenize.tokenizer: from_model`), measure its compression, and pack the documents into
+fixed-length blocks of token ids (documents EOS-separated).
 
     stats = train_and_pack(cfg.tokenize, docs_dir, Path("out"))   # out/tokenizer, out/blocks, out/stats.json
+    stats = train_and_pack(cfg.tokenize, docs_dir, Path("out"), checkpoint=folder)   # the checkpoint's tokenizer
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -55,6 +58,71 @@ def chat_template(default_system: str | None = None) -> str:
 
 
 CHAT_TEMPLATE = chat_template()
+GENERATION = "{% generation %}"
+
+
+def use_system_prompt(tok: PreTrainedTokenizerBase, default_system: str | None) -> None:
+    """Give ChatML (ours, with or without a default system message) `default_system` as its default; a
+    checkpoint's own template (tokenize.tokenizer: from_model) is left as it is."""
+    if not tok.chat_template or (isinstance(tok.chat_template, str) and tok.chat_template.endswith(_TURNS)):
+        tok.chat_template = chat_template(default_system)
+
+
+def training_template(tok: PreTrainedTokenizerBase) -> str:
+    """The chat template SFT trains a checkpoint's tokenizer with: its own if it marks the assistant's turn
+    ({% generation %}), else TRL's training version of it (known templates: Llama 3, Qwen, Gemma, Phi, ...),
+    else ChatML (its <|im_start|>/<|im_end|> added to the tokenizer when missing: the model's embeddings grow)."""
+    own = tok.chat_template["default"] if isinstance(tok.chat_template, dict) else tok.chat_template
+    if own and GENERATION in own:
+        return own
+    if own:
+        from trl.chat_template_utils import get_training_chat_template
+
+        try:
+            return get_training_chat_template(tok) or own
+        except ValueError:
+            log.warning("tokenize: the checkpoint's chat template has no {%% generation %%} markers and TRL has no "
+                        "training version of it: ChatML replaces it (SFT teaches the model that format)")
+    missing = [t for t in (IM_START, IM_END) if t not in tok.get_vocab()]
+    if missing:
+        tok.add_tokens(missing, special_tokens=True)
+        log.info("tokenize: %s added to the checkpoint's tokenizer for ChatML", ", ".join(missing))
+    return CHAT_TEMPLATE
+
+
+def model_tokenizer(folder: Path, context_length: int | None,
+                    remote_code: bool = False) -> tuple[PreTrainedTokenizerFast, int]:
+    """(the tokenizer of the checkpoint in `folder`, ready for this pipeline; the block length): its padding is
+    its EOS when it has none, its chat template `training_template`'s; the blocks are `context_length` tokens,
+    at most the model's window (null: the window)."""
+    from transformers import AutoConfig
+
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=remote_code)
+    if not tok.is_fast:
+        raise LifecycleError(f"tokenize: {folder} has no fast (Rust) tokenizer, which packing needs")
+    if tok.eos_token_id is None:
+        raise LifecycleError(f"tokenize: {folder}'s tokenizer has no end-of-sequence token, which separates "
+                             "documents in pretraining and ends answers")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.chat_template = training_template(tok)
+    window = context_limit(AutoConfig.from_pretrained(str(folder), trust_remote_code=remote_code))
+    size = min(context_length or window, window)
+    if context_length and context_length > window:
+        log.warning("tokenize: context_length %d is more than the model's window: blocks of %d", context_length,
+                    window)
+    tok.model_max_length = size
+    return tok, size
+
+
+def context_limit(config: Any) -> int:
+    """The positions a model config says it was trained with."""
+    text = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions"):
+        if value := getattr(text, name, None):
+            return int(value)
+    raise LifecycleError(f"tokenize: the model's config ({type(config).__name__}) gives no context length; set "
+                         "tokenize.context_length")
 
 
 def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
@@ -104,14 +172,13 @@ def bytes_per_token(tok: PreTrainedTokenizerFast, texts: list[str]) -> tuple[flo
     return (n_bytes / n_tokens if n_tokens else 0.0), n_bytes, n_tokens
 
 
-def pack_split(texts: Sequence[str], tok_dir: Path, cfg: TokenizeConfig, eos_id: int, engine: Engine,
+def pack_split(texts: Sequence[str], tok_dir: Path, cfg: TokenizeConfig, size: int, eos_id: int, engine: Engine,
                name: str) -> datasets.Dataset:
     """Tokenize with EOS after each document (in shards of `tokenize.batch_size` documents, on `engine`), then
-    cut the whole stream into `context_length` blocks; the last, partial block is dropped."""
+    cut the whole stream into blocks of `size`; the last, partial block is dropped."""
     encode = partial(encode_documents, tok_dir=str(tok_dir), eos_id=eos_id)
     parts = engine.map(encode, shards(texts, cfg.batch_size), f"tokenize-{name}")
     stream = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
-    size = cfg.context_length
     usable = len(stream) // size * size
     offsets = pa.array(np.arange(0, usable + 1, size, dtype=np.int32))
     blocks = pa.ListArray.from_arrays(offsets, pa.array(stream[:usable]))
@@ -133,14 +200,19 @@ def _cached_tokenizer(path: str) -> PreTrainedTokenizerFast:
     return _TOKENIZERS[path]
 
 
-def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path, engine: Engine = LOCAL) -> dict[str, float]:
+def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path, engine: Engine = LOCAL,
+                   checkpoint: Path | None = None, remote_code: bool = False) -> dict[str, float]:
+    """Train the tokenizer (or take `checkpoint`'s, `model_tokenizer`) and pack both splits; the stats."""
     docs = load_documents(docs_dir)
     if not len(docs["validation"]):
         raise LifecycleError("tokenize: the validation split is empty; set ingest.val_fraction above 0")
     if not len(docs["train"]):
         raise LifecycleError("tokenize: the train split is empty; add documents or lower ingest.val_fraction")
-    tok = train_tokenizer(cfg, docs["train"])
-    if len(tok) < cfg.vocab_size:  # the corpus ran out of pairs to merge: a smaller vocabulary than configured
+    if checkpoint is not None:
+        tok, size = model_tokenizer(checkpoint, cfg.context_length, remote_code)
+    else:
+        tok, size = train_tokenizer(cfg, docs["train"]), int(cfg.context_length or 0)
+    if checkpoint is None and len(tok) < cfg.vocab_size:  # the corpus ran out of pairs to merge: a smaller vocabulary than configured
         chars = sum(map(len, docs["train"]["text"]))
         capped = f", tokenize.train_max_chars={cfg.train_max_chars} of them used" if chars > cfg.train_max_chars else ""
         raise LifecycleError(
@@ -153,11 +225,11 @@ def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path, engine: E
     val_texts = list(docs["validation"]["text"])
     bpt, val_bytes, val_tokens = bytes_per_token(tok, val_texts)
     eos = tok.eos_token_id
-    blocks = datasets.DatasetDict({split: pack_split(list(docs[split]["text"]), tok_dir, cfg, eos, engine, split)
-                                   for split in ("train", "validation")})
+    blocks = datasets.DatasetDict({split: pack_split(list(docs[split]["text"]), tok_dir, cfg, size, eos, engine,
+                                                     split) for split in ("train", "validation")})
     if not len(blocks["train"]):
-        raise LifecycleError(f"tokenize: the train split has fewer than tokenize.context_length={cfg.context_length} "
-                             "tokens; add data or lower the context length")
+        raise LifecycleError(f"tokenize: the train split has fewer than {size} tokens (the block length, "
+                             f"tokenize.context_length={cfg.context_length}); add data or lower the context length")
     blocks.save_to_disk(str(out_dir / "blocks"))
     n_train, n_val = len(blocks["train"]), len(blocks["validation"])
     stats: dict[str, float] = {
@@ -167,12 +239,12 @@ def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path, engine: E
         "validation_tokens": val_tokens,
         "train_blocks": n_train,
         "validation_blocks": n_val,
-        "train_tokens": n_train * cfg.context_length,
-        "context_length": cfg.context_length,
+        "train_tokens": n_train * size,
+        "context_length": size,
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
     log.info("tokenize: vocab %d, %.2f bytes/token on validation, %d train / %d validation blocks of %d",
-             len(tok), bpt, n_train, n_val, cfg.context_length)
+             len(tok), bpt, n_train, n_val, size)
     return stats
 
 

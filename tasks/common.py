@@ -32,9 +32,10 @@ from prefect.runtime import flow_run, task_run
 
 from lifecycle import names
 from lifecycle.config import Config
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import ConfigError, LifecycleError
 from lifecycle.faults import storage_errors
 from lifecycle.hashing import hash_json
+from lifecycle.hub import SCRATCH, init_checkpoint
 from lifecycle.registry import ModelRef
 from lifecycle.runtime import RunSettings
 from lifecycle.stages import Graph, Plan, Stage, key_extras, section_data, stage_key
@@ -62,6 +63,30 @@ class StageResult:
 def seed(cfg: Config) -> dict[str, str]:
     """The key extra of a stage whose result depends on the run's seed (`Stage.extras`)."""
     return {"seed": str(cfg.run.seed)}
+
+
+def check_init(cfg: Config, scratch: Path) -> None:
+    """A checkpoint in pretrain.init reads only its own tokenizer's ids, and only a checkpoint has one: the two
+    settings go together; the checkpoint itself is found and checked (init_checkpoint)."""
+    from lifecycle.config.loader import describe
+
+    from_model, checkpoint = cfg.tokenize.tokenizer == "from_model", cfg.pretrain.init != SCRATCH
+    if from_model and not checkpoint:
+        raise ConfigError("invalid configuration:\n" + describe(
+            "tokenize.tokenizer", "from_model", "the tokenizer of pretrain.init's checkpoint, and pretrain.init is "
+            "scratch: set pretrain.init to a hub id or a folder, or tokenize.tokenizer: train", cfg._origin))
+    if checkpoint and not from_model:
+        raise ConfigError("invalid configuration:\n" + describe(
+            "tokenize.tokenizer", cfg.tokenize.tokenizer, f"pretrain.init is a checkpoint ({cfg.pretrain.init}), "
+            "which reads only its own tokenizer's ids: set tokenize.tokenizer: from_model", cfg._origin))
+    init_checkpoint(cfg)
+
+
+def init_extras(cfg: Config) -> dict[str, str]:
+    """The key extra of a stage that starts from pretrain.init: the checkpoint's identity (hub id at its commit,
+    or the folder's content digest)."""
+    found = init_checkpoint(cfg)
+    return {"init": found.identity} if found else {}
 
 
 def graph() -> Graph:

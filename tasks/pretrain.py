@@ -1,7 +1,9 @@
-"""The pretrain stage: train the causal LM from scratch on the tokenize stage's blocks (in this process, or
-under torchrun when pretrain.distributed asks for more, on one node or several), then register it (on
-node 0) as a new version of run.models.base, tagged with its lineage, and hand on its reference. No alias
-is set: the base model is not a chat model, and `@champion` only moves through the promotion gate."""
+"""The pretrain stage: train the causal LM (from scratch, or on from the open checkpoint pretrain.init names)
+on the tokenize stage's blocks (in this process, or under torchrun when pretrain.distributed asks for more, on
+one node or several), then register it (on node 0) as a new version of run.models.base, tagged with its
+lineage (and where its checkpoint came from), and hand on its reference. `pretrain.max_steps: 0` registers
+the checkpoint as it is. No alias is set: the base model is not a chat model, and `@champion` only moves
+through the promotion gate."""
 
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle import names
 from lifecycle.hashing import hash_json
+from lifecycle.hub import Checkpoint, init_checkpoint
 from lifecycle.manifest import write_json_atomic
 from lifecycle.registry import register_model
 from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from lifecycle.train.tracking import mlflow_hooks
-from tasks.common import RunContext, StageDirs, StageResult, run_stage, seed
+from tasks.common import RunContext, StageDirs, StageResult, check_init, init_extras, run_stage, seed
 from tasks.launch import device_tags, launch_stage
 from tasks.retries import STAGE_RETRIES
 
@@ -34,10 +37,11 @@ def pretrain(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
         from lifecycle.train.pretrain import train
 
         run_id = mlflow.active_run().info.run_id
-        m, launch = section.model, section.distributed
-        mlflow.log_params({"arch": m.arch, "n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model,
-                           "d_ff": m.d_ff, "max_steps": section.max_steps, "batch_size": section.batch_size,
-                           "lr": section.optim.lr, "nproc": launch.nproc, "nnodes": launch.nnodes, "seed": seed})
+        m, launch, checkpoint = section.model, section.distributed, init_checkpoint(cfg)
+        shape = ({"init": checkpoint.identity} if checkpoint else
+                 {"arch": m.arch, "n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model, "d_ff": m.d_ff})
+        mlflow.log_params(shape | {"max_steps": section.max_steps, "batch_size": section.batch_size,
+                                   "lr": section.optim.lr, "nproc": launch.nproc, "nnodes": launch.nnodes, "seed": seed})
         mlflow.log_dict(section.model_dump(mode="json"), "pretrain/config.json")
         if launch.world_size == 1:
             on_metrics, on_text = mlflow_hooks(run_id)
@@ -59,7 +63,7 @@ def pretrain(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
             names.DATA_KEY: tokenize_tags.get(names.INPUT + "ingest", "unknown"),
             names.TOKENIZER_KEY: tokens.key, names.CONFIG_HASH: ctx.config_hash,
             names.section_hash("pretrain"): hash_json(section.model_dump(mode="json")),
-            "mlflow.source.git.commit": ctx.git_commit})
+            "mlflow.source.git.commit": ctx.git_commit} | init_lineage(checkpoint))
         logger.info("pretrain: registered %s (val %.3f bits/byte, unigram baseline %.3f)", ref, metrics["val_bpb"],
                     metrics["unigram_bpb"])
         return StageResult({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, model=ref,
@@ -68,5 +72,16 @@ def pretrain(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
     return run_stage(STAGE, ctx, inputs, work)
 
 
-STAGE = Stage("pretrain", __name__, inputs=("tokenize",), run=pretrain, model="base", extras=seed,
-              produces="the base model, registered: its reference (name, version, URI)")
+def init_lineage(checkpoint: Checkpoint | None) -> dict[str, str]:
+    """Where the base model's weights came from: the hub id and its resolved commit, or the folder and the
+    digest of its files (nothing: from scratch)."""
+    if checkpoint is None:
+        return {}
+    found = {names.INIT_REVISION: checkpoint.commit} if checkpoint.commit else {names.INIT_SHA256: checkpoint.sha256}
+    return {names.INIT: checkpoint.name} | {k: str(v) for k, v in found.items()}
+
+
+STAGE = Stage("pretrain", __name__, inputs=("tokenize",), run=pretrain, model="base",
+              extras=lambda cfg: seed(cfg) | init_extras(cfg), check=check_init,
+              produces="the base model (trained, or an open checkpoint), registered: its reference (name, version, "
+                       "URI)")

@@ -1,4 +1,5 @@
-"""The tokenize stage: train the BPE tokenizer and pack the documents into token blocks."""
+"""The tokenize stage: train the BPE tokenizer (or take pretrain.init's own, `tokenize.tokenizer: from_model`) and
+pack the documents into token blocks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from lifecycle.hub import init_checkpoint
 from lifecycle.names import TOKENIZER_KEY
 from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, check_init, init_extras, run_stage
 from tasks.retries import STAGE_RETRIES
 
 
@@ -24,16 +26,20 @@ def tokenize(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
         from lifecycle.engine import Engine
         from lifecycle.tokenizer import train_and_pack
 
-        out = dirs.out
-        stats = train_and_pack(section, Path(docs.path), out, Engine.from_config(ctx.cfg.run))
+        out, init = dirs.out, ctx.cfg.pretrain
+        checkpoint = init_checkpoint(ctx.cfg) if section.tokenizer == "from_model" else None
+        stats = train_and_pack(section, Path(docs.path), out, Engine.from_config(ctx.cfg.run),
+                               checkpoint.folder if checkpoint else None, init.trust_remote_code)
         mlflow.log_artifacts(str(out / "tokenizer"), "tokenizer")
         mlflow.log_dict(json.loads((out / "stats.json").read_text()), "tokenize/stats.json")
-        mlflow.log_params({"vocab_size": section.vocab_size, "context_length": section.context_length})
+        mlflow.log_params({"tokenizer": checkpoint.identity if checkpoint else "train",
+                           "vocab_size": int(stats["vocab_size"]), "context_length": int(stats["context_length"])})
         return StageResult(stats)
 
     return run_stage(STAGE, ctx, inputs, work)
 
 
-STAGE = Stage("tokenize", __name__, inputs=("ingest",), after=("validate",), run=tokenize,
+STAGE = Stage("tokenize", __name__, inputs=("ingest",), after=("validate",), run=tokenize, check=check_init,
+              extras=lambda cfg: init_extras(cfg) if cfg.tokenize.tokenizer == "from_model" else {},
               lineage=lambda out: {TOKENIZER_KEY: out.identity},
-              produces="a byte-level BPE tokenizer with a chat template, and packed token blocks")
+              produces="a tokenizer with a chat template (trained, or the checkpoint's), and packed token blocks")

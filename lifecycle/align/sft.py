@@ -33,7 +33,7 @@ from lifecycle.text import mean_rouge_l, rouge_l
 from lifecycle.hashing import hash_json
 from lifecycle.model import context_window, load_causal_lm
 from lifecycle.progress import progress
-from lifecycle.tokenizer import chat_template, stop_token_ids
+from lifecycle.tokenizer import stop_token_ids, use_system_prompt
 
 log = logging.getLogger("lifecycle.sft")
 
@@ -73,7 +73,7 @@ def prepare(cfg: Config, base_dir: Path, documents: list[dict[str, Any]]) -> tup
         PreTrainedModel, PreTrainedTokenizerBase, list[Pair], list[Pair]]:
     """The base model, its tokenizer with the SFT chat template, and (train, held-out) pairs that fit."""
     model, tokenizer = load_causal_lm(base_dir)
-    tokenizer.chat_template = chat_template(cfg.sft.data.system_prompt)
+    use_system_prompt(tokenizer, cfg.sft.data.system_prompt)
     window = context_window(model, tokenizer)
     tokenizer.model_max_length = window
     train, held_out = build_pairs(cfg.sft.data, documents)

@@ -1,4 +1,5 @@
-"""conf/pretrain.yaml: the decoder-only transformer and the lean pretraining loop that trains it."""
+"""conf/pretrain.yaml: the decoder-only transformer (new, or an open checkpoint) and the lean pretraining loop
+that trains it."""
 
 from __future__ import annotations
 
@@ -57,11 +58,14 @@ class DistributedConfig(LaunchConfig):
 
 
 class PretrainConfig(Section):
+    init: str = Field(min_length=1)  # scratch (a new model from `model`) | a hub id | a folder of a causal LM
+    revision: str | None = Field(min_length=1)  # a hub id's branch, tag or commit; null: main
+    trust_remote_code: bool  # load a checkpoint that brings code of its own (auto_map); off unless set here
     model: ModelArchConfig
     optim: OptimConfig
     sample: SampleConfig
     distributed: DistributedConfig
-    max_steps: int = Field(ge=1)
+    max_steps: int = Field(ge=0)  # 0: register the init checkpoint as the base model, untrained
     batch_size: int = Field(ge=1)  # sequences per optimizer step, all processes together
     micro_batch_size: int = Field(ge=1)  # sequences per forward/backward in one process
     eval_every: int = Field(ge=0)  # steps; 0 = only at the end
@@ -75,6 +79,13 @@ class PretrainConfig(Section):
     num_threads: int | None = Field(ge=1)  # CPU threads per process; null = torch's default
     deterministic: bool  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
     peak_flops: float | None = Field(gt=0)  # per device, for MFU; null = detect (lifecycle/train/flops.py)
+
+    @model_validator(mode="after")
+    def _steps_need_a_model(self) -> PretrainConfig:
+        if self.max_steps == 0 and self.init == "scratch":
+            raise ValueError("max_steps=0 registers pretrain.init as it is: it needs a checkpoint (a hub id or a "
+                             "folder), not scratch")
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self) -> PretrainConfig:

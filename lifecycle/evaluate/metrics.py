@@ -43,7 +43,7 @@ from lifecycle.rag.answer import fit_prompt
 from lifecycle.rag.prompt import rag_messages
 from lifecycle.rag.search import Hit, Retriever
 from lifecycle.resume import Parts
-from lifecycle.tokenizer import chat_template, stop_token_ids
+from lifecycle.tokenizer import stop_token_ids, use_system_prompt
 
 log = logging.getLogger("lifecycle.evaluate")
 ROLES = ("candidate", "champion", "sft", "base")
@@ -188,7 +188,7 @@ def load_model(path: Path, device: torch.device, system_prompt: str | None) -> t
                                                                                     PreTrainedTokenizerBase]:
     model, tokenizer = load_causal_lm(path)
     if not getattr(tokenizer, "chat_template", None):  # the base model: SFT's template, as the sft stage compares
-        tokenizer.chat_template = chat_template(system_prompt)
+        use_system_prompt(tokenizer, system_prompt)
     return model.to(device), tokenizer
 
 

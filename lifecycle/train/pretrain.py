@@ -34,7 +34,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lifecycle.config import PretrainConfig
 from lifecycle.errors import LifecycleError
-from lifecycle.model import build_model, count_params
+from lifecycle.hub import SCRATCH, fetch_checkpoint
+from lifecycle.model import build_model, count_params, depth_and_width, load_checkpoint_model
 from lifecycle.progress import progress
 from lifecycle.train.checkpoint import latest_checkpoint, load_checkpoint, model_state, save_checkpoint
 from lifecycle.train.data import BatchOrder, bits_per_byte, load_split, load_stats, unigram_loss
@@ -114,8 +115,13 @@ def prepare(cfg: PretrainConfig, seed: int, data_dir: Path, ckpt_dir: Path, dist
         log.warning("pretrain: the validation split has no blocks; evaluating on the last train blocks")
         val_blocks = train_blocks[-max(1, len(train_blocks) // 20):]
     seed_everything(seed)  # the same initial weights on every rank
-    model = build_model(cfg.model, len(tok), train_blocks.shape[1], tok.eos_token_id, tok.pad_token_id)
-    sizes = count_params(model)
+    if cfg.init == SCRATCH:
+        model = build_model(cfg.model, len(tok), train_blocks.shape[1], tok.eos_token_id, tok.pad_token_id)
+    else:  # the stage checked it: found, safetensors, code of its own only if trusted
+        folder = fetch_checkpoint(cfg.init, cfg.revision, cfg.trust_remote_code).folder
+        model = load_checkpoint_model(folder, tok, cfg.trust_remote_code)
+    layers, width = depth_and_width(model)
+    sizes = count_params(model) | {"layers": layers, "width": width}
     trainer = build_trainer(cfg, model, dist)
     seed_everything(seed + dist.rank)
     state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "losses": []}
@@ -152,7 +158,7 @@ def _train(cfg: PretrainConfig, seed: int, data_dir: Path, out_dir: Path, ckpt_d
     unigram = unigram_loss(run.train_blocks, run.val_blocks, len(run.tok))
     base = {"unigram_bpb": bits_per_byte(unigram, run.stats), "unigram_loss": unigram,
             "params": run.sizes["total"], "resumed_from_step": state["step"]}
-    fpt = flops_per_token(run.sizes["matmul"], cfg.model.n_layer, cfg.model.d_model, context - 1)
+    fpt = flops_per_token(run.sizes["matmul"], run.sizes["layers"], run.sizes["width"], context - 1)
     peak, peak_source = detect_peak_flops(dist.device, trainer.dtype, cfg.peak_flops)
     log.info("pretrain: %d train / %d validation blocks of %d; unigram baseline %.3f bits/byte; "
              "%.3g FLOPs/token, peak %.3g FLOP/s (%s)", len(run.train_blocks), len(run.val_blocks), context,
