@@ -7,9 +7,10 @@ hundred-odd cost about 6 s of CPU, MLflow's about 1 s, in every fresh state dir 
         build_the_database(db)                # the library's own migrations
         keep(db, "mlflow")                    # the result becomes the template (nothing kept on errors)
 
-A database or a template is written whole, then linked or renamed into place (a concurrent reader sees none or all of it), in the journal mode
-the library keeps its database in (Prefect: WAL; a rollback-mode copy made its first connections race to
-switch and log "database is locked"). Where the cache cannot be written, each new database migrates itself.
+A database or a template is written whole, then linked or renamed into place (a concurrent reader sees
+none or all of it), in the journal mode the library keeps its database in (Prefect: WAL; a rollback-mode
+copy made its first connections race to switch and log "database is locked"). Where the cache cannot be
+written, each new database migrates itself.
 """
 
 from __future__ import annotations

@@ -95,8 +95,6 @@ def model_tokenizer(folder: Path, context_length: int | None,
     """(the tokenizer of the checkpoint in `folder`, ready for this pipeline; the block length): its padding is
     its EOS when it has none, its chat template `training_template`'s; the blocks are `context_length` tokens,
     at most the model's window (null: the window)."""
-    from transformers import AutoConfig
-
     tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=remote_code)
     if not tok.is_fast:
         raise LifecycleError(f"tokenize: {folder} has no fast (Rust) tokenizer, which packing needs")
@@ -106,7 +104,7 @@ def model_tokenizer(folder: Path, context_length: int | None,
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.chat_template = training_template(tok)
-    window = context_limit(AutoConfig.from_pretrained(str(folder), trust_remote_code=remote_code))
+    window = context_limit(json.loads((folder / "config.json").read_text()))
     size = min(context_length or window, window)
     if context_length and context_length > window:
         log.warning("tokenize: context_length %d is more than the model's window: blocks of %d", context_length,
@@ -115,14 +113,14 @@ def model_tokenizer(folder: Path, context_length: int | None,
     return tok, size
 
 
-def context_limit(config: Any) -> int:
-    """The positions a model config says it was trained with."""
-    text = config.get_text_config()
-    for name in ("max_position_embeddings", "n_positions"):
-        if value := getattr(text, name, None):
-            return int(value)
-    raise LifecycleError(f"tokenize: the model's config ({type(config).__name__}) gives no context length; set "
-                         "tokenize.context_length")
+def context_limit(config: dict[str, Any]) -> int:
+    """The positions a model's config.json says it was trained with (its text model's, for a multimodal one)."""
+    for settings in (config.get("text_config") or {}, config):
+        for name in ("max_position_embeddings", "n_positions"):
+            if value := settings.get(name):
+                return int(value)
+    raise LifecycleError(f"tokenize: the model's config.json ({config.get('model_type', 'no model_type')}) gives no "
+                         "context length; set tokenize.context_length")
 
 
 def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
@@ -212,7 +210,7 @@ def train_and_pack(cfg: TokenizeConfig, docs_dir: Path, out_dir: Path, engine: E
         tok, size = model_tokenizer(checkpoint, cfg.context_length, remote_code)
     else:
         tok, size = train_tokenizer(cfg, docs["train"]), int(cfg.context_length or 0)
-    if checkpoint is None and len(tok) < cfg.vocab_size:  # the corpus ran out of pairs to merge: a smaller vocabulary than configured
+    if checkpoint is None and len(tok) < cfg.vocab_size:  # the corpus ran out of pairs to merge
         chars = sum(map(len, docs["train"]["text"]))
         capped = f", tokenize.train_max_chars={cfg.train_max_chars} of them used" if chars > cfg.train_max_chars else ""
         raise LifecycleError(

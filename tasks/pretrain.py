@@ -40,8 +40,8 @@ def pretrain(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
         m, launch, checkpoint = section.model, section.distributed, init_checkpoint(cfg)
         shape = ({"init": checkpoint.identity} if checkpoint else
                  {"arch": m.arch, "n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model, "d_ff": m.d_ff})
-        mlflow.log_params(shape | {"max_steps": section.max_steps, "batch_size": section.batch_size,
-                                   "lr": section.optim.lr, "nproc": launch.nproc, "nnodes": launch.nnodes, "seed": seed})
+        mlflow.log_params(shape | {"max_steps": section.max_steps, "batch_size": section.batch_size, "seed": seed,
+                                   "lr": section.optim.lr, "nproc": launch.nproc, "nnodes": launch.nnodes})
         mlflow.log_dict(section.model_dump(mode="json"), "pretrain/config.json")
         if launch.world_size == 1:
             on_metrics, on_text = mlflow_hooks(run_id)

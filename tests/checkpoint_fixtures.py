@@ -38,7 +38,7 @@ def save_tiny_checkpoint(folder: Path, positions: int = 64, seed: int = 0) -> Pa
     return folder
 
 
-def cache_as_hub_model(folder: Path, cache: Path, repo_id: str, commit: str = "0123456789abcdef" * 2 + "01234567") -> str:
+def cache_as_hub_model(folder: Path, cache: Path, repo_id: str, commit: str = "0123456789abcdef" * 2 + "0" * 8) -> str:
     """`folder` as the snapshot `commit` of hub model `repo_id` in the cache at `cache` (refs/main points at it),
     as `huggingface_hub.snapshot_download` leaves it; the commit."""
     entry = cache / f"models--{repo_id.replace('/', '--')}"

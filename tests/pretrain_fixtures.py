@@ -49,7 +49,7 @@ def make_tokenized(out: Path, vocab_size: int = 320, context_length: int = 33) -
     tok = train_tokenizer(cfg, ds["train"])
     tok.save_pretrained(str(out / "tokenizer"))
     _, n_bytes, n_tokens = bytes_per_token(tok, splits["validation"])
-    blocks = datasets.DatasetDict({k: pack_split(v, out / "tokenizer", cfg, tok.eos_token_id, LOCAL, k)
+    blocks = datasets.DatasetDict({k: pack_split(v, out / "tokenizer", cfg, context_length, tok.eos_token_id, LOCAL, k)
                                   for k, v in splits.items()})
     blocks.save_to_disk(str(out / "blocks"))
     (out / "stats.json").write_text(json.dumps({"validation_bytes": n_bytes, "validation_tokens": n_tokens}))

@@ -58,9 +58,9 @@ class DistributedConfig(LaunchConfig):
 
 
 class PretrainConfig(Section):
-    init: str = Field(min_length=1)  # scratch (a new model from `model`) | a hub id | a folder of a causal LM
-    revision: str | None = Field(min_length=1)  # a hub id's branch, tag or commit; null: main
-    trust_remote_code: bool  # load a checkpoint that brings code of its own (auto_map); off unless set here
+    init: str = Field("scratch", min_length=1)  # scratch (a new model from `model`) | a hub id | a folder
+    revision: str | None = Field(None, min_length=1)  # a hub id's branch, tag or commit; null: main
+    trust_remote_code: bool = False  # load a checkpoint that brings code of its own (auto_map); off unless set here
     model: ModelArchConfig
     optim: OptimConfig
     sample: SampleConfig

@@ -10,7 +10,7 @@ from lifecycle.config.base import Section
 
 
 class TokenizeConfig(Section):
-    tokenizer: Literal["train", "from_model"]  # train a BPE tokenizer | pretrain.init's own (no training)
+    tokenizer: Literal["train", "from_model"] = "train"  # train a BPE tokenizer | pretrain.init's own (no training)
     vocab_size: int = Field(ge=300, le=262_144)  # train only
     min_frequency: int = Field(ge=1)
     train_max_chars: int = Field(ge=1000)  # BPE is trained on at most this many characters of train text
