@@ -8,7 +8,8 @@ the keys of conf/promote.yaml `harness` rules (gate.py). evaluation.json `harnes
 
     {"scores": {role: {"<task>/<metric>": {"value", "stderr" | null, "n" | null, "higher_is_better" | null,
                                            "interval": {"estimate", "low", "high", "n", "level"} | null}}},
-     "tasks": {role: {task: {"version", "n_shot", "n"}}}}
+     "tasks": {role: {task: {"version", "n_shot", "n"}}},
+     "seconds": {role: wall time of lm-eval on that model}}
 
 `interval` is estimate ± z·stderr at evaluate's `intervals.level` (lm-eval's stderr: the analytic one of a
 mean, its own bootstrap with `intervals.resamples` otherwise).
@@ -26,6 +27,7 @@ import difflib
 import functools
 import logging
 import math
+import time
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
@@ -111,12 +113,13 @@ def check_harness(cfg: Config, scratch: Path | None = None) -> None:
 
 def run_harness(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, harness: HarnessConfig,
                 intervals: Intervals) -> dict[str, Any]:
-    """{"scores": {"<task>/<metric>": score}, "tasks": {task: {"version", "n_shot", "n"}}} of one model."""
+    """{"scores": {"<task>/<metric>": score}, "tasks": {task: {"version", "n_shot", "n"}}, "seconds"} of one model."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     from lifecycle.model import context_window, evaluating
 
+    started = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=harness.batch_size,
               max_length=context_window(model, tokenizer))
     with evaluating(model):
@@ -124,7 +127,7 @@ def run_harness(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, harn
                                       limit=harness.limit, task_manager=task_manager(harness),
                                       bootstrap_iters=intervals.resamples, log_samples=False,
                                       apply_chat_template=harness.apply_chat_template)
-    found = read_results(out, intervals.level)
+    found = read_results(out, intervals.level) | {"seconds": time.perf_counter() - started}
     log.info("evaluate: harness: %s", ", ".join(f"{k} {s['value']:.3f}" for k, s in found["scores"].items()))
     return found
 
@@ -162,8 +165,9 @@ def _number(value: Any) -> bool:
 
 
 def harness_metrics(harness: dict[str, Any]) -> dict[str, float]:
-    """The evaluate run's MLflow metrics: `harness/<role>/<task>/<metric>` and its `_stderr`."""
-    found = {}
+    """The evaluate run's MLflow metrics: `harness/<role>/<task>/<metric>` and its `_stderr`, and
+    `harness/seconds` (lm-eval's wall time over every model)."""
+    found = {"harness/seconds": sum(harness.get("seconds", {}).values())}
     for role, scores in harness["scores"].items():
         for name, score in scores.items():
             found[f"harness/{role}/{name}"] = score["value"]

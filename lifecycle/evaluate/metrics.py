@@ -257,7 +257,7 @@ def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair],
                   "per_text": {"bytes": text_bytes(texts), "bits": {r: measured[r]["bits"] for r in roles}}}
     if cfg.evaluate.harness_tasks:
         evaluation["harness"] = {part: {role: measured[role]["harness"][part] for role in roles}
-                                 for part in ("scores", "tasks")}
+                                 for part in ("scores", "tasks", "seconds")}
     return evaluation | interval_sections(evaluation, cfg.evaluate.intervals) | {"resumed_models": len(saved)}
 
 

@@ -69,6 +69,7 @@ def test_scores_on_our_own_task_are_lm_evals_with_standard_errors(task_dir: Path
     found = run_harness(model, tokenizer, cfg.evaluate.harness, cfg.evaluate.intervals)
     assert set(found["scores"]) == {f"{TASK}/acc", f"{TASK}/acc_norm"}
     assert found["tasks"] == {TASK: {"version": 1.0, "n_shot": 0, "n": len(PAIRS)}}
+    assert found["seconds"] > 0
     acc, acc_norm = by_hand(model_dir)
     assert acc != acc_norm  # the two metrics are told apart
     for name, expected in ((f"{TASK}/acc", acc), (f"{TASK}/acc_norm", acc_norm)):
@@ -79,7 +80,8 @@ def test_scores_on_our_own_task_are_lm_evals_with_standard_errors(task_dir: Path
         iv = score["interval"]
         assert iv["low"] < expected < iv["high"] and iv["high"] - expected == pytest.approx(1.96 * score["stderr"],
                                                                                            rel=1e-3)
-    metrics = harness_metrics({"scores": {"candidate": found["scores"]}})
+    metrics = harness_metrics({"scores": {"candidate": found["scores"]}, "seconds": {"candidate": found["seconds"]}})
+    assert metrics["harness/seconds"] == found["seconds"]
     assert metrics[f"harness/candidate/{TASK}/acc"] == pytest.approx(acc)
     assert metrics[f"harness/candidate/{TASK}/acc_stderr"] == found["scores"][f"{TASK}/acc"]["stderr"]
 
