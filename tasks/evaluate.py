@@ -1,7 +1,9 @@
 """The evaluate stage: the run's candidate (the rlhf policy, by reference) against the champion it would replace,
-the SFT model and the base model, on the same held-out data (lifecycle/evaluate/metrics.py); the report
-card with its plots and costs (lifecycle/evaluate/report.py), logged to MLflow and as a Prefect artifact.
-The champion's version is part of the stage's key: a new champion means a new evaluation."""
+the SFT model and the base model, on the same held-out data (lifecycle/evaluate/metrics.py), and with
+`evaluate.harness` on, on the standard benchmarks it names (lifecycle/evaluate/harness.py); the report card
+with its plots and costs (lifecycle/evaluate/report.py), logged to MLflow and as a Prefect artifact.
+The champion's version is part of the stage's key: a new champion means a new evaluation; so are the
+harness's own task files."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from lifecycle import names
 from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.evaluate import EVALUATION
+from lifecycle.evaluate.harness import check_harness, harness_files, harness_metrics
 from lifecycle.hashing import hash_json
 from lifecycle.registry import ModelRef, local_copy, reward_model_of, tag_version
 from lifecycle.stages import Stage
@@ -84,6 +87,7 @@ def evaluate(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
         metrics = {f"{role}/{k}": v for role, found in evaluation["metrics"].items() for k, v in found.items()}
         metrics |= {f"{name}/{k}{end}": iv[field] for name, found in evaluation["comparisons"].items()
                     for k, iv in found.items() for end, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))}
+        metrics |= harness_metrics(evaluation["harness"]) if "harness" in evaluation else {}
         return StageResult(metrics | {"questions": len(questions), "cost": card.total_cost, "resumed_models": resumed},
                            tags={names.CANDIDATE: str(candidate), names.CHAMPION: str(champion)}
                            | device_tags(cfg.evaluate.device))
@@ -101,8 +105,9 @@ def champion_index_metrics(ctx: RunContext, champion: ModelRef) -> dict[str, flo
 
 
 def query_settings(cfg: Config) -> dict[str, str]:
-    """What it measures at query time: the search and answer settings (conf/serve.yaml)."""
-    return {"serve": hash_json(cfg.serve.model_dump(mode="json", include={"search", "answer"}))}
+    """What it measures at query time: the search and answer settings (conf/serve.yaml); and the content of
+    the harness's own task files (evaluate.harness.include_path)."""
+    return {"serve": hash_json(cfg.serve.model_dump(mode="json", include={"search", "answer"}))} | harness_files(cfg)
 
 
 def champion(ctx: RunContext, models: dict[str, ModelRef | None]) -> str:
@@ -115,6 +120,7 @@ def champion(ctx: RunContext, models: dict[str, ModelRef | None]) -> str:
 
 
 STAGE = Stage("evaluate", __name__, inputs=("ingest", "pretrain", "sft", "rlhf", "rag_index"), run=evaluate,
-              extras=query_settings, dynamic={"champion": champion}, candidate=True,
+              extras=query_settings, dynamic={"champion": champion}, candidate=True, check=check_harness,
               produces="the candidate against @champion, the SFT and base models on held-out data: bits per byte, "
-                       "ROUGE-L with and without retrieval, reward-model win rates, recall@k, latency; the report card")
+                       "ROUGE-L with and without retrieval, reward-model win rates, recall@k, latency, optional "
+                       "lm-evaluation-harness benchmarks; the report card")

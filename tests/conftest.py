@@ -16,6 +16,7 @@ CONF = ROOT / "conf"
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_CACHE"] = str(_SESSION_HOME / "hf-datasets")  # lm-eval's tasks read their JSONL through it
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLFLOW_REGISTRY_URI", None)
 os.environ.pop("PREFECT_API_URL", None)

@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 from lifecycle.config.base import Section
 from lifecycle.config.evaluate import AgainstChampion, EvaluateConfig, Minimums, PromoteConfig
 from lifecycle.config.ingest import IngestConfig, NearDupConfig, SourceConfig
-from lifecycle.config.loader import Origins, deep_merge, explain, find_conf_dir, origin_of, read_layers
+from lifecycle.config.loader import Origins, deep_merge, describe, explain, find_conf_dir, origin_of, read_layers
 from lifecycle.config.preferences import AnnotateConfig, PreferencesConfig
 from lifecycle.config.pretrain import (
     DistributedConfig,
@@ -100,4 +100,17 @@ def load_config(conf_dir: Path, profile: str | None = None, overrides: list[str]
     except ValidationError as err:
         raise ConfigError(explain(err, origin)) from None
     cfg._origin = origin
+    check_harness_rules(cfg)
     return cfg
+
+
+def check_harness_rules(cfg: Config) -> None:
+    """Each promote.harness rule names a task evaluate.harness runs: a rule on any other could never be measured."""
+    rules, tasks = cfg.promote.harness, cfg.evaluate.harness_tasks
+    for group, keys in (rules.rule_keys if rules else {}).items():
+        for key in keys:
+            if (task := key.partition("/")[0]) not in tasks:
+                ran = ", ".join(tasks) if tasks else "none: the harness is off"
+                raise ConfigError("invalid configuration:\n" + describe(
+                    f"promote.harness.{group}.{key}", getattr(rules, group)[key],
+                    f"task {task!r} is not among evaluate.harness.tasks ({ran})", cfg._origin))

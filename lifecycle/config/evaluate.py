@@ -3,9 +3,9 @@ and conf/promote.yaml (the promotion gate's rules)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lifecycle.config.base import Section
 
@@ -16,6 +16,26 @@ class Intervals(Section):
     level: float = Field(gt=0, lt=1)  # e.g. 0.95: a 95% percentile interval
     resamples: int = Field(ge=100)
     seed: int
+
+
+class HarnessConfig(Section):
+    """Standard benchmarks through lm-evaluation-harness on every compared model (lifecycle/evaluate/harness.py)."""
+
+    tasks: list[str]  # lm-eval task or group names (built-in, or from include_path); empty: off
+    num_fewshot: int | None = Field(ge=0)  # null: each task's own default
+    limit: int | None = Field(ge=1)  # examples per task (the first ones); null: all
+    batch_size: int = Field(ge=1)
+    include_path: str | None  # a folder of the user's own task YAMLs (its files are part of the stage's key)
+    apply_chat_template: bool  # prompts through the model's chat template (lm-eval's default: plain text)
+
+    @field_validator("tasks")
+    @classmethod
+    def _named_once(cls, tasks: list[str]) -> list[str]:
+        if any(not t.strip() or "/" in t for t in tasks):
+            raise ValueError(f"task names must be non-empty and hold no '/', got {tasks}")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"a task is named twice in {tasks}")
+        return tasks
 
 
 class EvaluateConfig(Section):
@@ -29,6 +49,13 @@ class EvaluateConfig(Section):
     prices: dict[str, float]  # per device-hour, by device ("cpu", "cuda", or "cuda:<GPU name>")
     currency: str = Field(min_length=1)
     intervals: Intervals
+    # absent (a conf folder from before it existed) or null: off, as `tasks: []`
+    harness: HarnessConfig | None = None
+
+    @property
+    def harness_tasks(self) -> list[str]:
+        """The lm-eval tasks to run; empty when the harness is off."""
+        return list(self.harness.tasks) if self.harness else []
 
 
 class AgainstChampion(Section):
@@ -80,8 +107,34 @@ class Bounds(Section):
     sft_rouge_l_drop: AtLeast
 
 
+class HarnessRules(Section):
+    """Gate rules on evaluate.harness scores, each keyed "<task>/<metric>" (the names evaluation.json and the
+    report card give them); "worse" follows lm-eval's higher_is_better for the metric."""
+
+    minimums: dict[str, float]  # the candidate's score at least this
+    maximums: dict[str, float]  # at most this (a lower-is-better metric: a perplexity)
+    max_drop_vs_champion: dict[str, Annotated[float, Field(ge=0)]]  # at most this much worse than the champion's
+    max_drop_vs_sft: dict[str, Annotated[float, Field(ge=0)]]  # ... than the SFT model's (skipped: not measured)
+    bound: Literal["estimate", "interval"]  # interval: the bound of estimate ± z·stderr a model no better would show
+
+    @field_validator("minimums", "maximums", "max_drop_vs_champion", "max_drop_vs_sft")
+    @classmethod
+    def _task_slash_metric(cls, rules: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in rules if not all(part.strip() for part in k.partition("/")[::2])]
+        if bad:
+            raise ValueError(f"keys are \"<task>/<metric>\" (e.g. arc_easy/acc_norm), got {bad}")
+        return rules
+
+    @property
+    def rule_keys(self) -> dict[str, list[str]]:
+        """{rule group: its "<task>/<metric>" keys}."""
+        return {name: list(getattr(self, name)) for name in ("minimums", "maximums", "max_drop_vs_champion",
+                                                             "max_drop_vs_sft")}
+
+
 class PromoteConfig(Section):
     against_champion: AgainstChampion
     against_sft: AgainstSft
     minimums: Minimums
     bounds: Bounds
+    harness: HarnessRules | None = None  # absent or null: no rules on harness scores

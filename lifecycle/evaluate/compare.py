@@ -16,6 +16,9 @@ evaluation.json (tasks/evaluate.py writes it; `interval` = {"estimate", "low", "
     comparisons   {"candidate_vs_<other>": {"rouge_l_rag_delta", "val_bpb_delta", "gold_win_rate",
                                             "reward_win_rate": interval},
                    "candidate_rag_vs_no_rag": {"rouge_l_delta": interval}}
+    harness       {"scores": {role: {"<task>/<metric>": score}}, "tasks": {role: {task: facts}},
+                   "seconds": {role: s}}     evaluate.harness on: lm-evaluation-harness scores with their
+                                             standard errors (schema in harness.py)
 
 Deltas are candidate minus other. The gold win rate is the share of questions where the candidate's answer has
 the higher ROUGE-L against the reference (ties half): the simulated judges' criterion without their noise. The

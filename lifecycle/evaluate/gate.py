@@ -9,18 +9,25 @@ Each rule compares one value with its threshold: the estimate, or a bound of the
 conf/promote.yaml says: `lower` for an at-least rule, `upper` for an at-most rule. A rule on a bound whose
 interval was not recorded fails (the evaluation cannot show what the rule asks for).
 
+Rules on lm-evaluation-harness scores (conf/promote.yaml `harness`, evaluation.json `harness`: harness.py)
+compare a "<task>/<metric>" score with a minimum or maximum, or its drop against the champion's or the SFT
+model's ("worse" by lm-eval's higher_is_better), on the estimate or on estimate ± z·stderr. A score the
+candidate lacks (a misspelt metric) fails; a drop against a model not measured is skipped.
+
     decision = decide(cfg.promote, evaluation, alarm="none")
     decision.passed, [r.line() for r in decision.rules], decision.to_dict()   # decision.json
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lifecycle import names
-from lifecycle.config.evaluate import PromoteConfig
+from lifecycle.config.evaluate import HarnessRules, PromoteConfig
+from lifecycle.evaluate.harness import score_interval
 
 _OPS = {"<=": operator.le, ">=": operator.ge}
 _BOUND_KEY = {"lower": "low", "upper": "high"}
@@ -36,6 +43,7 @@ class Rule:
     detail: str
     bound: str  # which value is compared: "estimate", "lower" or "upper" (conf/promote.yaml bounds)
     interval: dict[str, Any] | None  # {"estimate", "low", "high", "n", "level"} when the evaluation has one
+    required: bool = False  # not measured fails instead of being skipped (a harness score the candidate lacks)
 
     @property
     def value(self) -> float | None:
@@ -47,7 +55,7 @@ class Rule:
     @property
     def passed(self) -> bool | None:
         if self.estimate is None:
-            return None
+            return False if self.required else None
         return False if self.value is None else _OPS[self.op](self.value, self.threshold)
 
     def line(self) -> str:
@@ -151,6 +159,56 @@ def decide(cfg: PromoteConfig, evaluation: dict[str, Any], alarm: str) -> Decisi
                    f"ROUGE-L with retrieval minus the champion's ({champ['rouge_l_rag']:.4f}), "
                    f"at least -{rel.max_rouge_l_drop}"),
         ]
+    rules += harness_rules(cfg.harness, evaluation) if cfg.harness else []
     models = evaluation["models"]
     return Decision(candidate=models["candidate"], champion=models.get("champion"),
                     mode="champion" if champ is not None else "absolute", rules=rules)
+
+
+def harness_rules(cfg: HarnessRules, evaluation: dict[str, Any]) -> list[Rule]:
+    """The rules on harness scores (rule `harness_<group>/<task>/<metric>`), in conf/promote.yaml's order."""
+    scores = (evaluation.get("harness") or {}).get("scores") or {}
+    ours = scores.get("candidate") or {}
+    rules = []
+
+    def bound(op: str) -> str:
+        return "estimate" if cfg.bound == "estimate" else "lower" if op == ">=" else "upper"
+
+    def missing(key: str) -> str:
+        task = key.partition("/")[0]
+        measured = sorted(k.partition("/")[2] for k in ours if k.partition("/")[0] == task)
+        return f"not measured: the candidate has no score {key} (its {task} scores: {', '.join(measured) or 'none'})"
+
+    for group, op in (("minimums", ">="), ("maximums", "<=")):
+        for key, threshold in getattr(cfg, group).items():
+            score = ours.get(key)
+            rules.append(Rule(f"harness_{group.removesuffix('s')}/{key}", f"harness/{key}",
+                              score["value"] if score else None, threshold, op,
+                              "lm-evaluation-harness score" if score else missing(key), bound(op),
+                              score["interval"] if score else None, required=True))
+    for other in ("champion", "sft"):
+        for key, allowed in getattr(cfg, f"max_drop_vs_{other}").items():
+            rules.append(harness_drop(key, allowed, ours.get(key), (scores.get(other) or {}).get(key), other,
+                                      cfg.bound, missing(key)))
+    return rules
+
+
+def harness_drop(key: str, allowed: float, ours: dict[str, Any] | None, theirs: dict[str, Any] | None, other: str,
+                 bound: str, missing: str) -> Rule:
+    """Candidate minus `other` on one harness score: at least -allowed (higher is better) or at most +allowed;
+    its interval from the two standard errors as if independent (the same examples make them correlated, so the
+    interval is wider than a paired one: conservative)."""
+    up = ours is None or ours["higher_is_better"] is not False
+    op, threshold = (">=", -allowed) if up else ("<=", allowed)
+    rule, metric = f"harness_drop_vs_{other}/{key}", f"harness/{key}_delta_vs_{other}"
+    chosen = "estimate" if bound == "estimate" else "lower" if up else "upper"
+    if ours is None or theirs is None:
+        why = missing if ours is None else f"not measured (no {other} model)"
+        return Rule(rule, metric, None, threshold, op, why, chosen, None, required=ours is None)
+    delta = ours["value"] - theirs["value"]
+    iv = None
+    if ours["interval"] and ours["stderr"] is not None and theirs["stderr"] is not None:
+        iv = score_interval(delta, math.hypot(ours["stderr"], theirs["stderr"]), ours["interval"]["n"],
+                            ours["interval"]["level"])
+    detail = f"{'higher' if up else 'lower'} is better; {other}'s {theirs['value']:.4f}, at most {allowed} worse"
+    return Rule(rule, metric, delta, threshold, op, detail, chosen, iv)

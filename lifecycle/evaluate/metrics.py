@@ -6,6 +6,8 @@
 - the reward model's win rate of the candidate's answers against the champion's and the SFT model's;
 - generation latency (p50 of single requests) and tokens/s;
 - a table of answers side by side;
+- with conf/evaluate.yaml `harness` on, the standard benchmarks it names, through lm-evaluation-harness
+  (harness.py), each model's scores with their standard errors;
 - what the intervals need (compare.py, which also documents evaluation.json): ROUGE-L per question, bits per
   validation text, reward margins per question; and the intervals and comparisons themselves.
 
@@ -36,6 +38,7 @@ from lifecycle.align.sft_data import Pair, build_pairs, fit_pairs
 from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.evaluate.compare import interval_sections
+from lifecycle.evaluate.harness import run_harness
 from lifecycle.text import rouge_l
 from lifecycle.hashing import hash_json
 from lifecycle.model import context_window, evaluating, load_causal_lm
@@ -194,7 +197,8 @@ def load_model(path: Path, device: torch.device, system_prompt: str | None) -> t
 
 def measure_model(cfg: Config, path: Path, role: str, questions: list[Pair], texts: list[str],
                   hits: list[list[Hit]], device: torch.device) -> dict[str, Any]:
-    """One model's part: {"metrics", "answers", "rouge_l" (per question, by "rag"/"no_rag"), "bits" (per text)}."""
+    """One model's part: {"metrics", "answers", "rouge_l" (per question, by "rag"/"no_rag"), "bits" (per text),
+    "harness" (its scores, harness.py; with the harness on)}."""
     model, tokenizer = load_model(path, device, cfg.sft.data.system_prompt)
     found, bits = text_loss(model, tokenizer, texts, cfg.evaluate.batch_size)
     answers = answer_all(model, tokenizer, cfg, questions, hits, role in ("candidate", "champion"), role)
@@ -208,22 +212,25 @@ def measure_model(cfg: Config, path: Path, role: str, questions: list[Pair], tex
         found |= time_generation(model, tokenizer, answers.rag_prompts[:cfg.evaluate.latency_requests],
                                  cfg.evaluate.max_new_tokens)
     log.info("evaluate: %s: %s", role, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
-    return {"metrics": found, "answers": asdict(answers), "rouge_l": scores, "bits": bits}
+    part = {"metrics": found, "answers": asdict(answers), "rouge_l": scores, "bits": bits}
+    if cfg.evaluate.harness_tasks:
+        part["harness"] = run_harness(model, tokenizer, cfg.evaluate.harness, cfg.evaluate.intervals)
+    return part
 
 
 def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair], texts: list[str],
                     retriever: Retriever, reward_dir: Path | None, device: torch.device,
                     checkpoints: Path | None = None) -> dict[str, Any]:
     """{"metrics": {role: {...}}, "samples": [...], "prompts": n, "per_question", "per_text", "intervals",
-    "comparisons", "resumed_models": n} for the roles in `models` (ROLES); the schema is in
-    lifecycle/evaluate/compare.py. With a `checkpoints` folder each model's measurements (per question and per
-    text too) are saved there as it finishes, and a re-run after a kill reads them back instead of measuring
-    that model again."""
+    "comparisons", "harness" (with the harness on), "resumed_models": n} for the roles in `models` (ROLES); the
+    schema is in lifecycle/evaluate/compare.py. With a `checkpoints` folder each model's measurements (per
+    question and per text, harness scores too) are saved there as it finishes, and a re-run after a kill reads
+    them back instead of measuring that model again."""
     hits = [retriever.search(p.question, k=cfg.serve.answer.top_k) for p in questions]
     roles = [r for r in ROLES if r in models]
     expect = {role: {"model": str(models[role]), "questions": hash_json([[p.id, p.question] for p in questions]),
                      "texts": hash_json(texts), "hits": hash_json([[h.chunk_id for h in found] for found in hits]),
-                     "part": PART_FORMAT} for role in roles}
+                     "part": PART_FORMAT} | harness_settings(cfg) for role in roles}
     parts = Parts(checkpoints, "model", log) if checkpoints is not None else None
     saved = parts.load_json(expect) if parts else {}
     measured = dict(saved)
@@ -248,7 +255,20 @@ def evaluate_models(cfg: Config, models: dict[str, Path], questions: list[Pair],
                                       for kind in ("rag", "no_rag")},
                                    "reward_margin": margins},
                   "per_text": {"bytes": text_bytes(texts), "bits": {r: measured[r]["bits"] for r in roles}}}
+    if cfg.evaluate.harness_tasks:
+        evaluation["harness"] = {part: {role: measured[role]["harness"][part] for role in roles}
+                                 for part in ("scores", "tasks", "seconds")}
     return evaluation | interval_sections(evaluation, cfg.evaluate.intervals) | {"resumed_models": len(saved)}
+
+
+def harness_settings(cfg: Config) -> dict[str, str]:
+    """What a saved part's harness scores were measured with, for its header (a part measured otherwise, or
+    without them, is measured again); nothing with the harness off. The task files' content is in the
+    stage's key (harness.harness_files)."""
+    if not cfg.evaluate.harness_tasks:
+        return {}
+    return {"harness": hash_json({"harness": cfg.evaluate.harness.model_dump(mode="json"),
+                                  "intervals": cfg.evaluate.intervals.model_dump(mode="json")})}
 
 
 def sample_rows(questions: list[Pair], answers: dict[str, Answers]) -> list[dict[str, str]]:

@@ -2,8 +2,9 @@
 
 `report.md` with PNG plots beside it (`plots/*.png`, relative links, so it renders in MLflow's artifact viewer):
 metrics against the champion (and the SFT and base models), every comparison with its 95% interval and n
-(report_intervals.py), loss curves of pretraining, SFT and RLHF, reward and KL curves, answers side by side,
-each stage's wall time and compute cost, and the gate's decision (with the bound and interval of each rule).
+(report_intervals.py), lm-evaluation-harness scores with their standard errors (harness.py), loss curves of
+pretraining, SFT and RLHF, reward and KL curves, answers side by side, each stage's wall time and compute
+cost, and the gate's decision (with the bound and interval of each rule).
 
     card = build_report(parent_run_id, evaluation, Path("state/report"), prices={"cpu": 0.05, "cuda": 3.5},
                         currency="USD", decision=decision)
@@ -33,6 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lifecycle import names
+from lifecycle.evaluate.harness import harness_lines
 from lifecycle.evaluate.plots import draw_figures, format_number, metrics_lines, table_lines
 from lifecycle.evaluate.report_intervals import interval_lines, span
 
@@ -101,7 +103,8 @@ def build_report(parent_run_id: str, evaluation: dict[str, Any], out_dir: Path, 
         figures, plots = draw_figures(client, {r.stage: r.source for r in runs}, evaluation, staging / "plots")
         compared, forest = interval_lines(evaluation, staging / "plots")
         plots += forest
-        lines = (header_lines(parent, evaluation, decision) + metrics_lines(evaluation) + compared + figures
+        lines = (header_lines(parent, evaluation, decision) + metrics_lines(evaluation) + compared
+                 + harness_lines(evaluation) + figures
                  + sample_lines(evaluation.get("samples") or []) + cost_lines(costs, totals, tokens, prices, currency)
                  + decision_lines(decision))
         markdown = "\n".join(lines).rstrip() + "\n"

@@ -1,8 +1,9 @@
 """evaluate and promote for real on the tiny chain (the session's, tests/integration/conftest.py): the first
 candidate passes the (relaxed) minimums and becomes @champion with its lineage, its report card and its
-decision record; a deliberately broken candidate is measured against that champion, refused with its failed
-rules, and the champion stays; an evaluation that crashes (the champion's registered files were changed)
-leaves the champion as it was; a fully cached re-run decides nothing new; feedback from the chat page joins
+decision record, its lm-evaluation-harness scores (a task of our own) logged and on the card, and a gate rule
+on them recorded; a deliberately broken candidate is measured against that champion, refused with its failed
+rules (a harness minimum it cannot reach among them), and the champion stays; an evaluation that crashes
+(the champion's registered files were changed) leaves the champion as it was; a fully cached re-run decides nothing new; feedback from the chat page joins
 the next preference set."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lifecycle.preferences.store import PreferenceStore
 from lifecycle.registry import CHALLENGER, CHAMPION, ModelRef, get_alias, version_tags
 from lifecycle.tracking import tracking_uri, use_tracking
 from tests.conftest import CONF
+from tests.harness_fixtures import TASK, write_task
 from tests.integration.conftest import OVERRIDES, copy_state
 
 pytestmark = pytest.mark.integration
@@ -40,7 +42,11 @@ def test_the_gate_promotes_then_refuses_a_worse_candidate(sft_trained: Path, tmp
     """Four pipeline runs after sft (the first candidate, a cached re-run, a broken candidate measured against
     the champion, a crashing evaluation), two of them training and evaluating: most of a minute."""
     state = copy_state(sft_trained, tmp_path / "state")  # ingest .. sft cached (tests/integration/conftest.py)
-    out = pipeline(overrides=RELAXED, state_dir=str(state), conf_dir=str(CONF))
+    tasks = write_task(tmp_path / "harness")  # lm-evaluation-harness on a task of our own (tests/harness_fixtures.py)
+    harness = [*RELAXED, f"evaluate.harness.tasks=[{TASK}]", f"evaluate.harness.include_path={tasks}",
+               "evaluate.harness.batch_size=4"]
+    passing = [*harness, f"promote.harness.minimums.{TASK}/acc=0"]
+    out = pipeline(overrides=passing, state_dir=str(state), conf_dir=str(CONF))
     assert list(out)[-2:] == ["evaluate", "promote"]
     use_tracking(state)
     first = ModelRef(**out["rlhf"]["model"])
@@ -62,17 +68,39 @@ def test_the_gate_promotes_then_refuses_a_worse_candidate(sft_trained: Path, tmp
     assert [a.path for a in client.list_artifacts(out["promote"]["run_id"], "promote")] == [
         "promote/decision.json", "promote/decision.md", "promote/report"]
     assert "promoted" in (Path(out["promote"]["path"]) / "report" / "report.md").read_text().lower()
+    scores = evaluation["harness"]["scores"]
+    assert set(scores) == {"candidate", "sft", "base"}
+    assert all(set(found) == {f"{TASK}/acc", f"{TASK}/acc_norm"} and all(s["stderr"] is not None and s["n"] == 10
+                                                                         for s in found.values())
+               for found in scores.values())
+    logged = client.get_run(out["evaluate"]["run_id"]).data.metrics
+    assert logged["evaluate/harness/seconds"] == pytest.approx(sum(evaluation["harness"]["seconds"].values()))
+    for role, found in scores.items():
+        for name, score in found.items():
+            assert logged[f"evaluate/harness/{role}/{name}"] == pytest.approx(score["value"])
+            assert logged[f"evaluate/harness/{role}/{name}_stderr"] == pytest.approx(score["stderr"])
+    assert "## Standard benchmarks (lm-evaluation-harness)" in report and f"| `{TASK}/acc` |" in report
+    rule = next(r for r in json.loads((Path(out["promote"]["path"]) / "decision.json").read_text())["rules"]
+                if r["rule"] == f"harness_minimum/{TASK}/acc")
+    assert rule["passed"] is True and rule["value"] == scores["candidate"][f"{TASK}/acc"]["value"]
+    assert tags[f"lifecycle.gate.harness_minimum/{TASK}/acc"].startswith("pass")
 
-    again = pipeline(overrides=RELAXED, state_dir=str(state), conf_dir=str(CONF))
+    again = pipeline(overrides=passing, state_dir=str(state), conf_dir=str(CONF))
     assert again["evaluate"]["cached"] and again["promote"]["cached"]  # the champion it measured against: none
 
-    broken = pipeline(overrides=[*RELAXED, "rlhf.policy.rloo.learning_rate=5.0"], state_dir=str(state),
-                      conf_dir=str(CONF))
+    worse = [*harness, "rlhf.policy.rloo.learning_rate=5.0", f"promote.harness.minimums.{TASK}/acc=1.01",
+             f"promote.harness.max_drop_vs_champion.{TASK}/acc=1"]
+    broken = pipeline(overrides=worse, state_dir=str(state), conf_dir=str(CONF))
     second = ModelRef(**broken["rlhf"]["model"])
     decision = json.loads((Path(broken["promote"]["path"]) / "decision.json").read_text())
     assert decision["candidate"] == str(second) and decision["champion"] == str(first)
     assert decision["passed"] is False and decision["mode"] == "champion"
-    assert "bpb_regression" in {r["rule"] for r in decision["rules"] if r["passed"] is False}
+    assert {"bpb_regression", f"harness_minimum/{TASK}/acc"} <= {r["rule"] for r in decision["rules"]
+                                                               if r["passed"] is False}
+    measured = json.loads((Path(broken["evaluate"]["path"]) / "evaluation.json").read_text())["harness"]["scores"]
+    drop = next(r for r in decision["rules"] if r["rule"] == f"harness_drop_vs_champion/{TASK}/acc")
+    assert drop["passed"] is True and drop["value"] == pytest.approx(
+        measured["candidate"][f"{TASK}/acc"]["value"] - measured["champion"][f"{TASK}/acc"]["value"])
     assert get_alias(first.name, CHAMPION) == first  # the champion stays
     assert version_tags(second)["lifecycle.decision"] == "refused"
 
@@ -84,8 +112,7 @@ def test_the_gate_promotes_then_refuses_a_worse_candidate(sft_trained: Path, tmp
     shutil.rmtree(state / "models" / first.name / first.version)  # so evaluate fetches it again
     evaluations = sorted(p.name for p in (state / "artifacts" / "evaluate").iterdir())
     with pytest.raises(LifecycleError, match=f"{first}: its files in the registry .* differ"):
-        pipeline(overrides=[*RELAXED, "rlhf.policy.rloo.learning_rate=5.0"], state_dir=str(state),
-                 conf_dir=str(CONF), from_stage="evaluate")
+        pipeline(overrides=worse, state_dir=str(state), conf_dir=str(CONF), from_stage="evaluate")
     assert get_alias(first.name, CHAMPION) == first and version_tags(second)["lifecycle.decision"] == "refused"
     assert sorted(p.name for p in (state / "artifacts" / "evaluate").iterdir()) == evaluations  # nothing half-made
     weights.write_bytes(blob)

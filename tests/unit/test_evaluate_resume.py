@@ -1,6 +1,7 @@
 """evaluate resumes by model: each model's measurements are saved atomically as it finishes; a run killed
 after some models reads them back, measures only the rest, and ends with the evaluation a clean run gives
-(timings aside), intervals included. A saved part computed from other inputs is not trusted."""
+(timings aside), intervals included. A saved part computed from other inputs is not trusted. With the
+lm-evaluation-harness on, each model's scores are part of its saved part: read back, not run again."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from lifecycle.evaluate.metrics import evaluate_models
 from lifecycle.rag.index import build_index
 from lifecycle.rag.search import Retriever, open_index
 from tests.unit.test_rag_answer import save_tiny_policy
+from tests.harness_fixtures import TASK, write_task
 from tests.unit.test_rag_index import TOPICS, make_docs, rag_config, search_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -46,9 +48,9 @@ def questions() -> list[Pair]:
                  question=f"What does {name} do?") for name, text in list(TOPICS.items())[:4]]
 
 
-def run(models: dict[str, Path], retriever: Retriever, checkpoints: Path | None) -> dict:
+def run(models: dict[str, Path], retriever: Retriever, checkpoints: Path | None, *more: str) -> dict:
     cfg = load_config(CONF, overrides=["evaluate.max_new_tokens=6", "evaluate.latency_requests=1",
-                                       "evaluate.samples=2"])
+                                       "evaluate.samples=2", *more])
     torch.manual_seed(0)
     return evaluate_models(cfg, models, questions(), [text for text in TOPICS.values()], retriever, None,
                            torch.device("cpu"), checkpoints)
@@ -104,3 +106,23 @@ def test_a_part_saved_from_other_inputs_is_measured_again(tmp_path: Path, models
     again = run(models, retriever, checkpoints)
     assert again["resumed_models"] == 2  # candidate and base; sft measured again
     assert again["metrics"]["sft"]["val_bpb"] == first["metrics"]["sft"]["val_bpb"] > 0
+
+
+def test_harness_scores_resume_with_their_model(tmp_path: Path, models: dict[str, Path], retriever: Retriever,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = [f"evaluate.harness.tasks=[{TASK}]", f"evaluate.harness.include_path={write_task(tmp_path / 'tasks')}"]
+    checkpoints = tmp_path / "ckpt"
+    run(models, retriever, checkpoints)  # measured without the harness: these parts lack its scores
+    ran = []
+    real_run_harness = evaluate_metrics.run_harness
+    monkeypatch.setattr(evaluate_metrics, "run_harness", lambda *args: ran.append(1) or real_run_harness(*args))
+    first = run(models, retriever, checkpoints, *harness)
+    assert first["resumed_models"] == 0 and len(ran) == 3  # every model measured again, with the harness
+    assert set(first["harness"]["scores"]) == {"candidate", "sft", "base"}
+    assert all(set(scores) == {f"{TASK}/acc", f"{TASK}/acc_norm"} for scores in first["harness"]["scores"].values())
+
+    resumed = run(models, retriever, checkpoints, *harness)
+    assert resumed["resumed_models"] == 3 and len(ran) == 3  # read back with the rest: lm-eval not run again
+    assert resumed["harness"] == first["harness"]
+    other = run(models, retriever, checkpoints, *harness, "evaluate.harness.limit=5")
+    assert other["resumed_models"] == 0 and {s["n"] for s in other["harness"]["scores"]["sft"].values()} == {5}

@@ -105,7 +105,7 @@ def test_a_rule_on_the_lower_bound_refuses_a_point_estimate_that_passes() -> Non
     assert rule.to_dict() | {"interval": None} == {
         "rule": "win_rate", "metric": "reward_win_rate_vs_champion", "estimate": 0.55, "threshold": 0.45, "op": ">=",
         "detail": "reward-model win rate against the champion (ties half)", "bound": "lower", "interval": None,
-        "value": 0.35, "passed": False}
+        "required": False, "value": 0.35, "passed": False}
     on_estimate = load_config(CONF, overrides=["promote.bounds.win_rate=estimate"]).promote
     assert decide(on_estimate, noisy, "none").passed
     no_interval = evaluation(ModelRef(NAME, "1"), None)

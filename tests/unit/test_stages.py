@@ -267,10 +267,10 @@ def test_a_bad_trainer_key_stops_a_run_that_trains_and_not_one_that_reuses_the_m
 
 
 def test_the_pipeline_loads_no_training_library_until_a_stage_computes() -> None:
-    """Stages import torch, transformers, TRL, datasets, GX, LanceDB, sentence-transformers inside the work they
-    do: importing the pipeline (all a run of cache hits needs) loads none of them."""
+    """Stages import torch, transformers, TRL, datasets, GX, LanceDB, sentence-transformers, lm-eval inside the work
+    they do: importing the pipeline (all a run of cache hits needs) loads none of them."""
     heavy = ["torch", "transformers", "trl", "datasets", "tokenizers", "great_expectations", "sentence_transformers",
-             "sklearn", "matplotlib", "lancedb"]
+             "sklearn", "matplotlib", "lancedb", "lm_eval"]
     code = f"import sys, lifecycle.cli, flows.pipeline; print([m for m in {heavy!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
