@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from lifecycle.config import Config
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 REGISTRY = "models:/"
 REGISTER = ("merged", "adapter")
 OURS = {"register": "merged", "load_in_4bit": False}  # our keys (default); the rest is LoraConfig's
@@ -203,6 +204,8 @@ def merge_adapter(base: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
     methods) and merged, in eval mode."""
     from peft import PeftModel
 
+    if not (Path(adapter_dir) / ADAPTER_WEIGHTS).is_file():  # peft would fall back to a pickle (torch.load)
+        raise LifecycleError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}; adapter weights are read from safetensors only")
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     model.eval()
     return model

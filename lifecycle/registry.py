@@ -87,10 +87,7 @@ def register_model(model_dir: Path, name: str, tags: dict[str, str], task: str =
     info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
                                          task=task, registered_model_name=name, pip_requirements=requirements)
     ref = ModelRef(name, str(info.registered_model_version))
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=tmp)
-        files = tree_digest(hash_tree(Path(tmp)))
-    tag_version(ref, tags | {FILES_SHA256: files})
+    tag_registered(ref, tags)
     return ref
 
 
@@ -113,11 +110,18 @@ def register_adapter(adapter_dir: Path, name: str, tags: dict[str, str]) -> Mode
             raise
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     ref = ModelRef(name, str(version.version))
+    tag_registered(ref, tags)
+    return ref
+
+
+def tag_registered(ref: ModelRef, tags: dict[str, str]) -> None:
+    """Tag a new version with its lineage and the digest of its files as the registry holds them."""
+    import mlflow
+
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=tmp)
         files = tree_digest(hash_tree(Path(tmp)))
     tag_version(ref, tags | {FILES_SHA256: files})
-    return ref
 
 
 def tag_version(ref: ModelRef, tags: dict[str, str]) -> None:

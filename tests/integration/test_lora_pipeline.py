@@ -1,8 +1,7 @@
-"""LoRA through the real flows on the tiny chain: sft registers an adapter (naming the base model's version),
-the preferences stage samples from it, the reward model trains as an adapter of the SFT version and the RLOO
-policy as a merged LoRA; evaluate loads all three from the registry (the SFT adapter and the reward adapter with
-their bases); `lifecycle ask` answers with the adapter version; DPO's adapter on top of the SFT adapter loads
-through both bases; a bad peft key fails before any stage runs."""
+"""LoRA through the real flows on the tiny chain: the reward model trains as an adapter of the SFT version and
+the RLOO policy as a merged LoRA; evaluate loads both from the registry (the reward adapter with its base); DPO
+registers an adapter; sft registers an adapter naming the base model's version, the preferences stage samples
+from it and `lifecycle ask` answers with it; a bad peft key fails before any stage runs."""
 
 from __future__ import annotations
 
@@ -22,41 +21,45 @@ from tests.conftest import CONF
 from tests.integration.conftest import OVERRIDES, copy_state
 
 pytestmark = pytest.mark.integration
-LORA = ["sft.peft={r: 8, lora_alpha: 16, target_modules: all-linear, register: adapter}",
-        "rlhf.reward.peft={r: 8, register: adapter}", "rlhf.policy.peft={r: 8, target_modules: all-linear}"]
+RLHF_LORA = ["rlhf.reward.peft={r: 8, register: adapter}", "rlhf.policy.peft={r: 8, target_modules: all-linear}"]
+SFT_ADAPTER = "sft.peft={r: 8, lora_alpha: 16, target_modules: all-linear, register: adapter}"
 
 
-def test_lora_versions_are_registered_and_loaded_by_every_stage(pretrained: Path, tmp_path: Path,
+def test_lora_versions_are_registered_and_loaded_by_every_stage(sft_trained: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    state = copy_state(pretrained, tmp_path / "state")
-    overrides = [*OVERRIDES, *LORA]
-    out = pipeline(overrides=overrides, state_dir=str(state), conf_dir=str(CONF), until="evaluate")
+    state = copy_state(sft_trained, tmp_path / "state")
+    out = pipeline(overrides=[*OVERRIDES, *RLHF_LORA], state_dir=str(state), conf_dir=str(CONF), until="evaluate")
     use_tracking(state)
-    base, sft = ModelRef(**out["pretrain"]["model"]), ModelRef(**out["sft"]["model"])
-    policy = ModelRef(**out["rlhf"]["model"])
-    tags = version_tags(sft)
-    assert tags["lifecycle.peft"] == "adapter" and tags["lifecycle.adapter_base"] == base.uri
-    assert out["sft"]["metrics"]["trainable_share"] < 0.5
-    sft_copy = local_copy(sft, state / "models")
-    assert adapter_base(sft_copy) == base.uri and not (sft_copy / "model.safetensors").exists()
+    sft, policy = ModelRef(**out["sft"]["model"]), ModelRef(**out["rlhf"]["model"])
     reward = ModelRef(*version_tags(policy)["lifecycle.reward_model"].split("/"))
-    assert version_tags(reward)["lifecycle.adapter_base"] == sft.uri  # the SFT version, an adapter itself
+    assert version_tags(reward)["lifecycle.peft"] == "adapter"
+    assert version_tags(reward)["lifecycle.adapter_base"] == sft.uri
+    assert adapter_base(local_copy(reward, state / "models")) == sft.uri
     assert version_tags(policy)["lifecycle.peft"] == "merged" and "lifecycle.adapter_base" not in version_tags(policy)
+    assert out["rlhf"]["metrics"]["trainable_share"] < 0.5
+    assert out["rlhf"]["metrics"]["reward_model/trainable_share"] < 0.5
     evaluation = json.loads((Path(out["evaluate"]["path"]) / "evaluation.json").read_text())
-    assert evaluation["models"]["candidate"] == str(policy) and evaluation["models"]["sft"] == str(sft)
-    assert all(m is not None for m in evaluation["per_question"]["reward_margin"]["sft"])
+    assert evaluation["models"]["candidate"] == str(policy)
+    assert all(m is not None for m in evaluation["per_question"]["reward_margin"]["sft"])  # the reward adapter
 
-    assert main(["ask", "What does json.dumps do?", "--model", str(sft), "--state-dir", str(state),
-                 "--conf", str(CONF), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["answer"] is not None
-
-    dpo = pipeline(overrides=[*overrides, "rlhf.method=dpo", "rlhf.dpo.peft={r: 8, register: adapter}"],
+    dpo = pipeline(overrides=[*OVERRIDES, "rlhf.method=dpo", "rlhf.dpo.peft={r: 8, register: adapter}"],
                    state_dir=str(state), conf_dir=str(CONF), until="rlhf")["rlhf"]
     dpo_ref = ModelRef(**dpo["model"])
     assert version_tags(dpo_ref)["lifecycle.adapter_base"] == sft.uri
-    model, tokenizer = load_causal_lm(local_copy(dpo_ref, state / "models"), state / "models")  # two bases deep
+    model, tokenizer = load_causal_lm(local_copy(dpo_ref, state / "models"), state / "models")
     assert model.config.vocab_size == len(tokenizer)
 
+    with_adapter = pipeline(overrides=[*OVERRIDES, SFT_ADAPTER], state_dir=str(state), conf_dir=str(CONF),
+                            until="preferences")
+    base, adapter = ModelRef(**with_adapter["pretrain"]["model"]), ModelRef(**with_adapter["sft"]["model"])
+    assert version_tags(adapter)["lifecycle.peft"] == "adapter"
+    assert version_tags(adapter)["lifecycle.adapter_base"] == base.uri
+    assert not (local_copy(adapter, state / "models") / "model.safetensors").exists()
+    assert not with_adapter["preferences"]["cached"]  # sampled from the adapter version
+    assert main(["ask", "What does json.dumps do?", "--model", str(adapter), "--state-dir", str(state),
+                 "--conf", str(CONF), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"].startswith(str(adapter))
+
     with pytest.raises(ConfigError, match=r"rlhf.policy.peft.rank = 8: not a peft.LoraConfig option"):
-        pipeline(overrides=[*overrides, "rlhf.policy.peft.rank=8"], state_dir=str(state), conf_dir=str(CONF),
+        pipeline(overrides=[*OVERRIDES, "rlhf.policy.peft.rank=8"], state_dir=str(state), conf_dir=str(CONF),
                  until="rlhf")

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 
 from lifecycle.align.dpo import train_dpo
 from lifecycle.align.pairs import split_pairs
@@ -128,6 +128,18 @@ def test_a_registered_adapter_loads_with_its_base_from_the_registry(base_dir: Pa
     assert (start / "model.safetensors").is_file() and plain_copy(copy, models) == start
     model, _ = load_causal_lm(start)
     torch.testing.assert_close(logits_of(model, ids), expected, rtol=1e-4, atol=1e-4)
+
+    # an adapter of that version (as rlhf registers it): two bases deep, each fetched and merged in turn
+    second = get_peft_model(model, LoraConfig(r=4, init_lora_weights=False, task_type="CAUSAL_LM"))
+    stacked = logits_of(second, ids)
+    second.save_pretrained(str(tmp_path / "second"))
+    tok.save_pretrained(str(tmp_path / "second"))
+    point_to(tmp_path / "second", ref.uri)
+    with mlflow.start_run(experiment_id=experiment):
+        top = register_model(tmp_path / "second", "tiny-chat", tags={"lifecycle.base_model": str(ref)})
+    loaded, _ = load_causal_lm(local_copy(top, models), models)
+    torch.testing.assert_close(logits_of(loaded, ids), stacked, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(stacked, expected)
 
 
 def test_reward_model_with_lora_registers_an_adapter_that_scores_the_same(sft_dir: Path,  # noqa: F811
