@@ -35,7 +35,8 @@ from typing import Any
 
 from lifecycle.errors import LifecycleError
 from lifecycle.manifest import hash_tree, seal, tree_digest, unsealed_reason
-from lifecycle.names import ADAPTER_BASE, BASE_MODEL, FILES_SHA256, KEY, PEFT, PREVIOUS_CHAMPION, PROMOTED_AT, REWARD_MODEL, ROLLED_BACK_AT, ROLLED_BACK_TO
+from lifecycle.names import (ADAPTER_BASE, BASE_MODEL, FILES_SHA256, KEY, PEFT, PREVIOUS_CHAMPION, PROMOTED_AT,
+                             REWARD_MODEL, ROLLED_BACK_AT, ROLLED_BACK_TO)
 
 CANDIDATE, CHALLENGER, CHAMPION = "candidate", "challenger", "champion"
 PREVIOUS = PREVIOUS_CHAMPION

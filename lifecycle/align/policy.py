@@ -10,8 +10,8 @@ is assessed at the end: `PolicyResult.health.alarm` flags likely reward hacking.
 prompts with reference answers: simulated preferences), the policy's greedy answers are scored by the proxy
 and the gold judge every `rlhf.gold.every` steps (lifecycle/align/gold.py), and the proxy rising while gold
 falls sets off the alarm too. With `rlhf.policy.peft` a LoRA adapter trains and the reference is the same
-model with the adapter disabled (lifecycle/lora.py). A killed run, re-run with the same checkpoint folder, resumes from its newest
-checkpoint.
+model with the adapter disabled (lifecycle/lora.py). A killed run, re-run with the same checkpoint folder,
+resumes from its newest checkpoint.
 
     train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
     result = train_policy(cfg, sft_dir, reward_dir, unique_prompts(train, 256), out_dir, ckpt_dir, hook,

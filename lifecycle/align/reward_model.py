@@ -14,9 +14,9 @@ evaluate stage's win rates all go through `RewardModel`, which knows both kinds:
   Token type ids are left out, as RewardTrainer's collator leaves them out: all zeros, in training and in use.
 
 With `rlhf.reward.peft` a LoRA adapter trains (and the score head in full); a saved adapter loads as its base
-with the adapter merged. A saved reward model says which it is: its tokenizer has a chat template (chat) or not (pair; the saved
-tokenizer's `model_max_length` is the length it was trained with). Weights load from safetensors only, and no
-checkpoint's own code is ever run.
+with the adapter merged. A saved reward model says which it is: its tokenizer has a chat template (chat) or not
+(pair; the saved tokenizer's `model_max_length` is the length it was trained with). Weights load from
+safetensors only, and no checkpoint's own code is ever run.
 
     reward = start_reward_model(cfg, sft_dir)   # a fresh one-logit head on the SFT model or the encoder
     reward = RewardModel.load(folder)           # a trained one (save_pretrained or MLflow layout)

@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.gpu,
 def test_qlora_sft_trains_a_4bit_base_and_registers_full_precision_weights(base_dir: Path,  # noqa: F811
                                                                            documents: list[dict],  # noqa: F811
                                                                            tmp_path: Path) -> None:
-    cfg = load_config(CONF, overrides=[*TINY, "sft.device=cuda", "sft.trainer.learning_rate=1e-2",
-                                       "sft.peft={r: 8, lora_alpha: 16, target_modules: all-linear, load_in_4bit: true}"])
+    qlora = "sft.peft={r: 8, lora_alpha: 16, target_modules: all-linear, load_in_4bit: true}"
+    cfg = load_config(CONF, overrides=[*TINY, "sft.device=cuda", "sft.trainer.learning_rate=1e-2", qlora])
     model, tokenizer, train, held_out = prepare(cfg, base_dir, documents)
     assert getattr(model, "is_loaded_in_4bit", False)
     trainer = build_trainer(cfg, model, tokenizer, train, held_out, tmp_path / "ckpt")
