@@ -208,3 +208,24 @@ def test_bad_rlhf_peft_settings_fail_before_any_work(section: str, tmp_path: Pat
     dpo = load_config(CONF, overrides=["rlhf.dpo.peft.load_in_4bit=true", "rlhf.method=dpo", "rlhf.device=cpu"])
     with pytest.raises(ConfigError, match="rlhf.dpo.peft.load_in_4bit = true: QLoRA"):
         check_trainers(dpo, tmp_path)
+
+
+def test_peft_knows_what_to_adapt_in_our_architectures_by_default() -> None:
+    """No target_modules: peft's choice for Llama, GPT-2 and the packaged MiniLM encoder (a BERT) reward model,
+    whose fresh score head trains in full."""
+    from lifecycle.align.reward_model import load_classifier
+    from lifecycle.hub import local_checkpoint
+    from lifecycle.model import build_model
+
+    def adapted(model: torch.nn.Module) -> set[str]:  # the names of the layers that got a LoRA adapter
+        return {n.rpartition(".lora_A.")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A." in n}
+
+    cfg = load_config(CONF, overrides=[*SFT_TINY, "sft.peft={r: 4}", "rlhf.reward.peft={r: 4}"])
+    for arch, targets in (("llama", {"q_proj", "v_proj"}), ("gpt2", {"c_attn"})):
+        arch_cfg = cfg.pretrain.model.model_copy(update={"arch": arch})
+        model = get_peft_model(build_model(arch_cfg, 64, 32, 1, 0), lora_settings(cfg, "sft", "cpu").config)
+        assert adapted(model) == targets
+    encoder, _ = load_classifier(local_checkpoint("all-MiniLM-L6-v2"), num_labels=1)
+    model = get_peft_model(encoder, lora_settings(cfg, "rlhf.reward", "cpu").config)
+    assert adapted(model) == {"query", "value"}
+    assert any("classifier" in n and "modules_to_save" in n for n, p in model.named_parameters() if p.requires_grad)
