@@ -260,14 +260,14 @@ def fetch_base(base: str, models_dir: Path) -> Path:
 
 def plain_copy(folder: Path, models_dir: Path) -> Path:
     """`folder` when it holds a plain model; a causal-LM adapter merged into its base and saved once under
-    `models_dir/merged/<digest of the adapter's files>` (written aside, then renamed), so a trainer that reloads
+    `models_dir/.merged/<digest of the adapter's files>` (written aside, then renamed), so a trainer that reloads
     its model from its folder (TRL's reference model) finds full weights."""
     from lifecycle.hub import checkpoint_digest
     from lifecycle.model import load_causal_lm
 
     if adapter_base(folder) is None:
         return Path(folder)
-    dest = Path(models_dir) / "merged" / checkpoint_digest(Path(folder))[:24]
+    dest = Path(models_dir) / ".merged" / checkpoint_digest(Path(folder))[:24]
     if not dest.is_dir():
         model, tokenizer = load_causal_lm(folder, models_dir)
         dest.parent.mkdir(parents=True, exist_ok=True)
