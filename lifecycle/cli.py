@@ -242,7 +242,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     path, label, ref = resolve_policy(args.model, cfg.run.models.chat, state_dir)
     index = (paired_index(state_dir, ref) if ref else None) or read_current(state_dir)  # the model's own index first
     retriever = open_index(index, cfg.serve.search)
-    model, tokenizer = load_causal_lm(path)
+    model, tokenizer = load_causal_lm(path, Path(state_dir) / "models")  # an adapter: its base fetched there
     answer_cfg = cfg.serve.answer.model_copy(update={"top_k": args.top_k or cfg.serve.answer.top_k})
     answer = answer_question(args.question, retriever, model, tokenizer, answer_cfg, where, label)
     if args.show_prompt:

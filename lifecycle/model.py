@@ -7,6 +7,7 @@ loading a trained one back, with its tokenizer, from any folder that holds them.
     model = load_checkpoint_model(folder, tok)   # an open checkpoint, grown to tok's added tokens
     count_params(model)  # {"total": ..., "non_embedding": ..., "matmul": ...}
     model, tokenizer = load_causal_lm(path)   # save_pretrained output or an MLflow transformers model
+    model, tokenizer = load_causal_lm(adapter_dir, models_dir)   # a LoRA adapter: its base + the adapter, merged
     context_window(model, tokenizer)          # positions the model was trained with
 """
 
@@ -122,13 +123,31 @@ def find_hf_dirs(root: Path) -> tuple[Path, Path]:
     return model_dir, model_dir if model_dir in tokenizers else tokenizers[0]
 
 
-def load_causal_lm(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model (eval mode) and tokenizer from a folder; the tokenizer may sit in a sub-folder."""
+def load_causal_lm(path: Path, models_dir: Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (eval mode) and tokenizer from a folder; the tokenizer may sit in a sub-folder. A LoRA adapter
+    folder loads as its base with the adapter merged (load_adapted_lm)."""
+    if (Path(path) / "adapter_config.json").is_file():
+        return load_adapted_lm(Path(path), models_dir)
     model_dir, tok_dir = find_hf_dirs(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
     model.eval()
     return model, tokenizer
+
+
+def load_adapted_lm(adapter_dir: Path, models_dir: Path | None = None) -> tuple[
+        PreTrainedModel, PreTrainedTokenizerBase]:
+    """An adapter folder (lifecycle/lora.py) as a plain model: its base fetched (a registry version into
+    `models_dir`, else a temporary folder) and loaded, the adapter applied through PeftModel and merged; the
+    tokenizer is the adapter folder's."""
+    from lifecycle.lora import adapter_base, base_cache, fetch_base, merge_adapter
+
+    base = adapter_base(adapter_dir)
+    assert base is not None
+    with base_cache(models_dir) as cache:
+        model, _ = load_causal_lm(fetch_base(base, cache))
+        model = merge_adapter(model, adapter_dir)
+    return model, AutoTokenizer.from_pretrained(str(adapter_dir))
 
 
 def context_window(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:

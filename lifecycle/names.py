@@ -35,6 +35,8 @@ CHAMPION = "lifecycle.champion"
 # --- a model version's lineage (what it was built from) ---------------------------------------------------
 STAGE_KEY = "lifecycle.stage_key"  # the stage key a version was registered for
 BASE_MODEL = "lifecycle.base_model"
+PEFT = "lifecycle.peft"  # on a version trained with LoRA: "merged" (plain weights) or "adapter" (adapter files)
+ADAPTER_BASE = "lifecycle.adapter_base"  # on an adapter version: the base it applies to (models:/NAME/VERSION, ...)
 DATA_KEY = "lifecycle.data_key"
 VALIDATION_KEY = "lifecycle.validation_key"
 VALIDATION = "lifecycle.validation"  # "passed N/M" (a version), "passed"/"failed" (the validate run)

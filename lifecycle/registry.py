@@ -35,7 +35,8 @@ from typing import Any
 
 from lifecycle.errors import LifecycleError
 from lifecycle.manifest import hash_tree, seal, tree_digest, unsealed_reason
-from lifecycle.names import BASE_MODEL, FILES_SHA256, KEY, PREVIOUS_CHAMPION, PROMOTED_AT, REWARD_MODEL, ROLLED_BACK_AT, ROLLED_BACK_TO
+from lifecycle.names import (ADAPTER_BASE, BASE_MODEL, FILES_SHA256, KEY, PEFT, PREVIOUS_CHAMPION, PROMOTED_AT,
+                             REWARD_MODEL, ROLLED_BACK_AT, ROLLED_BACK_TO)
 
 CANDIDATE, CHALLENGER, CHAMPION = "candidate", "challenger", "champion"
 PREVIOUS = PREVIOUS_CHAMPION
@@ -67,13 +68,17 @@ def _client() -> Any:
 
 def register_model(model_dir: Path, name: str, tags: dict[str, str], task: str = "text-generation") -> ModelRef:
     """Log the Hugging Face model + tokenizer in `model_dir` to the active MLflow run (transformers
-    flavor) and register it as a new version of `name`, tagged with `tags` (its lineage)."""
+    flavor) and register it as a new version of `name`, tagged with `tags` (its lineage). A LoRA adapter
+    folder is registered as its files (register_adapter)."""
     import mlflow
     import torch
     import transformers
 
+    from lifecycle.lora import adapter_base
     from lifecycle.model import load_causal_lm
 
+    if (base := adapter_base(model_dir)) is not None:
+        return register_adapter(model_dir, name, tags | {PEFT: "adapter", ADAPTER_BASE: base})
     if task == "text-classification":  # a reward model: a sequence-classification head with one output
         model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -83,11 +88,41 @@ def register_model(model_dir: Path, name: str, tags: dict[str, str], task: str =
     info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
                                          task=task, registered_model_name=name, pip_requirements=requirements)
     ref = ModelRef(name, str(info.registered_model_version))
+    tag_registered(ref, tags)
+    return ref
+
+
+def register_adapter(adapter_dir: Path, name: str, tags: dict[str, str]) -> ModelRef:
+    """Log a LoRA adapter folder (adapter_config.json naming its base, adapter_model.safetensors, the tokenizer)
+    as the active run's `model` artifacts and register them as a new version of `name`: MLflow's transformers
+    flavor would need the base from the Hugging Face hub, so the files go as they are (every loader here reads
+    them: lifecycle/model.py load_causal_lm, the reward model's load_classifier)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, run = _client(), mlflow.active_run()
+    if run is None:
+        raise LifecycleError(f"registering {adapter_dir} as '{name}': no active MLflow run to log it to")
+    mlflow.log_artifacts(str(adapter_dir), "model")
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    ref = ModelRef(name, str(version.version))
+    tag_registered(ref, tags)
+    return ref
+
+
+def tag_registered(ref: ModelRef, tags: dict[str, str]) -> None:
+    """Tag a new version with its lineage and the digest of its files as the registry holds them."""
+    import mlflow
+
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=tmp)
         files = tree_digest(hash_tree(Path(tmp)))
     tag_version(ref, tags | {FILES_SHA256: files})
-    return ref
 
 
 def tag_version(ref: ModelRef, tags: dict[str, str]) -> None:

@@ -81,15 +81,18 @@ class Parts:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    """Whether two Hugging Face model folders (save_pretrained or MLflow layout) hold equal tensors."""
+    """Whether two Hugging Face model folders (save_pretrained or MLflow layout, or LoRA adapters) hold equal
+    tensors."""
     import torch
     from safetensors.torch import load_file
 
+    from lifecycle.lora import adapter_base
     from lifecycle.model import find_hf_dirs
 
     def tensors(root: Path) -> dict[str, torch.Tensor]:
         found: dict[str, torch.Tensor] = {}
-        for file in sorted(find_hf_dirs(root)[0].glob("*.safetensors")):
+        folder = root if adapter_base(root) is not None else find_hf_dirs(root)[0]
+        for file in sorted(folder.glob("*.safetensors")):
             found |= load_file(str(file))
         return found
 

@@ -152,7 +152,7 @@ def publish_batch(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str |
         from lifecycle.model import context_window, load_causal_lm
         from lifecycle.preferences.collect import build_prompts, make_items, sample_answers
 
-        model, tokenizer = load_causal_lm(local_copy(sft.model, ctx.models_dir))
+        model, tokenizer = load_causal_lm(local_copy(sft.model, ctx.models_dir), ctx.models_dir)
         prompts = build_prompts(cfg, read_documents(docs.path), tokenizer, context_window(model, tokenizer))
         answers = sample_answers(model, tokenizer, prompts, cfg.preferences.sampling)
         human = cfg.preferences.mode == "human"

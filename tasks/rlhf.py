@@ -6,7 +6,8 @@ reward-model version, config hash) and a reward-hacking alarm tag the promotion 
 running away while reward rises, or (simulated preferences: a gold judge on held-out prompts) the proxy
 reward rising while the gold judge falls, for RLOO/GRPO and DPO alike. With
 rlhf.distributed asking for more than one process, the training runs under torchrun (lifecycle/align/launch.py)
-and this task registers what it wrote, on node 0."""
+and this task registers what it wrote, on node 0. With LoRA (rlhf.reward.peft, rlhf.policy.peft, rlhf.dpo.peft)
+each version holds the merged model or the adapter naming its base (lifecycle/lora.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from lifecycle.config.rlhf import REWARD_POLICY
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_json
 from lifecycle.hub import checkpoint_digest, configured_checkpoint
+from lifecycle.lora import LoraSettings, lora_tags, plain_copy, point_to
 from lifecycle.manifest import write_json_atomic
 from lifecycle.preferences.export import SNAPSHOT, read_snapshot
 from lifecycle.registry import ModelRef, local_copy
@@ -48,7 +50,7 @@ def rlhf(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
         run_id, launch = mlflow.active_run().info.run_id, cfg.rlhf.distributed
         on_metrics, _ = mlflow_hooks(run_id)
         rows = read_snapshot(prefs.file(SNAPSHOT))
-        sft_dir = local_copy(sft.model, ctx.models_dir)
+        sft_dir = plain_copy(local_copy(sft.model, ctx.models_dir), ctx.models_dir)  # an adapter: merged
         lineage = {names.STAGE: "rlhf", names.STAGE_KEY: dirs.key, names.BASE_MODEL: str(sft.model),
                    names.PREFERENCE_SET_HASH: prefs.identity, names.RLHF_METHOD: cfg.rlhf.method,
                    names.CONFIG_HASH: ctx.config_hash, "mlflow.source.git.commit": ctx.git_commit,
@@ -68,7 +70,11 @@ def rlhf(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
             metrics, tags = report_policy(None, {}, dpo.metrics, dpo.health)
         else:
             metrics, tags = optimise_policy(ctx, sft_dir, rows, dirs, lineage, on_metrics)
-        policy = register_once(dirs.out / "policy", cfg.run.models.chat, lineage | tags, ctx.models_dir)
+        lora = policy_lora_of(cfg)
+        if lora is not None and lora.register == "adapter":  # it names its base by registry version
+            point_to(dirs.out / "policy", sft.model.uri)
+        policy = register_once(dirs.out / "policy", cfg.run.models.chat, lineage | tags | lora_tags(lora),
+                               ctx.models_dir)
         logger.info("rlhf: registered %s (%s on %d preference pairs, from %s)", policy, cfg.rlhf.method, len(rows),
                     sft.model)
         return StageResult(metrics, model=policy, tags=tags | device_tags(cfg.rlhf.device, launch.world_size))
@@ -134,8 +140,15 @@ def register_reward(ctx: RunContext, dirs: StageDirs, lineage: dict[str, str], m
                     flagged: bool, kind: str) -> ModelRef:
     cfg, logger = ctx.cfg, get_run_logger()
     flag = {names.REWARD_FLAGGED: "does not beat the longer-answer-wins baseline"} if flagged else {}
-    tags = reward_lineage(cfg, lineage) | flag | {names.REWARD_ACCURACY: f"{metrics['accuracy']:.4f}",
-                                                  names.REWARD_INPUT: kind}
+    from lifecycle.align.reward import reward_lora
+
+    lora = reward_lora(cfg)
+    tags = reward_lineage(cfg, lineage) | flag | lora_tags(lora) | {
+        names.REWARD_ACCURACY: f"{metrics['accuracy']:.4f}", names.REWARD_INPUT: kind}
+    if lora is not None and lora.register == "adapter":  # its base: the SFT version, or the encoder's name
+        setting = cfg.rlhf.reward.model
+        point_to(dirs.out / "reward_model",
+                 f"models:/{lineage[names.BASE_MODEL]}" if setting == REWARD_POLICY else setting)
     reward_ref = register_once(dirs.out / "reward_model", cfg.run.models.reward, task="text-classification",
                                tags=tags, models_dir=ctx.models_dir)
     if flagged:
@@ -157,6 +170,14 @@ def reward_lineage(cfg: Config, lineage: dict[str, str]) -> dict[str, str]:
 def reward_checkpoint(cfg: Config) -> Path:
     """The folder of the encoder `rlhf.reward.model` names (a ConfigError naming the key when there is none)."""
     return configured_checkpoint("rlhf.reward.model", cfg.rlhf.reward.model, cfg._origin)
+
+
+def policy_lora_of(cfg: Config) -> LoraSettings | None:
+    """The LoRA settings of the policy the chosen method trains (rlhf.dpo.peft or rlhf.policy.peft)."""
+    from lifecycle.align.dpo import dpo_lora
+    from lifecycle.align.policy import policy_lora
+
+    return dpo_lora(cfg) if cfg.rlhf.method == "dpo" else policy_lora(cfg)
 
 
 def extras(cfg: Config) -> dict[str, str]:
@@ -185,17 +206,20 @@ def report_policy(reward_ref: ModelRef | None, reward_metrics: dict[str, float],
 
 
 def check_trainers(cfg: Config, scratch: Path) -> None:
-    """The TRL sections of the chosen method pass through to TRL's configs: construct them, and load an encoder
-    reward model, so a bad key or a model that cannot load fails before any work."""
+    """The TRL sections of the chosen method pass through to TRL's configs and its `peft` sections to peft's
+    LoraConfig: construct them, and load an encoder reward model, so a bad key or a model that cannot load fails
+    before any work."""
     from lifecycle.align.dpo import dpo_args
     from lifecycle.align.policy import policy_args
-    from lifecycle.align.reward import reward_args
+    from lifecycle.align.reward import reward_args, reward_lora
     from lifecycle.align.reward_model import load_encoder
 
+    policy_lora_of(cfg)
     if cfg.rlhf.method == "dpo":
         dpo_args(cfg, scratch, max_length=1)
     else:
         reward_args(cfg, scratch, max_length=1)
+        reward_lora(cfg)
         policy_args(cfg, scratch, cfg.rlhf.method)
         if cfg.rlhf.reward.model != REWARD_POLICY:
             load_encoder(cfg)  # loads, or a ConfigError naming rlhf.reward.model and its value

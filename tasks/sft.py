@@ -1,6 +1,7 @@
 """The sft stage: fine-tune the base model (passed by reference) on instruction pairs with TRL's SFTTrainer,
 log curves and the held-out comparison with the base model to MLflow, and register the result as a new
-version of run.models.chat with its lineage (base model version, instruction data hash)."""
+version of run.models.chat with its lineage (base model version, instruction data hash). With sft.peft (LoRA),
+the version holds the merged model or the adapter naming its base's version (lifecycle/lora.py)."""
 
 from __future__ import annotations
 
@@ -34,24 +35,28 @@ def sft(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
         raise LifecycleError(f"sft: the pretrain output {base.path} carries no model reference; re-run pretrain")
 
     def work(dirs: StageDirs) -> StageResult:
-        from lifecycle.align.sft import train_sft
+        from lifecycle.align.sft import sft_lora, train_sft
         from lifecycle.data.ingest import read_documents
+        from lifecycle.lora import lora_tags, plain_copy, point_to
 
         run_id = mlflow.active_run().info.run_id
         mlflow.log_params({"base_model": str(base.model), "system_prompt": cfg.sft.data.system_prompt,
                            **{f"trainer.{k}": v for k, v in cfg.sft.trainer.items()}})
         on_metrics, _ = mlflow_hooks(run_id)
-        base_dir = local_copy(base.model, ctx.models_dir)
+        base_dir = plain_copy(local_copy(base.model, ctx.models_dir), ctx.models_dir)  # an adapter: merged
         result = train_sft(cfg, base_dir, read_documents(docs.path), dirs.out, dirs.checkpoints, on_metrics)
         mlflow.log_table(pd.DataFrame(result.samples), "sft/samples.json")
         markdown = samples_markdown(result.metrics, result.samples)
         mlflow.log_text(markdown, "sft/report.md")
         create_markdown_artifact(key="sft-report", markdown=markdown, description="SFT model vs base model")
+        lora = sft_lora(cfg)
+        if lora is not None and lora.register == "adapter":  # it names its base by registry version
+            point_to(dirs.out / "model", base.model.uri)
         ref = register_once(dirs.out / "model", cfg.run.models.chat, models_dir=ctx.models_dir, tags={
             names.STAGE: "sft", names.STAGE_KEY: dirs.key, names.BASE_MODEL: str(base.model),
             names.SFT_DATA_HASH: result.data_hash, names.CONFIG_HASH: ctx.config_hash,
             names.section_hash("sft"): hash_json(cfg.sft.model_dump(mode="json")),
-            "mlflow.source.git.commit": ctx.git_commit})
+            "mlflow.source.git.commit": ctx.git_commit} | lora_tags(lora))
         logger.info("sft: registered %s, trained from %s", ref, base.model)
         return StageResult(result.metrics, model=ref,
                            tags={names.SFT_DATA_HASH: result.data_hash} | device_tags(cfg.sft.device))
@@ -60,10 +65,12 @@ def sft(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
 
 
 def check_trainer(cfg: Config, scratch: Path) -> None:
-    """sft.trainer passes through to TRL's SFTConfig: construct it, so a bad key fails before any work."""
-    from lifecycle.align.sft import sft_args
+    """sft.trainer passes through to TRL's SFTConfig and sft.peft to peft's LoraConfig: construct them, so a bad
+    key fails before any work."""
+    from lifecycle.align.sft import sft_args, sft_lora
 
     sft_args(cfg, scratch, max_length=1)
+    sft_lora(cfg)
 
 
 def samples_markdown(metrics: dict[str, float], samples: list[dict], n: int = 8) -> str:

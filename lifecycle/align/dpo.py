@@ -1,6 +1,6 @@
 """DPO: the SFT model trained straight on the preference pairs with TRL's DPOTrainer (no reward model in
 the loop); a frozen copy of the SFT model is the reference (ref_model=None: TRL loads it again from the
-SFT folder).
+SFT folder; with `rlhf.dpo.peft`, LoRA: the SFT model with its adapter disabled, lifecycle/lora.py).
 
 The held-out pairs measure what DPO is meant to change: the policy's log-probability margin
 log p(chosen | prompt) - log p(rejected | prompt) (answer tokens summed, through the chat template, as
@@ -38,6 +38,7 @@ from lifecycle.align.reward_model import chat_fits, conversation_ids
 from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
+from lifecycle.lora import LoraSettings, load_for_training, lora_settings, save_trained, trainable_share
 from lifecycle.model import context_window, evaluating, load_causal_lm, right_pad
 
 log = logging.getLogger("lifecycle.rlhf")
@@ -55,6 +56,11 @@ def dpo_args(cfg: Config, ckpt_dir: Path, max_length: int) -> Any:
 
     forced = {"output_dir": str(ckpt_dir), "report_to": "none", "seed": cfg.run.seed, "max_length": max_length}
     return trainer_config(trl.DPOConfig, cfg, "rlhf.dpo", cfg.rlhf.device, forced)
+
+
+def dpo_lora(cfg: Config) -> LoraSettings | None:
+    """`rlhf.dpo.peft` as LoRA settings (None: full fine-tuning); a ConfigError names a bad key."""
+    return lora_settings(cfg, "rlhf.dpo", cfg.rlhf.device)
 
 
 def answer_tokens(tokenizer: PreTrainedTokenizerBase, row: Row, side: str) -> tuple[list[int], int]:
@@ -96,7 +102,8 @@ def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_d
     import trl
 
     set_seed(cfg.run.seed)
-    model, tokenizer = load_causal_lm(sft_dir)
+    lora = dpo_lora(cfg)  # LoRA: the reference is the model with its adapter disabled (ref_model stays None)
+    model, tokenizer = load_for_training(sft_dir, lora)
     window = context_window(model, tokenizer)
     train, held_out, dropped = prepare_rows(cfg, rows, lambda row: chat_fits(tokenizer, row, window),
                                             f"the model's {window}-token context")
@@ -108,7 +115,7 @@ def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_d
                              train_dataset=datasets.Dataset.from_list(trl_rows(train)),
                              eval_dataset=datasets.Dataset.from_list(trl_rows(held_out)),
                              callbacks=[MetricsCallback(on_metrics, prefix="rlhf/dpo", logger=log), gold_monitor,
-                                        SealCheckpoints()])
+                                        SealCheckpoints()], peft_config=lora.config if lora else None)
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
     if trainer.ref_model is not None:  # None with PEFT: the gold monitor disables the adapter instead
         gold_monitor.reference = trainer.accelerator.unwrap_model(trainer.ref_model)
@@ -116,15 +123,17 @@ def train_dpo(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_d
     resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
         log.info("rlhf: dpo: resuming from %s", resume)
+    share = trainable_share(trainer.model)
     output = trainer.train(resume_from_checkpoint=resume)
     after = float(np.mean(logprob_margins(trainer.model, tokenizer, held_out)))
     metrics = {"train_pairs": len(train), "held_out_pairs": len(held_out), "dropped_pairs": dropped,
                "train_loss": output.training_loss, "steps": output.global_step, "resumed": float(bool(resume)),
-               "margin_before": before, "margin_after": after, "margin_gain": after - before}
+               "margin_before": before, "margin_after": after, "margin_gain": after - before, **share}
     health = assess([], cfg.rlhf.health, gold_monitor.history, cfg.rlhf.gold, [gold_note(gold, gold_monitor)])
     if gold_monitor.history:  # the gold numbers, where there are any (JSON and MLflow keep finite numbers)
         metrics |= summarize_gold(gold_monitor.history)
-    trainer.save_model(str(out_dir / "policy"))  # by the main process only (under torchrun: global rank 0)
+    # by the main process only (under torchrun: global rank 0)
+    save_trained(trainer, out_dir / "policy", lora, sft_dir, lambda d: load_causal_lm(d)[0])
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out_dir / "policy"))
         (out_dir / "dpo_metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -9,8 +9,9 @@ Python reward functions, for tests). The run's health (reward vs KL, completion 
 is assessed at the end: `PolicyResult.health.alarm` flags likely reward hacking. With a gold set (held-out
 prompts with reference answers: simulated preferences), the policy's greedy answers are scored by the proxy
 and the gold judge every `rlhf.gold.every` steps (lifecycle/align/gold.py), and the proxy rising while gold
-falls sets off the alarm too. A killed run, re-run with the same checkpoint folder, resumes from its newest
-checkpoint.
+falls sets off the alarm too. With `rlhf.policy.peft` a LoRA adapter trains and the reference is the same
+model with the adapter disabled (lifecycle/lora.py). A killed run, re-run with the same checkpoint folder,
+resumes from its newest checkpoint.
 
     train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
     result = train_policy(cfg, sft_dir, reward_dir, unique_prompts(train, 256), out_dir, ckpt_dir, hook,
@@ -40,6 +41,7 @@ from lifecycle.config import Config
 from lifecycle.config.loader import describe
 from lifecycle.config.passthrough import trainer_config
 from lifecycle.errors import ConfigError, InputError
+from lifecycle.lora import LoraSettings, load_for_training, lora_settings, save_trained, trainable_share
 from lifecycle.model import context_window, load_causal_lm
 from lifecycle.tokenizer import chat_ids, stop_token_ids
 
@@ -73,6 +75,11 @@ def policy_args(cfg: Config, ckpt_dir: Path, method: str) -> Any:
     return args
 
 
+def policy_lora(cfg: Config) -> LoraSettings | None:
+    """`rlhf.policy.peft` as LoRA settings (None: full fine-tuning); a ConfigError names a bad key."""
+    return lora_settings(cfg, "rlhf.policy", cfg.rlhf.device)
+
+
 def fit_prompts(prompts: list[Messages], tokenizer: PreTrainedTokenizerBase, window: int,
                 completion_length: int, limit: int) -> list[Messages]:
     """The first `limit` prompts that leave room for a full completion in the model's context."""
@@ -96,7 +103,8 @@ def build_trainer(cfg: Config, sft_dir: Path, reward_funcs: Sequence[RewardFunc]
 
     method = cfg.rlhf.method
     args = policy_args(cfg, ckpt_dir, method)
-    model, tokenizer = load_causal_lm(sft_dir)  # its folder is also where TRL loads the reference from
+    lora = policy_lora(cfg)  # LoRA: the reference is the model with its adapter disabled, no second copy
+    model, tokenizer = load_for_training(sft_dir, lora)  # else its folder is where TRL loads the reference from
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)  # the assistant's turn ends at <|im_end|>
     window = context_window(model, tokenizer)
     prompts = fit_prompts(prompts, tokenizer, window, args.max_completion_length, cfg.rlhf.policy.max_prompts)
@@ -110,12 +118,13 @@ def build_trainer(cfg: Config, sft_dir: Path, reward_funcs: Sequence[RewardFunc]
     trainer = cls(model=model, reward_funcs=tracker.wrap(reward_funcs), args=args, processing_class=tokenizer,
                   train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
                   callbacks=[MetricsCallback(on_metrics, prefix="rlhf/policy", logger=log), monitor, gold_monitor,
-                             SealCheckpoints()])
+                             SealCheckpoints()], peft_config=lora.config if lora else None)
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
     for func in reward_funcs:
         if isinstance(func, RewardModel):
             func.to(trainer.accelerator.device)
-    gold_monitor.reference = trainer.accelerator.unwrap_model(trainer.ref_model)  # beta > 0: there is one
+    if trainer.ref_model is not None:  # beta > 0: there is one, unless LoRA (the gold monitor disables the adapter)
+        gold_monitor.reference = trainer.accelerator.unwrap_model(trainer.ref_model)
     return trainer, monitor, gold_monitor
 
 
@@ -133,17 +142,18 @@ def train_policy(cfg: Config, sft_dir: Path, reward_dir: Path | None, prompts: l
     resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
         log.info("policy: resuming from %s", resume)
+    share = trainable_share(trainer.model)
     output = trainer.train(resume_from_checkpoint=resume)
     health = assess(monitor.history, cfg.rlhf.health, gold_monitor.history, cfg.rlhf.gold,
                     [gold_note(gold, gold_monitor)])
     metrics = {"steps": float(output.global_step), "resumed": float(bool(resume)),
-               "prompts": float(len(trainer.train_dataset))} | health.summary
+               "prompts": float(len(trainer.train_dataset))} | share | health.summary
     main = trainer.is_world_process_zero()  # under torchrun, global rank 0 alone writes
     final, partial = out_dir / "policy", out_dir / "policy.partial"
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
-    trainer.save_model(str(partial))  # the main process writes
+    save_trained(trainer, partial, policy_lora(cfg), sft_dir, lambda d: load_causal_lm(d)[0])  # the main process
     if main:
         trainer.processing_class.save_pretrained(str(partial))  # with the chat template the policy answers in
         shutil.rmtree(final, ignore_errors=True)

@@ -32,11 +32,12 @@ from transformers import PrinterCallback, set_seed
 
 from lifecycle.align.callbacks import MetricsCallback, MetricsHook
 from lifecycle.align.pairs import Row, split_pairs
-from lifecycle.align.reward_model import RewardModel, start_reward_model
+from lifecycle.align.reward_model import RewardModel, load_classifier, start_reward_model
 from lifecycle.align.sealing import SealCheckpoints, last_intact_checkpoint
 from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
 from lifecycle.errors import LifecycleError
+from lifecycle.lora import LoraSettings, lora_settings, save_trained, trainable_share
 
 log = logging.getLogger("lifecycle.rlhf")
 
@@ -55,6 +56,11 @@ def reward_args(cfg: Config, ckpt_dir: Path, max_length: int) -> Any:
 
     forced = {"output_dir": str(ckpt_dir), "report_to": "none", "seed": cfg.run.seed, "max_length": max_length}
     return trainer_config(trl.RewardConfig, cfg, "rlhf.reward", cfg.rlhf.device, forced)
+
+
+def reward_lora(cfg: Config) -> LoraSettings | None:
+    """`rlhf.reward.peft` as LoRA settings (None: full fine-tuning); a ConfigError names a bad key."""
+    return lora_settings(cfg, "rlhf.reward", cfg.rlhf.device)
 
 
 def fit_rows(rows: list[Row], fits: Callable[[Row], bool], what: str) -> tuple[list[Row], int]:
@@ -121,25 +127,28 @@ def fit_reward(cfg: Config, sft_dir: Path, rows: list[Row], out_dir: Path, ckpt_
     import trl
 
     set_seed(cfg.run.seed)  # the fresh reward head is random
-    reward = start_reward_model(cfg, sft_dir)
+    lora = reward_lora(cfg)
+    reward = start_reward_model(cfg, sft_dir, lora)
     train, held_out, dropped = prepare_rows(cfg, rows, reward.fits, window_of(reward))
     trainer = trl.RewardTrainer(model=reward.model, args=reward_args(cfg, ckpt_dir, reward.max_length),
                                 processing_class=reward.tokenizer,
                                 train_dataset=datasets.Dataset.from_list([reward.training_row(r) for r in train]),
                                 eval_dataset=datasets.Dataset.from_list([reward.training_row(r) for r in held_out]),
                                 callbacks=[MetricsCallback(on_metrics, prefix="rlhf/reward_model", logger=log),
-                                           SealCheckpoints()])
+                                           SealCheckpoints()], peft_config=lora.config if lora else None)
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: MetricsCallback logs them instead
     resume = last_intact_checkpoint(ckpt_dir, log)
     if resume:
         log.info("rlhf: reward model: resuming from %s", resume)
+    share = trainable_share(trainer.model)
     output = trainer.train(resume_from_checkpoint=resume)
-    reward.model = trainer.model
+    # written by the main process only (under torchrun: global rank 0); a LoRA adapter is merged for use here
+    reward.model = save_trained(trainer, out_dir / "reward_model", lora, reward.base_dir,
+                                lambda d: load_classifier(d, num_labels=1)[0])
     margins = reward.margins(held_out, cfg.rlhf.reward.batch_size)
     metrics = {"train_pairs": len(train), "held_out_pairs": len(held_out), "dropped_pairs": dropped,
                "train_loss": output.training_loss, "steps": output.global_step, "resumed": float(bool(resume)),
-               **held_out_metrics(held_out, margins, cfg.rlhf.reward.baseline_margin)}
-    trainer.save_model(str(out_dir / "reward_model"))  # by the main process only (under torchrun: global rank 0)
+               **share, **held_out_metrics(held_out, margins, cfg.rlhf.reward.baseline_margin)}
     if trainer.is_world_process_zero():
         reward.tokenizer.save_pretrained(str(out_dir / "reward_model"))  # pair inputs: with their max length
         (out_dir / "reward_metrics.json").write_text(json.dumps(metrics, indent=2))

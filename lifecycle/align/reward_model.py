@@ -13,9 +13,10 @@ evaluate stage's win rates all go through `RewardModel`, which knows both kinds:
   TRL's own model-reward path tokenises with add_special_tokens=False (no [CLS]/[SEP]) and never truncates.
   Token type ids are left out, as RewardTrainer's collator leaves them out: all zeros, in training and in use.
 
-A saved reward model says which it is: its tokenizer has a chat template (chat) or not (pair; the saved
-tokenizer's `model_max_length` is the length it was trained with). Weights load from safetensors only, and no
-checkpoint's own code is ever run.
+With `rlhf.reward.peft` a LoRA adapter trains (and the score head in full); a saved adapter loads as its base
+with the adapter merged. A saved reward model says which it is: its tokenizer has a chat template (chat) or not
+(pair; the saved tokenizer's `model_max_length` is the length it was trained with). Weights load from
+safetensors only, and no checkpoint's own code is ever run.
 
     reward = start_reward_model(cfg, sft_dir)   # a fresh one-logit head on the SFT model or the encoder
     reward = RewardModel.load(folder)           # a trained one (save_pretrained or MLflow layout)
@@ -36,6 +37,7 @@ from lifecycle.config import Config
 from lifecycle.config.rlhf import REWARD_POLICY
 from lifecycle.errors import LifecycleError
 from lifecycle.hub import configured_checkpoint
+from lifecycle.lora import LoraSettings, adapter_base, base_cache, fetch_base, merge_adapter, quantized
 from lifecycle.model import context_window, evaluating, find_hf_dirs, right_pad
 
 log = logging.getLogger("lifecycle.rlhf")
@@ -72,8 +74,10 @@ class RewardModel:
 
     __name__ = "reward_model"  # TRL names its reward logs after a reward function's name
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 base_dir: Path | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.base_dir = base_dir  # the checkpoint a fresh head was put on (what a LoRA adapter of it names)
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id  # a decoder's score is read at the last non-pad token
         self.chat = bool(getattr(tokenizer, "chat_template", None))
@@ -81,9 +85,10 @@ class RewardModel:
         self.max_length = window if self.chat else min(window, int(tokenizer.model_max_length))
 
     @classmethod
-    def load(cls, path: Path) -> RewardModel:
-        """A trained reward model from a folder (save_pretrained or MLflow layout), either kind."""
-        return cls(*load_classifier(Path(path)))
+    def load(cls, path: Path, models_dir: Path | None = None) -> RewardModel:
+        """A trained reward model from a folder (save_pretrained or MLflow layout, or a LoRA adapter: its base
+        fetched into `models_dir`, else a temporary folder), either kind."""
+        return cls(*load_classifier(Path(path), models_dir=models_dir))
 
     @property
     def kind(self) -> str:
@@ -141,10 +146,18 @@ def drop_load_report(record: logging.LogRecord) -> bool:
     return "LOAD REPORT" not in record.getMessage()
 
 
-def load_classifier(path: Path, num_labels: int | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_classifier(path: Path, num_labels: int | None = None, models_dir: Path | None = None,
+                    lora: LoraSettings | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A sequence-classification model and its tokenizer from a folder (save_pretrained or MLflow layout);
     `num_labels=1` puts a fresh one-logit head on a causal LM or an encoder (and replaces a head with another
-    number of labels). Weights the checkpoint lacks, other than such a head, are logged."""
+    number of labels). Weights the checkpoint lacks, other than such a head, are logged. A LoRA adapter folder
+    loads as its base (fetched into `models_dir`, else a temporary folder) with the adapter, and its trained head,
+    merged; `lora` with load_in_4bit loads the weights quantised (QLoRA)."""
+    if (base := adapter_base(Path(path))) is not None:
+        with base_cache(models_dir) as cache:
+            model, _ = load_classifier(fetch_base(base, cache), num_labels=1)
+            model = merge_adapter(model, Path(path))
+        return model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     model_dir, tok_dir = find_hf_dirs(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=False)
     fresh = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if num_labels else {}
@@ -152,7 +165,8 @@ def load_classifier(path: Path, num_labels: int | None = None) -> tuple[PreTrain
     report.addFilter(drop_load_report)  # it would list the new head ("classifier.weight MISSING"); logged below
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), use_safetensors=True, trust_remote_code=False, output_loading_info=True, **fresh)
+            str(model_dir), use_safetensors=True, trust_remote_code=False, output_loading_info=True, **fresh,
+            **quantized(lora))
     finally:
         report.removeFilter(drop_load_report)
     missing = sorted(k for k in info["missing_keys"] if not (num_labels and k.startswith(NEW_HEAD)))
@@ -162,13 +176,13 @@ def load_classifier(path: Path, num_labels: int | None = None) -> tuple[PreTrain
     return model, tokenizer
 
 
-def load_encoder(cfg: Config) -> RewardModel:
+def load_encoder(cfg: Config, lora: LoraSettings | None = None) -> RewardModel:
     """The checkpoint `rlhf.reward.model` names with a one-logit head and its own tokenizer, reading at most
     `rlhf.reward.max_length` tokens; a ConfigError naming the key and the value when it cannot be loaded."""
     setting = cfg.rlhf.reward.model
     folder = configured_checkpoint(KEY, setting, cfg._origin)
     try:
-        model, tokenizer = load_classifier(folder, num_labels=1)
+        model, tokenizer = load_classifier(folder, num_labels=1, lora=lora)
     except (OSError, ValueError, RuntimeError, LifecycleError) as err:
         from lifecycle.config.loader import describe
         from lifecycle.errors import ConfigError
@@ -177,15 +191,15 @@ def load_encoder(cfg: Config) -> RewardModel:
             KEY, setting, f"cannot load {folder} as a sequence classifier (an encoder or a sequence-classification "
                           f"checkpoint, safetensors weights, no remote code): {err}", cfg._origin)) from None
     tokenizer.model_max_length = min(cfg.rlhf.reward.max_length, context_window(model, tokenizer))
-    return RewardModel(model, tokenizer)
+    return RewardModel(model, tokenizer, base_dir=folder)
 
 
-def start_reward_model(cfg: Config, sft_dir: Path) -> RewardModel:
+def start_reward_model(cfg: Config, sft_dir: Path, lora: LoraSettings | None = None) -> RewardModel:
     """What the reward training starts from: the SFT model in `sft_dir` with a fresh one-logit head (`policy`),
-    or the encoder `rlhf.reward.model` names."""
+    or the encoder `rlhf.reward.model` names (quantised to 4 bits with QLoRA)."""
     if cfg.rlhf.reward.model == REWARD_POLICY:
-        return RewardModel(*load_classifier(sft_dir, num_labels=1))
-    reward = load_encoder(cfg)
+        return RewardModel(*load_classifier(sft_dir, num_labels=1, lora=lora), base_dir=sft_dir)
+    reward = load_encoder(cfg, lora)
     log.info("rlhf: reward model from %s (%s, its own tokenizer: %s inputs of at most %d tokens)",
              cfg.rlhf.reward.model, type(reward.model).__name__, reward.kind, reward.max_length)
     return reward

@@ -4,8 +4,9 @@ assistant's tokens only (the chat template's {% generation %} markers, `assistan
 The model's tokenizer gets a chat template whose default system message is `sft.data.system_prompt`, so
 the instruction it was trained with travels with the model (to `lifecycle ask`, serving, or any tool that
 applies its chat template). Held-out pairs measure the base model and the SFT model the same way: the
-assistant-token loss, and ROUGE-L of greedy answers against the reference answers. A killed run, re-run
-with the same checkpoint folder, resumes from its newest checkpoint.
+assistant-token loss, and ROUGE-L of greedy answers against the reference answers. With `sft.peft` only a
+LoRA adapter trains (lifecycle/lora.py); out_dir/model is then the merged model or the adapter
+(`sft.peft.register`). A killed run, re-run with the same checkpoint folder, resumes from its newest checkpoint.
 
     result = train_sft(cfg, base_dir, documents, out_dir, ckpt_dir, device="cpu", on_metrics=hook)
     result.metrics["eval_loss"] < result.metrics["base_eval_loss"]    # out_dir/model: model + tokenizer
@@ -31,6 +32,7 @@ from lifecycle.config import Config
 from lifecycle.config.passthrough import trainer_config
 from lifecycle.text import mean_rouge_l, rouge_l
 from lifecycle.hashing import hash_json
+from lifecycle.lora import LoraSettings, load_for_training, lora_settings, save_trained, trainable_share
 from lifecycle.model import context_window, load_causal_lm
 from lifecycle.progress import progress
 from lifecycle.tokenizer import stop_token_ids, use_system_prompt
@@ -57,14 +59,22 @@ def to_dataset(pairs: list[Pair]) -> datasets.Dataset:
     return datasets.Dataset.from_list([{"messages": list(p.messages)} for p in pairs])
 
 
+def sft_lora(cfg: Config) -> LoraSettings | None:
+    """`sft.peft` as LoRA settings (None: full fine-tuning); a ConfigError names a bad key."""
+    return lora_settings(cfg, "sft", cfg.sft.device)
+
+
 def build_trainer(cfg: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: list[Pair],
                   held_out: list[Pair], ckpt_dir: Path, on_metrics: MetricsHook | None = None) -> Any:
+    """The SFTTrainer; with `sft.peft`, it wraps the model in a LoRA adapter (only the adapter trains)."""
     import trl
 
     args = sft_args(cfg, ckpt_dir, context_window(model, tokenizer))
+    lora = sft_lora(cfg)
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=to_dataset(train),
                              eval_dataset=to_dataset(held_out) if held_out else None, processing_class=tokenizer,
-                             callbacks=[_Metrics(on_metrics), SealCheckpoints()])
+                             callbacks=[_Metrics(on_metrics), SealCheckpoints()],
+                             peft_config=lora.config if lora else None)
     trainer.remove_callback(PrinterCallback)  # its dicts on stdout: _Metrics logs them instead
     return trainer
 
@@ -72,7 +82,7 @@ def build_trainer(cfg: Config, model: PreTrainedModel, tokenizer: PreTrainedToke
 def prepare(cfg: Config, base_dir: Path, documents: list[dict[str, Any]]) -> tuple[
         PreTrainedModel, PreTrainedTokenizerBase, list[Pair], list[Pair]]:
     """The base model, its tokenizer with the SFT chat template, and (train, held-out) pairs that fit."""
-    model, tokenizer = load_causal_lm(base_dir)
+    model, tokenizer = load_for_training(base_dir, sft_lora(cfg))
     use_system_prompt(tokenizer, cfg.sft.data.system_prompt)
     window = context_window(model, tokenizer)
     tokenizer.model_max_length = window
@@ -126,7 +136,8 @@ def train_sft(cfg: Config, base_dir: Path, documents: list[dict[str, Any]], out_
     scored = [p for p in held_out if p.source == "python-docs"][:cfg.sft.eval.max_pairs]
     trainer = build_trainer(cfg, model, tokenizer, train, held_out, ckpt_dir, on_metrics)
     metrics: dict[str, float] = {"train_pairs": len(train), "held_out_pairs": len(held_out),
-                                 "rouge_pairs": len(scored), "max_length": context_window(model, tokenizer)}
+                                 "rouge_pairs": len(scored), "max_length": context_window(model, tokenizer),
+                                 **trainable_share(trainer.model)}
     if held_out:
         metrics["base_eval_loss"] = trainer.evaluate()["eval_loss"]
     metrics["base_rouge_l"], base_answers = score_answers(trainer.model, tokenizer, scored, cfg.sft.eval.max_new_tokens)
@@ -138,7 +149,7 @@ def train_sft(cfg: Config, base_dir: Path, documents: list[dict[str, Any]], out_
     if held_out:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     metrics["rouge_l"], answers = score_answers(trainer.model, tokenizer, scored, cfg.sft.eval.max_new_tokens)
-    trainer.save_model(str(out_dir / "model"))
+    save_trained(trainer, out_dir / "model", sft_lora(cfg), base_dir, lambda d: load_causal_lm(d)[0])
     tokenizer.save_pretrained(str(out_dir / "model"))
     samples = [{"question": p.question, "reference": p.answer, "base": b, "sft": a,
                 "rouge_l": rouge_l(a, p.answer), "base_rouge_l": rouge_l(b, p.answer)}

@@ -187,6 +187,8 @@ def _set_path(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
+        if child is None:  # a mapping left unset (null), e.g. sft.peft: --set sft.peft.r=8 starts it
+            child = node[part] = {}
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
             raise ConfigError(f"--set {key}: '{where}' holds a {type(child).__name__}, not a mapping")

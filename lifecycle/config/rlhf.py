@@ -1,9 +1,10 @@
 """conf/rlhf.yaml: alignment with the preference set. A reward model (TRL RewardTrainer: the SFT model with a
-score head, or an encoder of its own, `reward.model`) and a policy
-optimised against it with a KL leash (RLOO or GRPO), or DPO straight on the pairs. Each `trainer`
-mapping passes through to TRL's own config class (RewardConfig, RLOOConfig, GRPOConfig, DPOConfig) and
-is checked by constructing it. `gold` measures the policy against the simulated judges' criterion on
-held-out prompts while it trains. `distributed` runs the training under torchrun, on one node or several."""
+score head, or an encoder of its own, `reward.model`) and a policy optimised against it with a KL leash (RLOO
+or GRPO), or DPO straight on the pairs. Each `trainer` mapping passes through to TRL's own config class
+(RewardConfig, RLOOConfig, GRPOConfig, DPOConfig) and is checked by constructing it; each `peft` mapping (LoRA)
+passes through to peft.LoraConfig (lifecycle/lora.py). `gold` measures the policy against the simulated judges'
+criterion on held-out prompts while it trains. `distributed` runs the training under torchrun, on one node or
+several."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class RewardModelConfig(Section):
     model: str = Field(min_length=1)  # "policy": the SFT model with a score head; else an encoder (lifecycle/hub.py)
     max_length: int = Field(ge=8)  # an encoder's input tokens: (answer, prompt with its context), the context cut
     trainer: dict[str, Any]  # trl.RewardConfig keys
+    peft: dict[str, Any] | None  # LoRA: peft.LoraConfig keys + register, load_in_4bit (lifecycle/lora.py); null: full
     baseline_margin: float = Field(ge=0, le=1)  # flag a reward model not beating "longer wins" by this much
     batch_size: int = Field(ge=1)  # scoring held-out pairs
 
@@ -29,10 +31,12 @@ class PolicyConfig(Section):
     max_prompts: int = Field(ge=1)  # prompts of the preference set the policy practises on
     rloo: dict[str, Any]  # trl.RLOOConfig keys (beta: the KL coefficient, generation settings)
     grpo: dict[str, Any]  # trl.GRPOConfig keys; beta must be > 0 (TRL's default 0 means no KL at all)
+    peft: dict[str, Any] | None  # LoRA for RLOO and GRPO: as DpoConfig.peft
 
 
 class DpoConfig(Section):
     trainer: dict[str, Any]  # trl.DPOConfig keys
+    peft: dict[str, Any] | None  # LoRA: peft.LoraConfig keys + register, load_in_4bit (lifecycle/lora.py); null: full
 
 
 class HealthConfig(Section):

@@ -1,5 +1,6 @@
 """conf/sft.yaml: supervised fine-tuning. `data` and `eval` are ours; `trainer` passes straight through
-to TRL's `SFTConfig` (validated by constructing it, see lifecycle/config/passthrough.py)."""
+to TRL's `SFTConfig` (validated by constructing it, see lifecycle/config/passthrough.py), `peft` to
+`peft.LoraConfig` (lifecycle/lora.py)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,4 @@ class SftConfig(Section):
     eval: SftEvalConfig
     device: Literal["auto", "cpu", "cuda"]
     trainer: dict[str, Any]  # trl.SFTConfig keys, passed through as is
+    peft: dict[str, Any] | None  # LoRA: peft.LoraConfig keys + register, load_in_4bit (lifecycle/lora.py); null: full

@@ -72,7 +72,8 @@ def load_served(ref: ModelRef, alias: str, state_dir: Path, cfg: ServeConfig,
     if index is None:
         log.warning("%s was never paired with a RAG index: serving it with the current index", ref)
         index = read_current(state_dir)
-    model, tokenizer = load_causal_lm(local_copy(ref, Path(state_dir) / "models"))
+    models = Path(state_dir) / "models"
+    model, tokenizer = load_causal_lm(local_copy(ref, models), models)  # an adapter: its base fetched there too
     if not getattr(tokenizer, "chat_template", None):
         raise LifecycleError(f"{ref}: its tokenizer has no chat template, so it cannot be served as a chat model")
     model.eval()

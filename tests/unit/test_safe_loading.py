@@ -53,7 +53,26 @@ def test_no_pickle_and_models_from_safetensors_only() -> None:
                if isinstance(node, ast.Import) and pickles & {a.name for a in node.names}
                or isinstance(node, ast.ImportFrom) and node.module in pickles]
     assert imports == []
-    models = [(p, c) for p, c in _calls("from_pretrained") if "Tokenizer" not in ast.unparse(c.func)]
+    # PeftModel.from_pretrained takes no use_safetensors: lifecycle.lora.merge_adapter, its one caller, refuses a
+    # folder without adapter_model.safetensors first (test_a_pickled_adapter_is_refused)
+    peft = [f"{p.relative_to(ROOT)}" for p, c in _calls("from_pretrained")
+            if ast.unparse(c.func) == "PeftModel.from_pretrained"]
+    assert peft == ["lifecycle/lora.py"]
+    models = [(p, c) for p, c in _calls("from_pretrained")
+              if "Tokenizer" not in ast.unparse(c.func) and ast.unparse(c.func) != "PeftModel.from_pretrained"]
     assert models
     unsafe = [f"{p.relative_to(ROOT)}:{c.lineno}" for p, c in models if _keyword(c, "use_safetensors") is not True]
     assert unsafe == []
+
+
+def test_a_pickled_adapter_is_refused(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from lifecycle.lora import merge_adapter
+
+    model, _ = load_causal_lm(save_tiny_policy(tmp_path / "policy"))
+    adapter = get_peft_model(model, LoraConfig(r=2, task_type="CAUSAL_LM"))
+    adapter.save_pretrained(str(tmp_path / "adapter"), safe_serialization=False)  # adapter_model.bin: a pickle
+    assert (tmp_path / "adapter" / "adapter_model.bin").is_file()
+    with pytest.raises(LifecycleError, match="no adapter_model.safetensors; adapter weights are read from safetensors"):
+        merge_adapter(load_causal_lm(tmp_path / "policy")[0], tmp_path / "adapter")
