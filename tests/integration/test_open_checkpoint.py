@@ -1,7 +1,9 @@
-"""Starting from an open checkpoint (`pretrain.init`): a folder registered as the base model untrained
-(`pretrain.max_steps: 0`) and fine-tuned by sft; a hub id read offline from the Hugging Face cache, pretrained
-further. The tokenize stage takes the checkpoint's own tokenizer (`tokenize.tokenizer: from_model`), adds
-ChatML's tokens it lacks (the model's embeddings grow to match), and packs blocks of at most its window."""
+"""Starting from an open checkpoint (`pretrain.init`): conf/profiles/open-model.yaml's path, offline from a tiny
+checkpoint folder instead of SmolLM2 (registered as the base model untrained, `pretrain.max_steps: 0`, then
+LoRA SFT, simulated preferences, a LoRA reward model and a LoRA RLOO policy); a hub id read offline from the
+Hugging Face cache, pretrained further. The tokenize stage takes the checkpoint's own tokenizer
+(`tokenize.tokenizer: from_model`), adds ChatML's tokens it lacks (the model's embeddings grow to match), and
+packs blocks of at most its window."""
 
 from __future__ import annotations
 
@@ -27,21 +29,25 @@ pytestmark = pytest.mark.integration
 FROM_MODEL = ["tokenize.tokenizer=from_model", "tokenize.context_length=null"]
 
 
-def run(state: Path, until: str, *extra: str) -> dict:
+def run(state: Path, until: str, *extra: str, profile: str = "default") -> dict:
     from flows.pipeline import pipeline
 
-    return pipeline(overrides=[*OVERRIDES, *FROM_MODEL, *extra], state_dir=str(state), conf_dir=str(CONF),
-                    until=until)
+    return pipeline(profile=profile, overrides=[*OVERRIDES, *FROM_MODEL, *extra], state_dir=str(state),
+                    conf_dir=str(CONF), until=until)
 
 
 def version_tags(state: Path, name: str, version: str = "1") -> dict[str, str]:
     return MlflowClient(tracking_uri(state), tracking_uri(state)).get_model_version(name, version).tags
 
 
-def test_a_folder_checkpoint_is_registered_as_it_is_and_fine_tuned(tmp_path: Path) -> None:
+def test_the_open_model_profile_runs_offline_from_a_tiny_checkpoint(tmp_path: Path) -> None:
     folder = save_tiny_checkpoint(tmp_path / "checkpoint", positions=256)
     state = tmp_path / "state"
-    out = run(state, "sft", f"pretrain.init={folder}", "pretrain.max_steps=0")
+    small = ["pretrain.max_steps=0",  # the profile's, over the tiny chain's OVERRIDES
+             "pretrain.device=cpu", "sft.device=cpu", "evaluate.device=cpu", "sft.peft.r=8",
+             "rlhf.reward.peft.r=8", "rlhf.policy.peft.r=8", "rlhf.policy.rloo.learning_rate=1e-3",
+             "preferences.sampling.responses=3", "preferences.export.ties=both"]
+    out = run(state, "rlhf", f"pretrain.init={folder}", *small, profile="open-model")
 
     tokens = Path(out["tokenize"]["path"])
     blocks = load_blocks(tokens)
@@ -60,7 +66,11 @@ def test_a_folder_checkpoint_is_registered_as_it_is_and_fine_tuned(tmp_path: Pat
 
     sft = out["sft"]
     assert sft["metrics"]["eval_loss"] < sft["metrics"]["base_eval_loss"]  # the SFT model learned from that base
+    assert 0 < sft["metrics"]["trainable_share"] < 0.5  # LoRA adapters only, merged into the registered version
     assert version_tags(state, "lifecycle-gpt")[names.BASE_MODEL] == str(base.model)
+    rlhf = out["rlhf"]["metrics"]
+    assert 0 < rlhf["trainable_share"] < 0.5 and 0 < rlhf["reward_model/trainable_share"] < 0.5
+    assert version_tags(state, "lifecycle-gpt", "2")[names.STAGE] == "rlhf"
 
 
 def test_a_hub_checkpoint_is_read_from_the_cache_offline_and_pretrained_further(
