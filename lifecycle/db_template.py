@@ -26,10 +26,13 @@ from pathlib import Path
 log = logging.getLogger("lifecycle.db_template")
 
 
+FORMAT = 2  # what a template holds (2: Prefect's with its block types registered); older ones are not read
+
+
 def template_path(library: str) -> Path:
     """Where the empty, migrated database of the installed `library` version is kept."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "llm-lifecycle" / f"{library}-{version(library)}.db"
+    return cache / "llm-lifecycle" / f"{library}-{version(library)}.v{FORMAT}.db"
 
 
 def seed(db: Path, library: str) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from lifecycle.db_template import FORMAT
 from lifecycle.runtime import EMBEDDED_API, filter_known_warnings, is_temporary_api, start_embedded_api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +82,7 @@ def test_the_runs_own_prefect_api_serves_its_flows_and_goes_with_the_process(tmp
     cache, the second starts from that copy (lifecycle/prefect_api.py); both serve their flows."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", EMBEDDED_API)}
     env |= {"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    template = tmp_path / "cache" / "llm-lifecycle" / f"prefect-{package_version('prefect')}.db"
+    template = tmp_path / "cache" / "llm-lifecycle" / f"prefect-{package_version('prefect')}.v{FORMAT}.db"
     for run, seeded in (("first", "migrated; kept empty as"), ("second", "a copy of")):
         home = tmp_path / run / "prefect"
         done = subprocess.run([sys.executable, "-c", EMBEDDED], cwd=ROOT, capture_output=True, text=True,
@@ -104,6 +105,10 @@ def test_the_runs_own_prefect_api_serves_its_flows_and_goes_with_the_process(tmp
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)
         assert db.execute("SELECT version_num FROM alembic_version").fetchall()
+        types = db.execute("SELECT count(*) FROM block_type").fetchone()[0]
+    assert types > 5  # Prefect's block types, registered once in the template, not by each new server
+    with closing(sqlite3.connect(tmp_path / "second" / "prefect" / "prefect.db")) as db:
+        assert db.execute("SELECT count(*) FROM block_type").fetchone()[0] == types
 
 
 def test_no_api_is_started_when_a_server_is_given_or_prefect_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +134,7 @@ def test_a_new_state_dirs_tracking_database_starts_from_a_migrated_copy(tmp_path
     from lifecycle.tracking import setup_mlflow, tracking_uri_in
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    template = tmp_path / "cache" / "llm-lifecycle" / f"mlflow-{package_version('mlflow')}.db"
+    template = tmp_path / "cache" / "llm-lifecycle" / f"mlflow-{package_version('mlflow')}.v{FORMAT}.db"
     for run in ("first", "second"):
         state = tmp_path / run
         assert setup_mlflow(state, "llm-lifecycle") == "1"
