@@ -59,9 +59,15 @@ def put_in_place(partial: Path, db: Path) -> bool:
     try:
         os.link(partial, db)
     except FileExistsError:
-        return False
-    finally:
         partial.unlink()
+        return False
+    except OSError:  # a file system without hard links: a rename, unless one is there by now
+        if db.exists():
+            partial.unlink()
+            return False
+        os.replace(partial, db)
+        return True
+    partial.unlink()
     return True
 
 

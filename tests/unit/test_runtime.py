@@ -153,3 +153,26 @@ def package_version(name: str) -> str:
     from importlib.metadata import version
 
     return version(name)
+
+
+def test_a_database_is_put_in_place_once_even_without_hard_links(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifecycle.db_template import put_in_place
+
+    db = tmp_path / "x.db"
+    for content, placed in ((b"first", True), (b"second", False)):  # a database already there is never replaced
+        partial = tmp_path / ".x.db.tmp"
+        partial.write_bytes(content)
+        assert put_in_place(partial, db) is placed and not partial.exists()
+    assert db.read_bytes() == b"first"
+
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("os.link", no_links)  # e.g. a FAT or some FUSE file system
+    other = tmp_path / "y.db"
+    for content, placed in ((b"first", True), (b"second", False)):
+        partial = tmp_path / ".y.db.tmp"
+        partial.write_bytes(content)
+        assert put_in_place(partial, other) is placed and not partial.exists()
+    assert other.read_bytes() == b"first"
