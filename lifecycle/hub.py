@@ -66,13 +66,18 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def names_a_folder(name: str) -> bool:
+    """A path by its shape (absolute, relative or home-based, or more than one slash), never a hub id."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
 def local_checkpoint(name: str) -> Path:
     """The folder holding the model `name` names (resolve_model); a hub id from the local Hugging Face cache,
     never downloaded. FileNotFoundError when there is no such folder and no cached copy."""
     found = resolve_model(name)
     if Path(found).is_dir():
         return Path(found)
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+    if names_a_folder(name):
         raise FileNotFoundError(f"no such folder: {Path(name).expanduser()}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
@@ -111,8 +116,8 @@ _DIGESTS: dict[tuple, str] = {}
 
 def folder_digest(folder: Path) -> str:
     """checkpoint_digest, computed again only when a file's name, size or modification time changed."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    signature = (str(folder), *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    stats = sorted((str(p), p.stat()) for p in folder.rglob("*") if p.is_file())
+    signature = (str(folder), *((name, st.st_size, st.st_mtime_ns) for name, st in stats))
     if signature not in _DIGESTS:
         _DIGESTS[signature] = checkpoint_digest(folder)
     return _DIGESTS[signature]
@@ -124,7 +129,7 @@ def fetch_checkpoint(name: str, revision: str | None = None, remote_code: bool =
     path = Path(name).expanduser()
     if path.is_dir():
         return Checkpoint(name, path.resolve(), None, folder_digest(path.resolve()))
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+    if names_a_folder(name):
         raise FileNotFoundError(f"no such folder: {path}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
