@@ -1,0 +1,165 @@
+"""Why does alignment not move the quickstart's policy? Four probes on a finished quickstart state dir (its SFT
+model, one preference set, one trained reward model), each printing one JSON line:
+
+- `errors`: the SFT model's greedy answers to the evaluate stage's held-out questions, with the retrieved
+  prompt and with the prompt it was trained on (the right chunk alone): ROUGE-L of each, how often retrieval's
+  first hit is the right chunk, and the error profile (perfect copies, answers shorter or longer than the
+  reference, answers below 0.5).
+- `agreement`: does the reward model rank the policy's own samples as the gold judge does? Per prompt, 8
+  samples at a temperature, the reward model's scores against ROUGE-L to the reference: Spearman correlation
+  and pairwise accuracy (pairs whose gold differs by more than 0.05), on training and held-out prompts.
+- `rloo` / `dpo`: the policy optimisation alone (lifecycle/align/policy.py, dpo.py) on the fixed SFT model,
+  reward model and preference set, with `--set` overrides of the quickstart profile: the gold curve on the
+  held-out prompts (proxy, gold, KL), without the stage's registration and evaluation around it.
+
+    python bench/rlhf_screen.py errors /tmp/qs3 --sft 4
+    python bench/rlhf_screen.py agreement /tmp/qs3 --sft 4 --preferences KEY --reward RLHF_OUTPUT/reward_model
+    python bench/rlhf_screen.py rloo /tmp/qs3 --sft 4 --preferences KEY --reward DIR \
+        --set rlhf.policy.rloo.learning_rate=1e-4
+    python bench/rlhf_screen.py dpo /tmp/qs3 --sft 4 --preferences KEY --set rlhf.dpo.trainer.loss_type=[sigmoid,sft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from lifecycle.align.pairs import split_pairs
+from lifecycle.config import Config, find_conf_dir, load_config
+from lifecycle.preferences.export import read_snapshot
+from lifecycle.text import rouge_l
+
+
+def config(overrides: list[str]) -> Config:
+    return load_config(find_conf_dir(None), "quickstart", overrides, [])
+
+
+def newest(pattern: str, state: Path) -> Path:
+    return max(state.glob(pattern), key=lambda p: p.stat().st_mtime)
+
+
+def errors(args: argparse.Namespace) -> dict[str, Any]:
+    from lifecycle.align.sft import generate_answers
+    from lifecycle.data.ingest import read_documents
+    from lifecycle.evaluate.metrics import held_out_questions, load_model, rag_prompts
+    from lifecycle.model import context_window
+    from lifecycle.rag.search import open_index
+
+    cfg = config(args.set)
+    documents = read_documents(newest("artifacts/ingest/*/", args.state))
+    model, tokenizer = load_model(args.state / "models" / "lifecycle-gpt" / args.sft, torch.device("cpu"),
+                                  cfg.sft.data.system_prompt)
+    window = context_window(model, tokenizer)
+    questions = held_out_questions(cfg, documents, tokenizer, window)
+    retriever = open_index(json.loads(newest("artifacts/rag_index/*/index.json", args.state).read_text()),
+                           cfg.serve.search)
+    hits = [retriever.search(q.question, k=cfg.serve.answer.top_k) for q in questions]
+    n = cfg.evaluate.max_new_tokens
+    retrieved = generate_answers(model, tokenizer, rag_prompts(tokenizer, window, questions, hits,
+                                                               cfg.serve.answer.system_prompt, n), n)
+    alone = generate_answers(model, tokenizer, [list(q.messages[:-1]) for q in questions], n)
+    rag = np.array([rouge_l(a, q.answer) for a, q in zip(retrieved, questions)])
+    right = np.array([bool(q.context) and h[0].title == q.context[0][0] for h, q in zip(hits, questions)])
+    words = np.array([len(a.split()) - len(q.answer.split()) for a, q in zip(retrieved, questions)])
+    return {"questions": len(questions), "rouge_l_retrieved": rag.mean(),
+            "rouge_l_right_chunk_alone": float(np.mean([rouge_l(a, q.answer) for a, q in zip(alone, questions)])),
+            "first_hit_right": right.mean(), "rouge_l_retrieved_first_hit_wrong": float(rag[~right].mean()),
+            "perfect": float((rag > 0.99).mean()), "below_half": float((rag < 0.5).mean()),
+            "shorter": float((words < 0).mean()), "longer": float((words > 0).mean())}
+
+
+def agreement(args: argparse.Namespace) -> dict[str, Any]:
+    from lifecycle.align.reward_model import RewardModel
+    from lifecycle.model import load_causal_lm
+    from lifecycle.tokenizer import chat_ids, stop_token_ids
+
+    torch.manual_seed(0)
+    model, tokenizer = load_causal_lm(args.state / "models" / "lifecycle-gpt" / args.sft)
+    model.eval()
+    reward, stop = RewardModel.load(args.reward), stop_token_ids(tokenizer)
+    found: dict[str, Any] = {"temperature": args.temperature}
+    for part, rows in zip(("train", "held_out"), split_pairs(preference_rows(args), 0.2), strict=True):
+        references = {json.dumps(r["prompt"]): r["reference"] for r in rows}
+        correlations, accuracies = [], []
+        for key in list(references)[:24]:
+            prompt = json.loads(key)
+            ids = torch.tensor([chat_ids(tokenizer, prompt, add_generation_prompt=True)])
+            with torch.inference_mode():
+                out = model.generate(ids.repeat(8, 1), do_sample=True, temperature=args.temperature, top_p=1.0,
+                                     max_new_tokens=48, eos_token_id=stop, pad_token_id=stop[0])
+            texts = [tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+            gold = np.array([rouge_l(t, references[key]) for t in texts])
+            scores = np.array(reward(prompts=[prompt] * 8, completions=[[{"role": "assistant", "content": t}]
+                                                                       for t in texts], completion_ids=None))
+            if gold.std() > 1e-6:
+                correlations.append(spearmanr(scores, gold).statistic)
+                i, j = np.triu_indices(8, 1)
+                apart = np.abs(gold[i] - gold[j]) > 0.05
+                if apart.any():
+                    agree = np.sign(scores[i] - scores[j]) == np.sign(gold[i] - gold[j])
+                    accuracies.append(np.mean(agree[apart]))
+        found[part] = {"prompts": len(correlations), "spearman": float(np.nanmean(correlations)),
+                       "pair_accuracy": float(np.mean(accuracies))}
+    return found
+
+
+def preference_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return read_snapshot(args.state / "artifacts" / "preferences" / args.preferences / "preferences.jsonl")
+
+
+def optimise(args: argparse.Namespace) -> dict[str, Any]:
+    from lifecycle.align.gold import gold_set
+
+    method = args.command
+    cfg = config([f"rlhf.method={method}", *args.set])
+    rows, sft = preference_rows(args), args.state / "models" / "lifecycle-gpt" / args.sft
+    out = Path(tempfile.mkdtemp(prefix=f"rlhf-screen-{method}-"))
+    started = time.monotonic()
+    try:
+        if method == "dpo":
+            from lifecycle.align.dpo import train_dpo
+
+            result = train_dpo(cfg, sft, rows, out, out / "checkpoints")
+        else:
+            from lifecycle.align.pairs import unique_prompts
+            from lifecycle.align.policy import train_policy
+
+            train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
+            result = train_policy(cfg, sft, args.reward, unique_prompts(train, cfg.rlhf.policy.max_prompts), out,
+                                  out / "checkpoints", gold=gold_set(held_out, cfg.rlhf.gold))
+        curve = json.loads((out / "policy_health.json").read_text())["gold"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    points = [(p["step"], round(p["gold"], 4), round(p["proxy"] or 0, 4), round(p["kl"] or 0, 4)) for p in curve]
+    return {"method": method, "set": args.set, "seconds": round(time.monotonic() - started),
+            "alarm": result.health.alarm, "gold (step, gold, proxy, KL)": points}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["errors", "agreement", "rloo", "dpo"])
+    parser.add_argument("state", type=Path, help="a quickstart state dir")
+    parser.add_argument("--sft", default="1", help="the SFT model's version of lifecycle-gpt")
+    parser.add_argument("--preferences", help="the preference set's key (artifacts/preferences/KEY)")
+    parser.add_argument("--reward", type=Path, help="a trained reward model folder (rloo, agreement)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="agreement: sampling temperature")
+    parser.add_argument("--set", action="append", default=[], help="a config override of the quickstart profile")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(2)
+    run = {"errors": errors, "agreement": agreement}.get(args.command, optimise)
+    print(json.dumps(run(args), default=float))
+
+
+if __name__ == "__main__":
+    main()
