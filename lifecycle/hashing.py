@@ -60,6 +60,7 @@ def _module_file(name: str) -> Path:
     raise ModuleNotFoundError(f"stage code module '{name}' not found under {ROOT}")
 
 
+@lru_cache(maxsize=4096)
 def _is_module(name: str) -> bool:
     base = ROOT.joinpath(*name.split("."))
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()

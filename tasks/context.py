@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger
@@ -41,6 +42,15 @@ class RunContext:
 
     def wants(self, stage: str) -> bool:
         return stage in self.plan.run
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """Prefect describes and validates flow parameters with pydantic: a RunContext is checked by type only.
+        As a dataclass it would be described field by field, the whole Config with it: ~40 ms of JSON schema
+        per stage flow, at every import of flows/stages.py, for a parameter only ever passed in-process."""
+        from pydantic_core import core_schema
+
+        return core_schema.is_instance_schema(cls)
 
     @property
     def store(self) -> ArtifactStore:
