@@ -4,10 +4,11 @@ its feedback endpoint.
     app = create_app(models, cfg.serve, store, experiment_id, api_key=os.environ.get(...))
     run_server(app, host, port)                  # lifecycle/preferences/app.py: `lifecycle serve` does both
 
-Routes: GET / (chat page), GET /health, GET /v1/models, POST /v1/chat/completions (stream or not),
-POST /v1/feedback (ratings and comparisons, into the preference store), GET /openapi.json.
-With an API key, /v1/* need `Authorization: Bearer <key>` (compared in constant time, never logged); the
-page asks for it. /v1/* requests are rate limited per key (without one, per client address): over
+Routes: GET / (chat page), GET /health, GET /metrics (Prometheus: lifecycle/serve/metrics.py), GET /v1/models,
+POST /v1/chat/completions (stream or not), POST /v1/feedback (ratings and comparisons, into the preference
+store), GET /openapi.json.
+With an API key, /v1/* and /metrics need `Authorization: Bearer <key>` (compared in constant time, never
+logged); the page asks for it. /v1/* requests are rate limited per key (without one, per client address): over
 serve.server.rate_limit_per_minute, 429 `rate_limit_exceeded` with Retry-After. POSTs from a browser must
 be same-origin. Errors come in OpenAI's shape.
 While the app runs, a thread follows the served aliases (lifecycle/serve/models.py).
@@ -30,6 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
+from starlette.routing import Mount
 from starlette.types import Scope
 
 from lifecycle.config.serve import ServeConfig
@@ -40,6 +42,7 @@ from lifecycle.web_security import (BodyLimit, RateLimit, RateLimiter, SecurityH
 from lifecycle.registry import CHALLENGER
 from lifecycle.serve import api
 from lifecycle.serve.completions import Completions
+from lifecycle.serve.metrics import RequestMetrics, ServeMetrics
 from lifecycle.serve.models import ServedModels
 from lifecycle.serve.tracing import log_rating
 
@@ -52,7 +55,9 @@ class Handlers:
     def __init__(self, models: ServedModels, cfg: ServeConfig, store: PreferenceStore | None,
                  experiment_id: str | None, api_key: str | None, reload: bool) -> None:
         self.models, self.cfg, self.store, self.api_key, self.reload = models, cfg, store, api_key, reload
-        self.chat = Completions(models, cfg, experiment_id)
+        self.metrics = ServeMetrics(models)
+        models.on_event = self.metrics.model_event
+        self.chat = Completions(models, cfg, experiment_id, self.metrics)
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
         self.pages = Jinja2Templates(env=env)
 
@@ -75,6 +80,10 @@ class Handlers:
         if not same_origin(request.headers.get("origin"), request.headers.get("sec-fetch-site"), request.url.scheme,
                            request.headers.get("host"), self.cfg.server.public_url):
             raise api.ApiError(403, f"cross-origin POST from {request.headers.get('origin')} refused")
+
+    def prometheus(self) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
 
     def page(self, request: Request) -> Response:
         return self.pages.TemplateResponse(request, "chat.html", {"name": self.models.name,
@@ -124,6 +133,7 @@ class Handlers:
                 status = record_rating(self.store, body.feedback_id, who, answer, body.score)
                 if status == "created":
                     log_rating(answer.trace_id, "user_rating", body.score, who)
+                    self.metrics.rated(answer.model, body.score)
                 return {"status": status, "feedback_id": body.feedback_id}
             left, right = self._answer(body.left), self._answer(body.right)
             swap = left.alias == CHALLENGER and right.alias != CHALLENGER  # canonical a: the champion's answer
@@ -136,8 +146,9 @@ class Handlers:
             raise api.ApiError(err.status, str(err)) from None
         if status == "created":
             for answer, letter in ((a, "a"), (b, "b")):
-                log_rating(answer.trace_id, "chat_compare", "tie" if choice == "tie" else
-                           "won" if choice == letter else "lost", who)
+                result = "tie" if choice == "tie" else "won" if choice == letter else "lost"
+                log_rating(answer.trace_id, "chat_compare", result, who)
+                self.metrics.compared(answer.model, result)
         return {"status": status, "feedback_id": body.feedback_id}
 
 
@@ -183,6 +194,8 @@ def create_app(models: ServedModels, cfg: ServeConfig, store: PreferenceStore | 
     app.add_middleware(RateLimit, limiter=RateLimiter(cfg.server.rate_limit_per_minute, cfg.server.rate_limit_burst),
                        key=h.rate_key, problem=lambda m: api.error_body(429, m, code="rate_limit_exceeded"))
     app.add_middleware(SecurityHeaders)
+    paths: set[str] = set()  # the route paths, once declared below: the request metrics' route label
+    app.add_middleware(RequestMetrics, metrics=h.metrics, paths=paths)  # outermost: it sees 401, 413 and 429 too
     app.mount("/static/shared", StaticFiles(directory=HERE.parent / "preferences" / "static"), name="shared")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _handlers(app)
@@ -190,6 +203,8 @@ def create_app(models: ServedModels, cfg: ServeConfig, store: PreferenceStore | 
     app.get("/", include_in_schema=False, response_class=HTMLResponse)(h.page)
     app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
     app.get("/health", summary="What is served: versions per alias, their RAG index, when loaded")(h.health)
+    app.get("/metrics", summary="Serving metrics in Prometheus' text format", include_in_schema=False,
+            **authed)(h.prometheus)
     app.get("/v1/models", summary="The model ids requests may name", **authed)(h.list_models)
     app.post("/v1/chat/completions", summary="A RAG answer in OpenAI's chat.completion shape (+ sources)",
              **authed)(h.completions)
@@ -198,4 +213,5 @@ def create_app(models: ServedModels, cfg: ServeConfig, store: PreferenceStore | 
         return h.feedback(request, body)
 
     app.post("/v1/feedback", summary="Rate an answer, or say which of two was better", **authed)(feedback)
+    paths.update(route.path for route in app.routes if not isinstance(route, Mount))
     return app

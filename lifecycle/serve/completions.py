@@ -2,7 +2,7 @@
 prompt, generate (plain or streamed as server-sent events), trace it all in MLflow, and keep the answer in
 memory for a while so that feedback can name it by id.
 
-    chat = Completions(models, cfg.serve, experiment_id)
+    chat = Completions(models, cfg.serve, experiment_id, ServeMetrics(models))
     chat.complete(body)        # the chat.completion dict (+ sources, trace_id)
     chat.stream(body)          # an iterator of 'data: {...}\\n\\n' events ending with 'data: [DONE]'
     chat.recall("chatcmpl-...")   # the Answered it produced, while it is among the last recent_answers
@@ -29,6 +29,7 @@ from lifecycle.rag.answer import fit_prompt
 from lifecycle.rag.search import Hit
 from lifecycle.serve import api
 from lifecycle.serve.generation import Sampling, TextStream, token_budget
+from lifecycle.serve.metrics import ServeMetrics
 from lifecycle.serve.models import Served, ServedModels
 from lifecycle.serve.tracing import RequestTrace, hits_output
 
@@ -53,8 +54,9 @@ class Prepared:
 
 
 class Completions:
-    def __init__(self, models: ServedModels, cfg: ServeConfig, experiment_id: str | None) -> None:
-        self.models, self.cfg = models, cfg
+    def __init__(self, models: ServedModels, cfg: ServeConfig, experiment_id: str | None,
+                 metrics: ServeMetrics) -> None:
+        self.models, self.cfg, self.metrics = models, cfg, metrics
         self.experiment_id = experiment_id if cfg.server.trace else None
         self._recent: OrderedDict[str, Answered] = OrderedDict()
         self._lock = threading.Lock()
@@ -112,6 +114,7 @@ class Completions:
         p.trace.end(span, {"answer": stream.text, "tokens": stream.tokens, "tokens_per_s": round(rate, 2),
                            "finish_reason": stream.finish_reason}, {"seconds": round(stream.seconds, 4)}, error)
         p.trace.finish({"answer": stream.text, "sources": [h.title for h in p.used]}, error)
+        self.metrics.answered(p.served, stream, failed=error is not None)
         if error is None:
             self._remember(Answered(p.cid, p.question, stream.text, str(p.served.ref), p.served.alias,
                                     p.trace.trace_id, api.sources(p.used)))

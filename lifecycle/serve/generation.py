@@ -80,11 +80,13 @@ class _Cancelled(StoppingCriteria):
 
 class TextStream:
     """Generate from `ids` in a thread; iterate for the text as it grows. After the loop: `text`, `tokens`
-    (generated, the stop token included), `finish_reason` ("stop" | "length") and `seconds`."""
+    (generated, the stop token included), `finish_reason` ("stop" | "length"), `seconds` and
+    `first_token_seconds` (to the first generated token; None without one)."""
 
     def __init__(self, served: Served, ids: list[int], max_new: int, sampling: Sampling) -> None:
         self.served, self.ids, self.max_new, self.sampling = served, ids, max_new, sampling
         self.text, self.tokens, self.finish_reason, self.seconds = "", 0, "stop", 0.0
+        self.first_token_seconds: float | None = None
         self._cancel = threading.Event()
         self._error: BaseException | None = None
 
@@ -116,6 +118,8 @@ class TextStream:
         tok, stop, generated, sent = self.served.tokenizer, set(stop_token_ids(self.served.tokenizer)), [], ""
         try:
             while (token := streamer.queue.get()) is not _END:
+                if not generated:
+                    self.first_token_seconds = time.perf_counter() - started
                 generated.append(token)
                 text = tok.decode(generated, skip_special_tokens=True).strip()
                 if text.endswith("\ufffd") or not text.startswith(sent):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ class ServedModels:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.on_event: Callable[[str, str], None] = lambda slot, event: None  # (slot, load | drop | reload_failed)
 
     # what is served
     def get(self, slot: str) -> Served | None:
@@ -152,6 +154,8 @@ class ServedModels:
                 if slot == "primary" and challenger is not None and challenger.ref == served.ref:
                     del self._served["challenger"]
                     log.info("no challenger to compare with any more (%s is the primary now)", served.ref)
+                    self.on_event("challenger", "drop")
+        self.on_event(slot, "drop" if served is None else "load")
         if served is not None:
             log.info("serving %s as %s (RAG index %s version %s)", served.ref, served.label,
                      served.index.get("table"), served.index.get("version"))
@@ -188,6 +192,7 @@ class ServedModels:
             self.last_error = None
         except Exception as err:  # noqa: BLE001 - keep serving the loaded versions; retried on the next poll
             self.last_error = f"{type(err).__name__}: {err}"
+            self.on_event("all", "reload_failed")
             log.exception("reloading the served models failed; still serving what was loaded")
         return changed
 

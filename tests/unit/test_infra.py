@@ -1,7 +1,9 @@
 """infra/ kept correct without a container engine: prefect.yaml in step with the code; both Dockerfiles pass
 hadolint and share one layout (non-root user, paths, every package copied); compose.yaml passes the Compose
 Specification schema and its wiring holds (loopback ports, secrets from the environment, dependencies, URLs,
-pool); the Kubernetes work-pool template renders to a GPU Job that passes Kubernetes' schema, with the
+pool); Prometheus' scrape config passes promtool and reaches the served app's /metrics with its key, and
+Grafana's provisioned dashboard is well formed on the provisioned data source (its queries run against a real
+Prometheus in tests/integration/test_serve_metrics.py); the Kubernetes work-pool template renders to a GPU Job that passes Kubernetes' schema, with the
 Dockerfiles' UID. The same topology runs without containers in tests/integration/test_production.py."""
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ DOCKERFILES = ["Dockerfile", "Dockerfile.cuda"]
 COMPOSE = yaml.safe_load((INFRA / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 TEMPLATE = json.loads((INFRA / "k8s" / "work-pool-template.json").read_text())
-SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.I)
+SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|API_KEY", re.I)
 REFERENCE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")  # ${VAR}, ${VAR:-default}, ${VAR:?message}
 
 
@@ -363,3 +365,54 @@ def test_pretrain_job_runs_as_the_image_user_on_a_gpu() -> None:
     assert container["args"][0] == "run"  # a `lifecycle` subcommand: the image's entrypoint stays
     claim = yaml.safe_load((INFRA / "k8s" / "state-pvc.yaml").read_text())["metadata"]["name"]
     assert {"name": "state", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("needs promtool (Debian's `prometheus` package; .ci/run installs it)")
+    done = subprocess.run([promtool, "check", "config", "--syntax-only", str(INFRA / "prometheus" / "prometheus.yml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prometheus_scrapes_the_served_app_with_its_key() -> None:
+    serve, prometheus = SERVICES["serve"], SERVICES["prometheus"]
+    config = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    [target] = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host == "serve" and serve["command"][serve["command"].index("--port") + 1] == port
+    assert job["metrics_path"] == "/metrics" and job["authorization"]["type"] == "Bearer"
+    # the key serve reads (serve.server.api_key_env) is the secret Prometheus reads from a file
+    key_env = load_config(find_conf_dir(None)).serve.server.api_key_env
+    assert key_env in serve["environment"]
+    [secret] = prometheus["secrets"]
+    assert COMPOSE["secrets"][secret] == {"environment": key_env}
+    assert job["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"] if v.startswith("./")}
+    assert (INFRA / mounted["/etc/prometheus/prometheus.yml"]).resolve() == INFRA / "prometheus" / "prometheus.yml"
+
+
+def test_grafana_dashboard_is_provisioned_on_the_prometheus_data_source() -> None:
+    grafana = SERVICES["grafana"]
+    mounted = {v.split(":")[1]: (INFRA / v.split(":")[0]).resolve() for v in grafana["volumes"]}
+    provisioning = mounted["/etc/grafana/provisioning"]
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and urlsplit(source["url"]).hostname == "prometheus"
+    assert any(p.endswith(f":{urlsplit(source['url']).port}") for p in SERVICES["prometheus"]["ports"])
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "lifecycle.yaml").read_text())["providers"]
+    dashboards = mounted[provider["options"]["path"]]
+    [path] = dashboards.glob("*.json")
+    dashboard = json.loads(path.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 30
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    titles = " ".join(p["title"] for p in panels).lower()
+    for signal in ("latency", "error rate", "traffic split", "thumbs up", "first token", "tokens per second"):
+        assert signal in titles, f"the dashboard has no {signal} panel"
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+        assert panel["targets"] and len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == source["uid"] and "lifecycle_serve_" in target["expr"]
