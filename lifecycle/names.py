@@ -70,7 +70,8 @@ PREFERENCES_BATCH = "lifecycle.preferences.batch"
 PREFERENCES_RESUMED_BY = "lifecycle.preferences.resumed_by"
 
 # --- promotion decisions (lifecycle/evaluate/gate.py, promotion.py, registry.py) -------------------------
-DECISION = "lifecycle.decision"  # "promoted", "refused", "promoted by hand", "rolled back"
+DECISION = "lifecycle.decision"  # "promoted", "refused", "promoted by hand", "rolled back",
+# "promoted (canary)", "refused (canary)" (`lifecycle promote --from-canary`)
 DECISION_MODE = "lifecycle.decision.mode"
 DECISION_REASON = "lifecycle.decision.reason"
 DECISION_BY = "lifecycle.decision.by"

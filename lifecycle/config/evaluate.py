@@ -132,9 +132,20 @@ class HarnessRules(Section):
                                                              "max_drop_vs_sft")}
 
 
+class CanaryRules(Section):
+    """`lifecycle promote --from-canary`: the challenger's live numbers while it served a share of the traffic."""
+
+    min_answers: int = Field(ge=0)  # requests it answered (its traces)
+    min_compare_votes: int = Field(ge=0)  # side-by-side votes between it and the champion
+    min_win_rate: float = Field(ge=0, le=1)  # its compare win rate (ties half), on the lower bound of its 95% interval
+    min_ratings: int = Field(ge=0)  # thumbs on each version before max_thumbs_up_drop applies (skipped below)
+    max_thumbs_up_drop: float = Field(ge=0, le=1)  # its thumbs-up share at most this below the champion's
+
+
 class PromoteConfig(Section):
     against_champion: AgainstChampion
     against_sft: AgainstSft
     minimums: Minimums
     bounds: Bounds
+    canary: CanaryRules
     harness: HarnessRules | None = None  # absent or null: no rules on harness scores

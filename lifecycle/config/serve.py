@@ -64,7 +64,14 @@ class ServerConfig(Section):
     feedback_annotator: str = Field(min_length=1, max_length=64)  # who chat-page votes are recorded as
 
 
+class TrafficConfig(Section):
+    """The canary: requests that do not name a version go to @challenger at this share, sticky per end user."""
+
+    challenger_share: float = Field(ge=0, le=1)  # 0: every such request to the primary (@champion)
+
+
 class ServeConfig(Section):
     search: SearchConfig
     answer: AnswerConfig
     server: ServerConfig
+    traffic: TrafficConfig

@@ -20,10 +20,14 @@ Recall intervals (the rag_index stage): per held-out question 1.0 when its sourc
 else 0.0; `interval(hits, **spec)`, stored in the stage's metrics with `flat_keys(f"{mode}_recall_at_{k}", iv)`:
 keys `<mode>_recall_at_<k>` (the estimate), `<mode>_recall_at_<k>_low`, `<mode>_recall_at_<k>_high` and
 `<mode>_recall_at_<k>_n`. The evaluate stage reads them back with `from_flat_keys`.
+
+Live counts (serving: thumbs up, compare wins) have no per-item series to resample, only a tally:
+`wilson(successes, n)` is the share with its 95% Wilson score interval, as a dict for JSON.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -133,3 +137,14 @@ def from_flat_keys(metrics: dict[str, float], name: str, level: float) -> Interv
         return None
     return Interval(float(metrics[name]), float(metrics[keys[1]]), float(metrics[keys[2]]), int(metrics[keys[3]]),
                     level)
+
+
+def wilson(successes: float, n: float, z: float = 1.96) -> dict[str, float | None]:
+    """The share `successes / n` with its Wilson score interval (95% at z 1.96); None without any n."""
+    if n <= 0:
+        return {"estimate": None, "low": None, "high": None, "n": 0}
+    p = successes / n
+    center, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    low, high = max(0.0, (center - half) / scale), min(1.0, (center + half) / scale)  # rounding: 0 - 1e-17
+    return {"estimate": p, "low": low, "high": high, "n": int(n)}

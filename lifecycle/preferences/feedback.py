@@ -12,6 +12,7 @@ the next round of preferences.
     record_rating(store, feedback_id, "chat", answer, score=-1)          # "created" | "replayed"
     rows = feedback_rows(store)       # TRL rows (source "feedback"), ties dropped, sorted by item_id
     feedback_digest(store)            # sha256 of those rows as a snapshot; "none" when there are none
+    feedback_by_version(store, "lifecycle-gpt")["lifecycle-gpt/3"].against("lifecycle-gpt/2")   # won, lost, tie
 
 The feedback id is made by the client once per judgement, so a retried submission is recognised.
 """
@@ -180,3 +181,36 @@ def feedback_digest(store: PreferenceStore) -> str:
     """A content hash of feedback_rows (the sha256 of their snapshot bytes); "none" when there are none."""
     rows = feedback_rows(store)
     return hashlib.sha256(snapshot_bytes(rows)).hexdigest() if rows else "none"
+
+
+@dataclass(frozen=True)
+class VersionFeedback:
+    """What the chat page's people said about one served version: thumbs, and side-by-side results against each
+    version it was compared with (ties as such)."""
+
+    up: int = 0
+    down: int = 0
+    compared: dict[str, dict[str, int]] = field(default_factory=dict)  # other version -> {won, lost, tie}
+
+    def against(self, other: str) -> dict[str, int]:
+        return {"won": 0, "lost": 0, "tie": 0} | self.compared.get(other, {})
+
+
+def feedback_by_version(store: PreferenceStore, name: str) -> dict[str, VersionFeedback]:
+    """Per version (NAME/VERSION) of `name`: its ratings and its comparisons in the batch `feedback-<name>`."""
+    thumbs: dict[str, dict[int, int]] = defaultdict(lambda: {1: 0, -1: 0})
+    compared: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: {"won": 0, "lost": 0,
+                                                                                             "tie": 0}))
+    with read(store.engine) as s:
+        for model, score, count in s.execute(select(Rating.model, Rating.score, func.count())
+                                              .where(Rating.model.startswith(f"{name}/"))
+                                              .group_by(Rating.model, Rating.score)):
+            thumbs[model][score] += count
+        votes = s.execute(select(Item.meta, Vote.choice).join(Vote, Vote.item_id == Item.id)
+                          .where(Item.batch_id == feedback_batch_id(name), Item.gold.is_(None)))
+        for meta, choice in votes:
+            a, b = json.loads(meta)["models"]
+            for me, other, letter in ((a, b, "a"), (b, a, "b")):
+                compared[me][other]["tie" if choice == "tie" else "won" if choice == letter else "lost"] += 1
+    return {v: VersionFeedback(thumbs[v][1], thumbs[v][-1], {o: dict(t) for o, t in compared[v].items()})
+            for v in sorted(set(thumbs) | set(compared))}

@@ -68,6 +68,8 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
     n: int | None = Field(None, ge=1, le=1)
+    user: str | None = Field(None, max_length=256, description="your end user's id: the canary keeps each user on "
+                                                               "one version (serve.traffic)")
 
     @property
     def limit(self) -> int | None:

@@ -16,8 +16,11 @@ While the app runs, a thread follows the served aliases (lifecycle/serve/models.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,11 +46,14 @@ from lifecycle.registry import CHALLENGER
 from lifecycle.serve import api
 from lifecycle.serve.completions import Completions
 from lifecycle.serve.metrics import RequestMetrics, ServeMetrics
-from lifecycle.serve.models import ServedModels
+from lifecycle.serve.models import Served, ServedModels
 from lifecycle.serve.tracing import log_rating
 
 log = logging.getLogger("lifecycle.serve")
 HERE = Path(__file__).parent
+CLIENT_COOKIE = "lifecycle_client"  # a random id per browser: the canary's draw for the chat page
+CLIENT_PATTERN = re.compile(r"[0-9a-f]{32}")
+CLIENT_MAX_AGE_S = 30 * 24 * 3600
 BEARER = HTTPBearer(auto_error=False, description="the key in the environment variable serve.server.api_key_env")
 
 
@@ -86,8 +92,11 @@ class Handlers:
         return Response(body, media_type=content_type)
 
     def page(self, request: Request) -> Response:
-        return self.pages.TemplateResponse(request, "chat.html", {"name": self.models.name,
+        page = self.pages.TemplateResponse(request, "chat.html", {"name": self.models.name,
                                                                   "needs_key": self.api_key is not None})
+        if not CLIENT_PATTERN.fullmatch(request.cookies.get(CLIENT_COOKIE, "")):  # the canary's draw per browser
+            page.set_cookie(CLIENT_COOKIE, uuid.uuid4().hex, max_age=CLIENT_MAX_AGE_S, httponly=True, samesite="strict")
+        return page
 
     def health(self) -> dict[str, Any]:
         served = self.models.all()
@@ -98,7 +107,9 @@ class Handlers:
                 "reload": {"follows": self.models.primary if self.models.follow else None, "enabled": self.reload,
                            "interval_s": self.cfg.server.reload_interval_s, "last_error": self.models.last_error},
                 "tracing": self.chat.experiment_id is not None, "feedback": self.store is not None,
-                "auth": self.api_key is not None}
+                "auth": self.api_key is not None,
+                "traffic": {"challenger_share": self.cfg.traffic.challenger_share if challenger else 0.0},
+                "live": self.metrics.live()}
 
     def list_models(self) -> dict[str, Any]:
         served = self.models.all()
@@ -108,12 +119,26 @@ class Handlers:
                 cards.setdefault(model_id, api.model_card(model_id, s.created))
         return {"object": "list", "data": list(cards.values())}
 
+    def sticky(self, request: Request, body: api.ChatRequest) -> str:
+        """Who asks, for the canary's draw: the request's `user`, the chat page's client cookie, the API key
+        (hashed, never kept in clear), else the client address."""
+        if body.user:
+            return f"user:{body.user}"
+        if cookie := request.cookies.get(CLIENT_COOKIE):
+            return f"client:{cookie}"
+        if token := bearer_token(request.scope):
+            return f"key:{hashlib.sha256(token.encode()).hexdigest()}"
+        return f"addr:{client_address(request.scope)}"
+
     def completions(self, request: Request, body: api.ChatRequest) -> Response:
         self.same_site(request)
+        sticky = self.sticky(request, body)
         if body.stream:
-            return StreamingResponse(self.chat.stream(body), media_type="text/event-stream",
-                                     headers={"X-Accel-Buffering": "no"})
-        return JSONResponse(self.chat.complete(body))
+            events, served = self.chat.stream(body, sticky)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"X-Accel-Buffering": "no"} | answered_by(served))
+        reply, served = self.chat.complete(body, sticky)
+        return JSONResponse(reply, headers=answered_by(served))
 
     def _answer(self, cid: str) -> Answered:
         found = self.chat.recall(cid)
@@ -150,6 +175,11 @@ class Handlers:
                 log_rating(answer.trace_id, "chat_compare", result, who)
                 self.metrics.compared(answer.model, result)
         return {"status": status, "feedback_id": body.feedback_id}
+
+
+def answered_by(served: Served) -> dict[str, str]:
+    """The response headers naming the version that answered and the alias it was served under."""
+    return {"X-Lifecycle-Model": str(served.ref), "X-Lifecycle-Alias": served.alias or "pinned"}
 
 
 def _handlers(app: FastAPI) -> None:

@@ -3,8 +3,8 @@ prompt, generate (plain or streamed as server-sent events), trace it all in MLfl
 memory for a while so that feedback can name it by id.
 
     chat = Completions(models, cfg.serve, experiment_id, ServeMetrics(models))
-    chat.complete(body)        # the chat.completion dict (+ sources, trace_id)
-    chat.stream(body)          # an iterator of 'data: {...}\\n\\n' events ending with 'data: [DONE]'
+    chat.complete(body, sticky)   # (the chat.completion dict (+ sources, trace_id), the Served that answered)
+    chat.stream(body, sticky)     # (an iterator of 'data: {...}\\n\\n' events ending with 'data: [DONE]', Served)
     chat.recall("chatcmpl-...")   # the Answered it produced, while it is among the last recent_answers
 """
 
@@ -71,9 +71,9 @@ class Completions:
             while len(self._recent) > self.cfg.server.recent_answers:
                 self._recent.popitem(last=False)
 
-    def prepare(self, body: api.ChatRequest) -> Prepared:
+    def prepare(self, body: api.ChatRequest, sticky: str) -> Prepared:
         try:
-            served = self.models.lookup(body.model)
+            served = self.models.route(body.model, sticky, self.cfg.traffic.challenger_share)
         except KeyError as err:
             raise api.ApiError(404, str(err.args[0]), "model", "model_not_found") from None
         question, system = api.read_messages(body.messages, self.cfg.answer.system_prompt,
@@ -121,8 +121,8 @@ class Completions:
         log.info("%s answered %s in %.2f s (%d tokens%s)", p.served.ref, p.cid, stream.seconds, stream.tokens,
                  f", failed: {error}" if error else "")
 
-    def complete(self, body: api.ChatRequest) -> dict[str, Any]:
-        p = self.prepare(body)
+    def complete(self, body: api.ChatRequest, sticky: str = "") -> tuple[dict[str, Any], Served]:
+        p = self.prepare(body, sticky)
         stream, span = self._generate(p, body)
         try:
             text = "".join(stream)
@@ -131,13 +131,13 @@ class Completions:
             raise
         self._finish(p, stream, span)
         return api.completion(p.cid, p.created, str(p.served.ref), text, stream.finish_reason,
-                              api.usage(len(p.ids), stream.tokens), p.extra())
+                              api.usage(len(p.ids), stream.tokens), p.extra()), p.served
 
-    def stream(self, body: api.ChatRequest) -> Iterator[str]:
+    def stream(self, body: api.ChatRequest, sticky: str = "") -> tuple[Iterator[str], Served]:
         """Validated and retrieved now (errors are plain responses); the events are generated as read."""
-        p = self.prepare(body)
+        p = self.prepare(body, sticky)
         stream, span = self._generate(p, body)
-        return self._events(p, body, stream, span)
+        return self._events(p, body, stream, span), p.served
 
     def _events(self, p: Prepared, body: api.ChatRequest, stream: TextStream, span: Any) -> Iterator[str]:
         model, pieces, error = str(p.served.ref), iter(stream), None

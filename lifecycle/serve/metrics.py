@@ -16,6 +16,9 @@ Prometheus to scrape and Grafana to chart (infra/compose.yaml, infra/grafana/):
 - `lifecycle_serve_model_events_total{slot, event}` (event load | drop | reload_failed) and
   `lifecycle_serve_model_info{slot, alias, version}` (1 for each version served now, read at scrape time).
 
+`live()` is the same tally per version for /health: answers, thumbs up share and compare-mode win rate (ties
+count half), each with a 95% Wilson interval and its n, since the app started.
+
 Each app has its registry of its own (several apps can run in one process, as in the tests). With an API key
 configured, /metrics asks for it as /v1/* does (Prometheus: `authorization: {credentials_file: ...}`).
 
@@ -27,14 +30,19 @@ configured, /metrics asks for it as /v1/* does (Prometheus: `authorization: {cre
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lifecycle.evaluate.bootstrap import wilson
 from lifecycle.serve.generation import TextStream
 from lifecycle.serve.models import Served, ServedModels
 
@@ -84,21 +92,40 @@ class ServeMetrics:
         self.model_events = Counter(f"{PREFIX}_model_events", "served models loaded, dropped, or failing to reload",
                                     ["slot", "event"], registry=r)
         r.register(_ServedNow(models))
+        self._live: defaultdict[str, Tally[str]] = defaultdict(Tally)  # version -> answers, up, down, won, lost, tie
+        self._lock = threading.Lock()
+
+    def _count(self, version: str, what: str) -> None:
+        with self._lock:
+            self._live[version][what] += 1
+
+    def live(self) -> dict[str, Any]:
+        """Per version since the app started: answers, thumbs up share and compare win rate with 95% intervals."""
+        with self._lock:
+            found = {v: Tally(t) for v, t in self._live.items()}
+        return {version: {"answers": t["answers"],
+                          "thumbs_up": wilson(t["up"], t["up"] + t["down"]),
+                          "compare_wins": wilson(t["won"] + t["tie"] / 2, t["won"] + t["lost"] + t["tie"])}
+                for version, t in sorted(found.items())}
 
     def answered(self, served: Served, stream: TextStream, failed: bool) -> None:
         version = version_of(served)
         outcome = "error" if failed else stream.finish_reason
         self.completions.labels(version, alias_of(served), outcome).inc()
+        self._count(version, "answers")
         if stream.first_token_seconds is not None:
             self.first_token.labels(version).observe(stream.first_token_seconds)
         self.generation.labels(version).observe(stream.seconds)
         self.tokens.labels(version).inc(stream.tokens)
 
     def rated(self, version: str, score: int) -> None:
-        self.feedback.labels(version, "rating", "up" if score > 0 else "down").inc()
+        value = "up" if score > 0 else "down"
+        self.feedback.labels(version, "rating", value).inc()
+        self._count(version, value)
 
     def compared(self, version: str, result: str) -> None:
         self.feedback.labels(version, "compare", result).inc()
+        self._count(version, result)
 
     def model_event(self, slot: str, event: str) -> None:
         self.model_events.labels(slot, event).inc()

@@ -13,6 +13,7 @@ load is logged and retried on the next poll, the old version serving meanwhile.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -121,6 +122,20 @@ class ServedModels:
                 return s
         names = ", ".join(sorted(m for s in served.values() for m in (s.label, str(s.ref))))
         raise KeyError(f"model {model_id!r} is not served here; served: {primary.ref.name}, {names}")
+
+    def route(self, model_id: str | None, sticky: str, challenger_share: float) -> Served:
+        """The version to answer a request: the one it names; a request that names none (or the bare NAME) goes
+        to the challenger if `sticky` (who asks) hashes below `challenger_share`, with the challenger's version
+        in the hash (the same user, the same version, until the challenger changes)."""
+        served = self.all()
+        primary, challenger = served["primary"], served.get("challenger")
+        if model_id and model_id not in (primary.ref.name, f"models:/{primary.ref.name}"):
+            return self.lookup(model_id)
+        if challenger is not None and challenger_share > 0:
+            draw = hashlib.sha256(f"{challenger.ref}|{sticky}".encode()).digest()
+            if int.from_bytes(draw[:8], "big") / 2**64 < challenger_share:
+                return challenger
+        return primary
 
     # loading and reloading
     def _target(self, slot: str) -> ModelRef | None:

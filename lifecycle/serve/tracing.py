@@ -19,6 +19,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import AssessmentSource, SpanType
 
+from lifecycle import names
 from lifecycle.rag.search import Hit
 
 log = logging.getLogger("lifecycle.serve")
@@ -74,3 +75,10 @@ def log_rating(trace_id: str | None, name: str, value: Any, annotator: str) -> N
                             source=AssessmentSource(source_type="HUMAN", source_id=annotator))
     except Exception:  # noqa: BLE001 - the preference store has it; the trace is a convenience
         log.warning("could not attach feedback to trace %s", trace_id, exc_info=True)
+
+
+def answers_by_version(experiment_id: str, versions: list[str]) -> dict[str, int]:
+    """How many completions each version (NAME/VERSION) answered: its traces in the experiment (MLflow has no
+    count: their infos are read, without spans; this process's queued traces are flushed first)."""
+    return {v: len(mlflow.search_traces(locations=[experiment_id], filter_string=f"tag.`{names.MODEL}` = '{v}'",
+                                        return_type="list", include_spans=False, flush=True)) for v in versions}

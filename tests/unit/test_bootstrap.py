@@ -17,6 +17,7 @@ from lifecycle.evaluate.bootstrap import (
     ratio,
     ratio_delta,
     win_rate,
+    wilson,
 )
 
 SPEC = {"level": 0.95, "resamples": 2000, "seed": 1234}
@@ -81,3 +82,13 @@ def test_flat_keys_round_trip_and_bad_input_is_named() -> None:
         interval([], **SPEC)
     with pytest.raises(ValueError, match=r"\[3, 2\]"):
         paired_delta([1, 2, 3], [1, 2], **SPEC)
+
+
+def test_wilson_interval_of_a_tally_matches_the_known_answer() -> None:
+    found = wilson(8, 10)  # the textbook case: 8 successes in 10, 95%
+    assert found["estimate"] == 0.8 and found["n"] == 10
+    assert round(found["low"], 4) == 0.4902 and round(found["high"], 4) == 0.9433
+    assert wilson(0, 0) == {"estimate": None, "low": None, "high": None, "n": 0}
+    none, all_ = wilson(0, 20), wilson(20, 20)
+    assert none["low"] == 0 and 0 < none["high"] < 0.2  # clipped to [0, 1]: no -1e-17 from rounding
+    assert all_["high"] == pytest.approx(1) and 0.8 < all_["low"] < 1
