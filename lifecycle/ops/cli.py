@@ -62,11 +62,13 @@ def cmd_ui(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) 
 
 
 def cmd_deploy(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> int:
-    from lifecycle.ops.deploy import deploy_all, repo_root
+    from lifecycle.ops.deploy import deploy_all, register_automations, repo_root
 
     repo = (args.repo or repo_root()).resolve()
     for name in deploy_all(repo, args.api_url, names=args.names, pool=args.pool):
         print(f"deployed {name} (code in {repo})")
+    for line in register_automations(repo, args.api_url):
+        print(line)
     print("run them with: lifecycle worker   (or: prefect worker start --pool lifecycle-pool)")
     return 0
 

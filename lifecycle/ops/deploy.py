@@ -3,6 +3,7 @@ worker for their pool. The code location is resolved when deploying (the reposit
 from, or `--repo`), not left to an environment variable on the worker's machine.
 
     deploy_all(repo=Path("."), api_url="http://127.0.0.1:4200/api")   # creates the work pool if needed
+    register_automations(repo, api_url)                                # infra/automations.yaml (failure alerts)
     run_worker("lifecycle-pool", api_url)                              # this process becomes the worker
 """
 
@@ -23,6 +24,7 @@ from lifecycle.errors import LifecycleError
 
 log = logging.getLogger("lifecycle.ops")
 PREFECT_FILE = Path("infra") / "prefect.yaml"
+AUTOMATIONS_FILE = Path("infra") / "automations.yaml"
 
 
 def repo_root() -> Path:
@@ -98,6 +100,18 @@ def deploy_all(repo: Path, api_url: str | None = None, prefect_file: Path = PREF
     if done.returncode != 0:
         raise LifecycleError(f"deploy: `prefect deploy` failed:\n{(done.stdout + done.stderr).strip()[-2000:]}")
     return wanted
+
+
+def register_automations(repo: Path, api_url: str | None = None,
+                         automations_file: Path = AUTOMATIONS_FILE) -> list[str]:
+    """infra/automations.yaml on the server (lifecycle/ops/automations.py, in a process with the server's URL);
+    one line per automation."""
+    path = automations_file if automations_file.is_absolute() else repo / automations_file
+    done = subprocess.run([sys.executable, "-m", "lifecycle.ops.automations", str(path)], env=server_env(api_url),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LifecycleError(f"deploy: registering {path} failed:\n{(done.stdout + done.stderr).strip()[-2000:]}")
+    return done.stdout.strip().splitlines()
 
 
 def run_worker(pool: str, api_url: str | None = None, run_once: bool = False) -> NoReturn:

@@ -2,16 +2,19 @@
 behind a real Prefect server and a real MLflow server, MLflow's artifacts on an S3-compatible store (the
 `moto` server), `lifecycle deploy` registering every deployment of infra/prefect.yaml with its schedules,
 and the quickstart deployment run (with the test's tiny parameters) by `lifecycle worker`. Then the flow
-run, the MLflow runs, the artifacts in the bucket and the registry are checked on those servers, and hand
-promotions racing from several machines leave one champion (the server's concurrency limit)."""
+run, the MLflow runs, the artifacts in the bucket and the registry are checked on those servers; a failed flow
+run notifies a webhook through infra/automations.yaml's automation; and hand promotions racing from several
+machines leave one champion (the server's concurrency limit)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,14 +105,48 @@ def servers(tmp_path: Path, postgres_server: str) -> Iterator[dict[str, str]]:
         admin.dispose()
 
 
+class WebhookReceiver:
+    """A loopback HTTP server recording the JSON bodies POSTed to it (the notification block's target)."""
+
+    def __init__(self) -> None:
+        received: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                received.append(json.loads(self.rfile.read(int(self.headers.get("content-length", 0)))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout_s: float) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, f"{len(self.received)} of {count} notifications in {timeout_s} s"
+            time.sleep(0.2)
+        return list(self.received)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
 def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, servers: dict[str, str]) -> None:
     """Postgres, a Prefect server, an MLflow server and an S3 store, each its own process, then `lifecycle
     deploy`, a worker and the deployment's flow run through sft, and four promoting threads: about a minute."""
     env = json.loads(servers["env"]) | {"PREFECT_API_URL": servers["prefect"],
                                         "MLFLOW_TRACKING_URI": servers["mlflow"], "HF_HUB_OFFLINE": "1"}
     lifecycle = [sys.executable, "-m", "lifecycle.cli"]
-    deployed = subprocess.run([*lifecycle, "deploy"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    hook = WebhookReceiver()
+    deployed = subprocess.run([*lifecycle, "deploy"], env=env | {"LIFECYCLE_NOTIFY_WEBHOOK_URL": hook.url}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "automation lifecycle-flow-run-failed: created" in deployed.stdout and hook.url not in deployed.stdout
     api = httpx.Client(base_url=servers["prefect"], timeout=30)
     found = {d["name"]: d for d in api.post("/deployments/filter", json={}).json()}
     assert {"weekly-retrain", "nightly-data-and-rag", "quickstart", "collect-preferences"} <= set(found)
@@ -155,6 +192,19 @@ def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, 
     assert any(k.endswith("model.safetensors") for k in keys), keys[:20]
     assert any(k.endswith("config.json") for k in keys)
     assert not (state / "mlflow" / "mlflow.db").exists()  # nothing tracked locally: the server has it all
+
+    # a failed flow run notifies through the webhook block (infra/automations.yaml); registering again updates
+    fail = ("from prefect import flow\n@flow(name='doomed')\ndef doomed():\n    raise ValueError('the corpus is gone')\n"
+            "try:\n    doomed()\nexcept ValueError:\n    pass")
+    subprocess.run([sys.executable, "-c", fail], env=env, check=True, timeout=120)
+    [message] = hook.wait(1, 60)
+    assert "Flow doomed" in message["text"] and "Failed" in message["text"] and "the corpus is gone" in message["text"]
+    again = subprocess.run([sys.executable, "-m", "lifecycle.ops.automations", str(ROOT / "infra" / "automations.yaml")],
+                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "lifecycle-flow-run-failed: updated, notifying through the notification block 'lifecycle-ops'" in again.stdout
+    assert [a["name"] for a in api.post("/automations/filter", json={}).json()
+            if a["name"].startswith("lifecycle-")] == ["lifecycle-flow-run-failed"]
+    hook.stop()
 
     # event chaining: a preference set exported by collect-preferences starts align-and-promote
     emit = ("from prefect.events import emit_event; emit_event(event='lifecycle.preference-set.exported', "

@@ -416,3 +416,20 @@ def test_grafana_dashboard_is_provisioned_on_the_prometheus_data_source() -> Non
         assert panel["targets"] and len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == source["uid"] and "lifecycle_serve_" in target["expr"]
+
+
+def test_automations_file_builds_prefect_automations(tmp_path: Path) -> None:
+    from uuid import uuid4
+
+    from lifecycle.errors import ConfigError
+    from lifecycle.ops.automations import automation, read_spec
+
+    spec = read_spec(INFRA / "automations.yaml")
+    built = [automation(found, uuid4()) for found in spec["automations"]]  # Prefect's own models validate them
+    failed = next(a for a in built if a.name == "lifecycle-flow-run-failed")
+    assert failed.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    assert [type(a).__name__ for a in failed.actions] == ["SendNotification"]
+    bad = tmp_path / "automations.yaml"
+    bad.write_text("notification_block: ops\nautomations:\n  - name: x\n    trigger: {}\n")
+    with pytest.raises(ConfigError, match=r"automations\[0\] \(x\) lacks notify"):
+        read_spec(bad)
