@@ -194,14 +194,16 @@ def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, 
     assert not (state / "mlflow" / "mlflow.db").exists()  # nothing tracked locally: the server has it all
 
     # a failed flow run notifies through the webhook block (infra/automations.yaml); registering again updates
-    fail = ("from prefect import flow\n@flow(name='doomed')\ndef doomed():\n    raise ValueError('the corpus is gone')\n"
-            "try:\n    doomed()\nexcept ValueError:\n    pass")
+    fail = ("from prefect import flow\n@flow(name='doomed')\ndef doomed():\n"
+            "    raise ValueError('the corpus is gone')\ntry:\n    doomed()\nexcept ValueError:\n    pass")
     subprocess.run([sys.executable, "-c", fail], env=env, check=True, timeout=120)
     [message] = hook.wait(1, 60)
-    assert "Flow doomed" in message["text"] and "Failed" in message["text"] and "the corpus is gone" in message["text"]
-    again = subprocess.run([sys.executable, "-m", "lifecycle.ops.automations", str(ROOT / "infra" / "automations.yaml")],
-                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert "lifecycle-flow-run-failed: updated, notifying through the notification block 'lifecycle-ops'" in again.stdout
+    assert all(word in message["text"] for word in ("Flow doomed", "Failed", "the corpus is gone"))
+    again = subprocess.run([sys.executable, "-m", "lifecycle.ops.automations",
+                            str(ROOT / "infra" / "automations.yaml")], env=env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert "lifecycle-flow-run-failed: updated, notifying through the notification block 'lifecycle-ops'" in (
+        again.stdout)
     assert [a["name"] for a in api.post("/automations/filter", json={}).json()
             if a["name"].startswith("lifecycle-")] == ["lifecycle-flow-run-failed"]
     hook.stop()

@@ -1,10 +1,11 @@
-"""infra/ kept correct without a container engine: prefect.yaml in step with the code; both Dockerfiles pass
-hadolint and share one layout (non-root user, paths, every package copied); compose.yaml passes the Compose
-Specification schema and its wiring holds (loopback ports, secrets from the environment, dependencies, URLs,
-pool); Prometheus' scrape config passes promtool and reaches the served app's /metrics with its key, and
-Grafana's provisioned dashboard is well formed on the provisioned data source (its queries run against a real
-Prometheus in tests/integration/test_serve_metrics.py); the Kubernetes work-pool template renders to a GPU Job that passes Kubernetes' schema, with the
-Dockerfiles' UID. The same topology runs without containers in tests/integration/test_production.py."""
+"""infra/ kept correct without a container engine: prefect.yaml in step with the code; both Dockerfiles pass hadolint
+and share one layout (non-root user, paths, every package copied); compose.yaml passes the Compose Specification
+schema and its wiring holds (loopback ports, secrets from the environment, dependencies, URLs, pool); Prometheus'
+scrape config passes promtool and reaches the served app's /metrics with its key, and Grafana's provisioned
+dashboard is well formed on the provisioned data source (its queries run against a real Prometheus in
+tests/integration/test_serve_metrics.py); the Kubernetes work-pool template renders to a GPU Job that passes
+Kubernetes' schema, with the Dockerfiles' UID. The same topology runs without containers in
+tests/integration/test_production.py."""
 
 from __future__ import annotations
 
