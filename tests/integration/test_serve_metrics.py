@@ -40,7 +40,9 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> ServeState:
 
 @pytest.fixture(scope="module")
 def base(state: ServeState) -> Iterator[str]:
-    cfg = serve_config("serve.server.rate_limit_burst=30", "serve.server.rate_limit_per_minute=60")
+    # a burst of 30, then one request per 10 s: the wrong key's 35 are refused from the 31st even on a slow machine,
+    # and the right key's dozen never reach the limit
+    cfg = serve_config("serve.server.rate_limit_burst=30", "serve.server.rate_limit_per_minute=6")
     app = create_app(state.models(cfg), cfg, state.store(), state.experiment_id, api_key=KEY)
     with serving(app) as url:
         yield url
