@@ -63,10 +63,17 @@ def cmd_serve(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any
     app = create_app(models, cfg.serve, store, experiment_id, api_key, reload=not args.no_reload)
     base = server.public_url or f"http://{host}:{port}"
     served = ", ".join(f"{s.label} = {s.ref}" for s in models.all().values())
-    print(f"serving {served}\n  chat page:  {base}/\n  OpenAI API: {base}/v1  (model \"{models.name}\"; "
-          f"key: {'$' + server.api_key_env if api_key else 'none'})\n  health:     {base}/health\n"
-          f"  traces:     lifecycle ui mlflow --state-dir {state_dir}  (experiment {cfg.run.experiment})\n"
-          "stop with Ctrl-C", file=sys.stderr)
+    key = f"${server.api_key_env}" if api_key else "none"
+    lines = [f"serving {served}", f"  chat page:  {base}/",
+             f"  OpenAI API: {base}/v1  (model \"{models.name}\"; key: {key})",
+             f"  health:     {base}/health",
+             f"  metrics:    {base}/metrics  (Prometheus{', with the same key' if api_key else ''})"]
+    share = cfg.serve.traffic.challenger_share
+    if share and "challenger" in models.all():
+        lines.append(f"  canary:     {share:.0%} of the requests that name no version go to the challenger")
+    lines += [f"  traces:     lifecycle ui mlflow --state-dir {state_dir}  (experiment {cfg.run.experiment})",
+              "stop with Ctrl-C"]
+    print("\n".join(lines), file=sys.stderr)
     run_server(app, host, port)
     return 0
 
