@@ -5,6 +5,7 @@ listed without knowing the process tree.
     env = os.environ | {MARK: mark}                  # `mark`: the fixture, a fresh value per test
     wait_for(lambda: find(mark, "uvicorn"), "the server")
     assert left_behind(mark) == {}
+    wait_until_answers(url, proc, log)                # a server process answers 200 at `url`, or the test fails
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 
 from lifecycle.children import marked
@@ -66,3 +69,17 @@ def left_behind(mark: str, timeout_s: float = 60) -> dict[int, str]:
     while (found := processes(mark)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return found
+
+
+def wait_until_answers(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Return once `url` answers 200; fail the test, with the end of the server's `log`, if `proc` exits first
+    or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url}: the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    pytest.fail(f"{url} did not answer in {timeout_s} s:\n{log.read_text()[-3000:]}")

@@ -102,7 +102,7 @@ class Handlers:
         served = self.models.all()
         challenger = served.get("challenger")
         return {"status": "ok", "model": self.models.name,
-                "served": {s.alias or "pinned": s.describe() for s in served.values()},
+                "served": {s.served_as: s.describe() for s in served.values()},
                 "models": {"primary": served["primary"].label, "challenger": challenger.label if challenger else None},
                 "reload": {"follows": self.models.primary if self.models.follow else None, "enabled": self.reload,
                            "interval_s": self.cfg.server.reload_interval_s, "last_error": self.models.last_error},
@@ -179,7 +179,7 @@ class Handlers:
 
 def answered_by(served: Served) -> dict[str, str]:
     """The response headers naming the version that answered and the alias it was served under."""
-    return {"X-Lifecycle-Model": str(served.ref), "X-Lifecycle-Alias": served.alias or "pinned"}
+    return {"X-Lifecycle-Model": str(served.ref), "X-Lifecycle-Alias": served.served_as}
 
 
 def _handlers(app: FastAPI) -> None:

@@ -86,7 +86,7 @@ class Completions:
         inputs = {"messages": [m.model_dump() for m in body.messages], "model": body.model,
                   "max_tokens": body.limit, "stream": body.stream, "temperature": body.temperature}
         trace = RequestTrace.start(self.experiment_id, inputs, {names.MODEL: str(served.ref),
-                                                                names.ALIAS: served.alias or "pinned"})
+                                                                names.ALIAS: served.served_as})
         k = self.cfg.answer.top_k
         span = trace.span("retrieve", SpanType.RETRIEVER, {"query": question, "k": k})
         try:

@@ -50,14 +50,6 @@ PREFIX = "lifecycle_serve"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def version_of(served: Served) -> str:
-    return str(served.ref)
-
-
-def alias_of(served: Served) -> str:
-    return served.alias or "pinned"
-
-
 class _ServedNow(Collector):
     """`lifecycle_serve_model_info`: what is served at the moment of the scrape."""
 
@@ -68,7 +60,7 @@ class _ServedNow(Collector):
         family = GaugeMetricFamily(f"{PREFIX}_model_info", "1 for each model version served now",
                                    labels=["slot", "alias", "version"])
         for slot, served in sorted(self.models.all().items()):
-            family.add_metric([slot, alias_of(served), version_of(served)], 1)
+            family.add_metric([slot, served.served_as, str(served.ref)], 1)
         yield family
 
 
@@ -109,9 +101,9 @@ class ServeMetrics:
                 for version, t in sorted(found.items())}
 
     def answered(self, served: Served, stream: TextStream, failed: bool) -> None:
-        version = version_of(served)
+        version = str(served.ref)
         outcome = "error" if failed else stream.finish_reason
-        self.completions.labels(version, alias_of(served), outcome).inc()
+        self.completions.labels(version, served.served_as, outcome).inc()
         self._count(version, "answers")
         if stream.first_token_seconds is not None:
             self.first_token.labels(version).observe(stream.first_token_seconds)

@@ -46,6 +46,11 @@ class Served:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def served_as(self) -> str:
+        """The alias it answers under, "pinned" for a pinned version (traces, headers, metrics)."""
+        return self.alias or "pinned"
+
+    @property
     def label(self) -> str:
         return f"{self.ref.name}@{self.alias}" if self.alias else str(self.ref)
 

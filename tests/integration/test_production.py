@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import CONF, ROOT
 from tests.integration.conftest import OVERRIDES
+from tests.process_fixtures import wait_until_answers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "lifecycle-artifacts"
@@ -37,20 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{url}: the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} did not answer in {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture
@@ -87,7 +74,7 @@ def servers(tmp_path: Path, postgres_server: str) -> Iterator[dict[str, str]]:
                 procs.append(subprocess.Popen(argv, env=server_env.get(name, env), stdout=out,
                                               stderr=subprocess.STDOUT, start_new_session=True))
         for proc, (name, (_, health)) in zip(procs, commands.items(), strict=True):
-            wait_until(health, proc, tmp_path / f"{name}.log")
+            wait_until_answers(health, proc, tmp_path / f"{name}.log")
         import boto3
 
         boto3.client("s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing",
@@ -118,7 +105,7 @@ class WebhookReceiver:
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
-                pass
+                """No access log on stderr: the test reads what was posted."""
 
         self.received = received
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lifecycle.registry import CHAMPION, set_alias
 from lifecycle.serve.app import create_app
 from tests.annotate_fixtures import free_port, serving
+from tests.process_fixtures import wait_until_answers
 from tests.serve_fixtures import NAME, ServeState, make_serve_state, serve_config
 
 pytestmark = [pytest.mark.integration]
@@ -158,16 +159,7 @@ def prometheus(base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                              f"--web.listen-address={url.removeprefix('http://')}"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (home / "prometheus.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "Prometheus was not ready in 60 s"
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_until_answers(f"{url}/-/ready", proc, home / "prometheus.log", timeout_s=60)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -17,12 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY
 from tests.integration.test_bad_input import CLEAN_ENV, ROOT
+from tests.process_fixtures import wait_until_answers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXPERIMENT = "llm-lifecycle"
@@ -82,16 +82,7 @@ class TrackingServer:
         env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
         with open(self.tmp / "mlflow-server.log", "ab") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.tmp / "mlflow-server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"mlflow server did not answer in {timeout_s} s")
+        wait_until_answers(f"{self.url}/health", self.proc, self.tmp / "mlflow-server.log", timeout_s)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
