@@ -92,6 +92,10 @@ PREFERENCE_SET_EXPORTED = "lifecycle.preference-set.exported"
 CHAMPION_PROMOTED = "lifecycle.champion.promoted"
 PREFERENCE_SET = "lifecycle.preference-set"  # + "." + content hash: an event's resource id
 MODEL_RESOURCE = "lifecycle.model"  # + "." + model name: an event's resource id
+DRIFT_DETECTED = "lifecycle.drift.detected"  # lifecycle monitor: served questions drifted from the reference
+FEEDBACK_DEGRADED = "lifecycle.feedback.degraded"  # lifecycle monitor: a served version's thumbs-down share
+MONITOR_RESOURCE = "lifecycle.monitor"  # + "." + profile: the monitor events' resource id
+COLLECT_PREFERENCES = "lifecycle.collect-preferences"  # a drift event's label: "true" asks for a collect-preferences run
 
 
 def metric(stage: str, name: str) -> str:

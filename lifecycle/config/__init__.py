@@ -20,6 +20,7 @@ from lifecycle.config.base import Section
 from lifecycle.config.evaluate import AgainstChampion, EvaluateConfig, Minimums, PromoteConfig
 from lifecycle.config.ingest import IngestConfig, NearDupConfig, SourceConfig
 from lifecycle.config.loader import Origins, deep_merge, describe, explain, find_conf_dir, origin_of, read_layers
+from lifecycle.config.monitor import MonitorConfig
 from lifecycle.config.preferences import AnnotateConfig, PreferencesConfig
 from lifecycle.config.pretrain import (
     DistributedConfig,
@@ -46,7 +47,8 @@ from lifecycle.errors import ConfigError
 from lifecycle.hashing import hash_json
 
 __all__ = ["AgainstChampion", "AnnotateConfig", "AnswerConfig", "Config", "ConfigError", "DistributedConfig",
-           "EvaluateConfig", "IngestConfig", "Minimums", "ModelArchConfig", "ModelNames", "NearDupConfig",
+           "EvaluateConfig", "IngestConfig", "Minimums", "ModelArchConfig", "ModelNames", "MonitorConfig",
+           "NearDupConfig",
            "OptimConfig", "PreferencesConfig", "PretrainConfig", "PromoteConfig", "RagAnnConfig", "RagChunkConfig",
            "RagEmbedConfig", "RagEvalConfig", "RagIndexConfig", "RagRetentionConfig", "RlhfConfig", "RunConfig",
            "SampleConfig", "SearchConfig", "Section", "ServeConfig", "SftConfig", "SftDataConfig", "SftEvalConfig",
@@ -68,6 +70,7 @@ class Config(Section):
     promote: PromoteConfig
     serve: ServeConfig
     annotate: AnnotateConfig
+    monitor: MonitorConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     _origin: Origins = PrivateAttr(default_factory=dict)
