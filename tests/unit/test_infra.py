@@ -426,11 +426,19 @@ def test_automations_file_builds_prefect_automations(tmp_path: Path) -> None:
     from lifecycle.ops.automations import automation, read_spec
 
     spec = read_spec(INFRA / "automations.yaml")
-    built = [automation(found, uuid4()) for found in spec["automations"]]  # Prefect's own models validate them
+    built = [automation(found, uuid4(), uuid4()) for found in spec["automations"]]  # Prefect's models validate them
     failed = next(a for a in built if a.name == "lifecycle-flow-run-failed")
     assert failed.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
     assert [type(a).__name__ for a in failed.actions] == ["SendNotification"]
+    collect = next(a for a in built if a.name == "lifecycle-drift-collect-preferences")
+    assert collect.trigger.expect == {"lifecycle.drift.detected"}
+    assert collect.trigger.match["lifecycle.collect-preferences"] == ["true"]  # Prefect keeps labels as lists
+    [run] = collect.actions
+    assert type(run).__name__ == "RunDeployment" and "prompts_file" in run.parameters["settings"]["overrides"][-1]
     bad = tmp_path / "automations.yaml"
     bad.write_text("notification_block: ops\nautomations:\n  - name: x\n    trigger: {}\n")
-    with pytest.raises(ConfigError, match=r"automations\[0\] \(x\) lacks notify"):
+    with pytest.raises(ConfigError, match=r"automations\[0\] \(x\) lacks notify or run_deployment"):
+        read_spec(bad)
+    bad.write_text("notification_block: ops\nautomations:\n  - {name: y, trigger: {}, run_deployment: {}}\n")
+    with pytest.raises(ConfigError, match=r"automations\[0\] \(y\) run_deployment lacks `deployment`"):
         read_spec(bad)
