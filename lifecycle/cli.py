@@ -14,6 +14,7 @@
     lifecycle eval-reward --pairs FILE [--model REF]   # a reward model's accuracy on your pairs (align/cli.py)
     lifecycle models | promote VERSION --reason TEXT | rollback   # the registry and @champion (evaluate/cli.py)
     lifecycle serve [--host 127.0.0.1] [--port 8000]   # OpenAI-shaped API + chat page over @champion (serve/cli.py)
+    lifecycle monitor                               # served questions: drift, feedback, events (monitor/cli.py)
 
 User errors (bad config, bad input, failed validation, a full or read-only disk) print a message and exit with
 status 2, no traceback.
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _rag_parsers(sub)
     from lifecycle.align import cli as align_cli
     from lifecycle.evaluate import cli as evaluate_cli
+    from lifecycle.monitor import cli as monitor_cli
     from lifecycle.preferences import cli as preferences_cli
     from lifecycle.ops import cli as ops_cli
     from lifecycle.serve import cli as serve_cli
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_parsers(sub, _config_args)
     align_cli.add_parsers(sub, _config_args)
     evaluate_cli.add_parsers(sub, _config_args)
+    monitor_cli.add_parsers(sub, _config_args)
     bench = sub.add_parser("bench", help="reproducible measurements, one JSON line (results: docs/BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from lifecycle.bench import add_pretrain_args
@@ -286,11 +289,12 @@ def main(argv: list[str] | None = None) -> int:
                 "search": cmd_search, "ask": cmd_ask, "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
     from lifecycle.align.cli import HANDLERS as ALIGN
     from lifecycle.evaluate.cli import HANDLERS as REGISTRY
+    from lifecycle.monitor.cli import HANDLERS as MONITOR
     from lifecycle.preferences.cli import HANDLERS as PREFERENCES
     from lifecycle.ops.cli import HANDLERS as OPS
     from lifecycle.serve.cli import HANDLERS as SERVE
 
-    commands = PREFERENCES | ALIGN | REGISTRY | SERVE | OPS
+    commands = PREFERENCES | ALIGN | REGISTRY | SERVE | OPS | MONITOR
     try:
         if args.command in commands:
             return commands[args.command](args, load)
