@@ -32,6 +32,8 @@ BUCKET = "lifecycle-artifacts"
 # the tiny chain, shorter still: what is checked here is where runs, models and artifacts go, not how good they are
 SHORT = [*OVERRIDES, "pretrain.max_steps=12", "pretrain.eval_every=0", "sft.trainer.max_steps=10",
          "sft.eval.max_pairs=2"]
+AUTOMATIONS = ["lifecycle-flow-run-failed", "lifecycle-drift-detected", "lifecycle-drift-collect-preferences",
+               "lifecycle-feedback-degraded"]
 
 
 def free_port() -> int:
@@ -134,6 +136,7 @@ def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, 
                               capture_output=True, text=True, timeout=300)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "automation lifecycle-flow-run-failed: created" in deployed.stdout and hook.url not in deployed.stdout
+    assert "lifecycle-drift-collect-preferences: created, running preferences/collect-preferences" in deployed.stdout
     api = httpx.Client(base_url=servers["prefect"], timeout=30)
     found = {d["name"]: d for d in api.post("/deployments/filter", json={}).json()}
     assert {"weekly-retrain", "nightly-data-and-rag", "quickstart", "collect-preferences"} <= set(found)
@@ -191,8 +194,9 @@ def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, 
                            text=True, timeout=120)
     assert "lifecycle-flow-run-failed: updated, notifying through the notification block 'lifecycle-ops'" in (
         again.stdout)
-    assert [a["name"] for a in api.post("/automations/filter", json={}).json()
-            if a["name"].startswith("lifecycle-")] == ["lifecycle-flow-run-failed"]
+    assert sorted(a["name"] for a in api.post("/automations/filter", json={}).json()
+                  if a["name"].startswith("lifecycle-")) == sorted(AUTOMATIONS)
+    check_monitoring_loop(tmp_path, servers, env, api, hook)
     hook.stop()
 
     # event chaining: a preference set exported by collect-preferences starts align-and-promote
@@ -218,3 +222,59 @@ def test_a_scheduled_deployment_runs_on_postgres_backed_servers(tmp_path: Path, 
     limits = api.post("/v2/concurrency_limits/filter", json={}).json()
     assert [(c["name"], c["limit"], c["active_slots"]) for c in limits if c["name"].startswith("promote-")] == [
         ("promote-lifecycle-gpt", 1, 0)]  # created on first use, every slot released
+
+
+def check_monitoring_loop(tmp_path: Path, servers: dict[str, str], env: dict[str, str], api: httpx.Client,
+                          hook: WebhookReceiver) -> None:
+    """A window of drifted questions traced to the MLflow server, `lifecycle monitor` on it: the drift event
+    reaches the server, whose automations (registered by `lifecycle deploy`) notify the webhook and create a
+    collect-preferences flow run on the drifted-questions file; the Evidently report is in the monitor's run."""
+    import mlflow
+    from mlflow.entities import SpanType
+    from mlflow.tracking import MlflowClient
+
+    from lifecycle import names
+    from lifecycle.monitor.window import read_window
+    from lifecycle.rag.index import build_index
+    from lifecycle.rag.search import write_current
+    from lifecycle.serve.tracing import RequestTrace
+    from tests.unit.test_monitor import DRIFTED
+    from tests.unit.test_rag_index import make_docs, rag_config
+
+    state = tmp_path / "monitored"
+    write_current(state, build_index(make_docs(), rag_config(), str(state / "rag" / "lancedb"), "docs").to_dict())
+    client = MlflowClient(tracking_uri=servers["mlflow"])
+    experiment_id = client.get_experiment_by_name("llm-lifecycle").experiment_id
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(servers["mlflow"])
+    since = int(time.time() * 1000) - 1
+    try:
+        for question in DRIFTED:
+            trace = RequestTrace.start(experiment_id, {"messages": [{"role": "user", "content": question}]},
+                                       {names.MODEL: "lifecycle-gpt/1"})
+            trace.end(trace.span("retrieve", SpanType.RETRIEVER, {"query": question, "k": 3}), [])
+            trace.finish({"answer": "..."})
+        assert len(read_window(experiment_id, since, int(time.time() * 1000) + 1)) == len(DRIFTED)  # exported
+    finally:
+        mlflow.set_tracking_uri(before)
+    done = subprocess.run([sys.executable, "-m", "lifecycle.cli", "monitor", "--state-dir", str(state), "--json"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    outcome = json.loads(done.stdout[done.stdout.index("{"):])
+    assert outcome["events"] == ["lifecycle.drift.detected"] and outcome["window"]["requests"] == len(DRIFTED)
+    assert {"embedding_distance", "oov_share", "low_score_share"} <= {c["figure"] for c in outcome["crossed"]
+                                                                      if c["crossed"]}
+    prompts = Path(outcome["prompts_file"])
+    assert {json.loads(line)["prompt"] for line in prompts.read_text().splitlines()} == set(DRIFTED)
+    files = {a.path for a in client.list_artifacts(outcome["window"]["mlflow_run_id"], "monitor")}
+    assert {"monitor/drift_report.html", "monitor/drifted_questions.jsonl", "monitor/summary.md"} <= files
+
+    message = hook.wait(2, 60)[-1]["text"]
+    assert "served questions drifted" in message and "embedding_distance" in message and str(prompts) in message
+    deadline, runs = time.monotonic() + 60, []
+    while not runs and time.monotonic() < deadline:
+        time.sleep(1)
+        runs = api.post("/flow_runs/filter", json={"deployments": {"name": {"any_": ["collect-preferences"]}}}).json()
+    assert runs, "the drift automation created no collect-preferences flow run"
+    overrides = runs[0]["parameters"]["settings"]["overrides"]
+    assert overrides == ["preferences.mode=human", f"preferences.prompts.files=[{json.dumps(str(prompts))}]"]
