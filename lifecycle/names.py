@@ -95,7 +95,7 @@ MODEL_RESOURCE = "lifecycle.model"  # + "." + model name: an event's resource id
 DRIFT_DETECTED = "lifecycle.drift.detected"  # lifecycle monitor: served questions drifted from the reference
 FEEDBACK_DEGRADED = "lifecycle.feedback.degraded"  # lifecycle monitor: a served version's thumbs-down share
 MONITOR_RESOURCE = "lifecycle.monitor"  # + "." + profile: the monitor events' resource id
-COLLECT_PREFERENCES = "lifecycle.collect-preferences"  # a drift event's label: "true" asks for a collect-preferences run
+COLLECT_PREFERENCES = "lifecycle.collect-preferences"  # a drift event's label: "true" asks for a preferences run
 
 
 def metric(stage: str, name: str) -> str:

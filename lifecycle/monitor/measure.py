@@ -96,8 +96,9 @@ def measure_window(cfg: Config, state_dir: Path, requests: list[Request], window
     if not questions:
         raise LifecycleError(f"monitor: no reference questions in the index {outcome.index} (no python-docs objects) "
                              "nor in sft.data.files")
-    log.info("monitor: %d requests against %d reference questions, index %s", len(requests), len(questions),
-             outcome.index)
+    evaluation = sum(q.role == "evaluation" for q in questions)
+    log.info("monitor: %d requests against %d reference questions (%d evaluation, %d training), index %s",
+             len(requests), len(questions), evaluation, len(questions) - evaluation, outcome.index)
     reference = searched(retriever, [q.text for q in questions])
     current = searched(retriever, [r.prompt for r in requests])
     vocabulary = reference_vocabulary(retriever.tbl, questions, mon.reference.vocabulary_chunks)
