@@ -90,3 +90,16 @@ def test_the_window_is_read_from_the_served_traces(tmp_path: Path) -> None:
     found = read_window(experiment_id, since, int(time.time() * 1000) + 1)
     assert [(r.prompt, r.model) for r in found] == [("What does json.dumps do?", "m/1"), ("bake bread", "m/2")]
     assert read_window(experiment_id, since - 3_600_000, since) == []
+
+
+def test_a_window_with_too_few_requests_measures_nothing(tmp_path: Path) -> None:
+    from lifecycle.monitor.measure import measure_window
+    from lifecycle.monitor.window import Request
+
+    cfg = load_config(CONF, overrides=["monitor.min_requests=20"])
+    requests = [Request(f"tr-{i}", i, "m/1", "bake bread") for i in range(19)]
+    window = {"since": "a", "until": "b"}
+    outcome = measure_window(cfg, tmp_path / "no-index-needed", requests, window, tmp_path / "out")
+    assert "19 requests from a to b: fewer than monitor.min_requests (20)" in outcome.summary
+    assert not outcome.alarms and not outcome.degraded and outcome.prompts_file is None
+    assert not (tmp_path / "out").exists()
