@@ -1,9 +1,11 @@
 """The evaluate stage: the run's candidate (the rlhf policy, by reference) against the champion it would replace,
 the SFT model and the base model, on the same held-out data (lifecycle/evaluate/metrics.py), and with
-`evaluate.harness` on, on the standard benchmarks it names (lifecycle/evaluate/harness.py); the report card
-with its plots and costs (lifecycle/evaluate/report.py), logged to MLflow and as a Prefect artifact.
-The champion's version is part of the stage's key: a new champion means a new evaluation; so are the
-harness's own task files."""
+`evaluate.harness` on, on the standard benchmarks it names (lifecycle/evaluate/harness.py); with
+`evaluate.human` on, a blind pairwise round of people (or simulated judges) between the candidate's answers and
+the champion's (lifecycle/evaluate/human.py), which the flow waits for as the preferences stage waits for its
+votes (tasks/votes.py); the report card with its plots and costs (lifecycle/evaluate/report.py), logged to MLflow
+and as a Prefect artifact. The champion's version is part of the stage's key: a new champion means a new
+evaluation; so are the harness's own task files."""
 
 from __future__ import annotations
 
@@ -20,19 +22,87 @@ from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.evaluate import EVALUATION
 from lifecycle.evaluate.harness import check_harness, harness_files, harness_metrics
+from lifecycle.evaluate.human import SOURCE, RoundPlan, batch_id_for, human_result, round_items
 from lifecycle.hashing import hash_json
+from lifecycle.preferences.simulated import vote_on_batch
+from lifecycle.preferences.store import NewBatch
+from lifecycle.preferences.summary import complete_if_ready
 from lifecycle.registry import ModelRef, local_copy, reward_model_of, tag_version
 from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, key_parts, run_stage
 from tasks.launch import device_tags
 from tasks.retries import STAGE_RETRIES
+from tasks.votes import Waiting, open_store, wait_for_votes
 
 TAGGED = ("val_bpb", "rouge_l_rag", "rouge_l_no_rag", "win_rate_vs_champion")  # on the version, for `lifecycle models`
 
 
+def run(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
+    """The human round first when it is on (published, then waited for in mode `human`), then the measurements."""
+    human, plan = ctx.cfg.evaluate.human_round, None
+    key, _, _ = key_parts(ctx, STAGE, inputs)
+    if human and (ctx.store.lookup("evaluate", key) is None or "evaluate" in ctx.plan.force):
+        plan = publish_round(ctx, inputs)
+        if plan.mode == "human" and plan.items:
+            wait_for_votes(ctx, plan.batch_id, Waiting(human.timeout_s, human.poll_interval_s, "evaluate.human"))
+    return evaluate(ctx, inputs, plan)
+
+
+@task(name="evaluate-human-round", cache_policy=NO_CACHE, **STAGE_RETRIES)
+def publish_round(ctx: RunContext, inputs: dict[str, StageOutput]) -> RoundPlan:
+    """Answer the first held-out questions with the candidate and the other model (greedy, with retrieval, as
+    `evaluate` does), and publish the pairs that differ as the batch people (or the simulated judges) vote on."""
+    from lifecycle.data.ingest import read_documents
+    from lifecycle.evaluate.metrics import answer_all, held_out_questions, load_model
+    from lifecycle.evaluate.promotion import champion_before
+    from lifecycle.model import context_window
+    from lifecycle.rag.search import open_index
+    from lifecycle.train.distributed import resolve_device
+
+    cfg, human, logger = ctx.cfg, ctx.cfg.evaluate.human, get_run_logger()
+    candidate, docs = inputs["rlhf"].model, inputs["ingest"]
+    champion = champion_before(cfg.run.models.chat, candidate)
+    role, other = ("champion", champion) if champion is not None else ("sft", inputs["sft"].model)
+    if candidate is None or other is None:
+        raise LifecycleError("evaluate.human: the rlhf or sft output carries no model reference; re-run it")
+    batch_id, device = batch_id_for(str(candidate), str(other), human.round), resolve_device(cfg.evaluate.device)
+    model, tokenizer = load_model(local_copy(candidate, ctx.models_dir), device, cfg.sft.data.system_prompt)
+    questions = held_out_questions(cfg, read_documents(docs.path), tokenizer,
+                                   context_window(model, tokenizer))[:human.prompts]
+    retriever = open_index(json.loads(inputs["rag_index"].file("index.json").read_text()), cfg.serve.search)
+    hits = [retriever.search(p.question, k=cfg.serve.answer.top_k) for p in questions]
+    ours = answer_all(model, tokenizer, cfg, questions, hits, False, "candidate (human round)")
+    del model
+    other_model, other_tokenizer = load_model(local_copy(other, ctx.models_dir), device, cfg.sft.data.system_prompt)
+    theirs = answer_all(other_model, other_tokenizer, cfg, questions, hits, False, f"{role} (human round)")
+    items, identical = round_items(batch_id, questions, ours.rag_prompts, ours.rag, theirs.rag)
+    plan = RoundPlan(batch_id, human.mode, role, str(candidate), str(other), tuple(p.id for p in questions),
+                     tuple(identical), len(items))
+    if items:
+        store = open_store(ctx)
+        simulated = cfg.preferences.simulated
+        votes = human.votes_per_item if human.mode == "human" else simulated.judges
+        new = store.publish_batch(NewBatch(batch_id, SOURCE, votes, model=f"{candidate} vs {other}",
+                                           min_agreement=human.min_agreement if human.mode == "human" else -1.0),
+                                  items)
+        if not new and {(i.response_a, i.response_b) for i in store.items(batch_id)} != {
+                (i.response_a, i.response_b) for i in items}:
+            raise LifecycleError(f"evaluate.human: batch {batch_id} holds other pairs than these answers give "
+                                 f"(evaluate.human.prompts or the questions changed); set evaluate.human.round to "
+                                 f"{human.round + 1} for a new batch")
+        if human.mode == "simulated":
+            cast, fresh = vote_on_batch(store, batch_id, simulated.judges, simulated.noise)
+            logger.info("evaluate.human: %d synthetic votes by %d simulated judges (%d new)", cast, simulated.judges,
+                        fresh)
+            complete_if_ready(store, batch_id)
+    logger.info("evaluate.human: batch %s: %d pairs of %s and %s (%s) on %d questions; %d identical (ties)",
+                batch_id, len(items), candidate, other, role, len(questions), len(identical))
+    return plan
+
+
 @task(name="evaluate", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def evaluate(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
+def evaluate(ctx: RunContext, inputs: dict[str, StageOutput], plan: RoundPlan | None = None) -> StageOutput:
     cfg, logger = ctx.cfg, get_run_logger()
     docs, base, sft, rlhf, rag = (inputs[s] for s in ("ingest", "pretrain", "sft", "rlhf", "rag_index"))
     for out in (base, sft, rlhf):
@@ -75,6 +145,9 @@ def evaluate(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
             result["metrics"][role] |= found
             result["intervals"][role] |= intervals
         evaluation = {"models": {role: str(ref) if ref else None for role, ref in refs.items()}} | result
+        if plan is not None:
+            add_human_round(evaluation, human_result(open_store(ctx) if plan.items else None, plan,
+                                                     cfg.evaluate.intervals))
         (dirs.out / EVALUATION).write_text(json.dumps(evaluation, indent=2))
         mlflow.log_table(pd.DataFrame(evaluation["samples"]), "evaluate/samples.json")
         card = build_report(ctx.parent_run_id, evaluation, dirs.out, cfg.evaluate.prices, cfg.evaluate.currency)
@@ -83,7 +156,8 @@ def evaluate(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
                                  description=f"{candidate} report card")
         cand = evaluation["metrics"]["candidate"]
         tag_version(candidate, {names.EVAL + k: f"{cand[k]:.4f}" for k in TAGGED if k in cand} |
-                    {names.EVAL + "run_id": mlflow.active_run().info.run_id, names.EVAL + "against": str(champion)})
+                    {names.EVAL + "run_id": mlflow.active_run().info.run_id, names.EVAL + "against": str(champion)} |
+                    human_tags(evaluation.get("human")))
         metrics = {f"{role}/{k}": v for role, found in evaluation["metrics"].items() for k, v in found.items()}
         metrics |= {f"{name}/{k}{end}": iv[field] for name, found in evaluation["comparisons"].items()
                     for k, iv in found.items() for end, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))}
@@ -93,6 +167,22 @@ def evaluate(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
                            | device_tags(cfg.evaluate.device))
 
     return run_stage(STAGE, ctx, inputs, work)
+
+
+def add_human_round(evaluation: dict, human: dict) -> None:
+    """evaluation.json's "human", and its win rate among the comparisons with the model it was against."""
+    evaluation["human"] = human
+    if human["win_rate"] is not None:
+        evaluation["comparisons"].setdefault(f"candidate_vs_{human['other']}", {})["human_win_rate"] = human["win_rate"]
+
+
+def human_tags(human: dict | None) -> dict[str, str]:
+    """The round's verdict on the version (`lifecycle models` shows it): win rate [interval] n, against whom."""
+    if human is None:
+        return {}
+    iv = human["win_rate"]
+    shown = "no votes" if iv is None else f"{iv['estimate']:.4f} [{iv['low']:.4f}, {iv['high']:.4f}] n {iv['n']}"
+    return {names.EVAL + "human_win_rate": f"{shown} vs {human['other_model']} ({human['batch_id']})"}
 
 
 def champion_index_metrics(ctx: RunContext, champion: ModelRef) -> dict[str, float]:
@@ -119,8 +209,8 @@ def champion(ctx: RunContext, models: dict[str, ModelRef | None]) -> str:
     return str(found) if found else "none"
 
 
-STAGE = Stage("evaluate", __name__, inputs=("ingest", "pretrain", "sft", "rlhf", "rag_index"), run=evaluate,
+STAGE = Stage("evaluate", __name__, inputs=("ingest", "pretrain", "sft", "rlhf", "rag_index"), run=run,
               extras=query_settings, dynamic={"champion": champion}, candidate=True, check=check_harness,
               produces="the candidate against @champion, the SFT and base models on held-out data: bits per byte, "
                        "ROUGE-L with and without retrieval, reward-model win rates, recall@k, latency, optional "
-                       "lm-evaluation-harness benchmarks; the report card")
+                       "lm-evaluation-harness benchmarks and human round; the report card")

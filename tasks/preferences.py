@@ -2,14 +2,10 @@
 by reference) to the preference store, wait for the votes (mode `human`), and export them as the preference
 set: TRL prompt/chosen/rejected, content-hashed, logged to MLflow as a dataset with its quality statistics.
 
-Waiting for people: the stage's flow run pauses with a typed `RunInput` (`BatchSummary`) until the batch has
-its quota of votes and its agreement threshold; the annotation app resumes it with the batch summary when
-the last vote arrives (lifecycle/preferences/resume.py); a person can resume it from the Prefect UI or with
-`lifecycle preferences resume`. Embedded (no deployment) the process waits in place; run as a deployment by
-a worker, the flow run suspends (the worker is freed) and is re-executed from the top when resumed: every
-stage before comes from the cache, the batch is found by its id (it derives from what the batch holds), and
-the MLflow parent run is re-attached. Prefect pauses flow runs, not tasks: `run` is called by the stage's
-flow, outside any task.
+Waiting for people (tasks/votes.py): the stage's flow run pauses until the batch has its votes and is resumed
+by the annotation app, the Prefect UI or `lifecycle preferences resume`; as a deployment it suspends and is
+re-executed from the top, the batch found by its id (it derives from what the batch holds). Prefect pauses flow
+runs, not tasks: `run` is called by the stage's flow, outside any task.
 """
 
 from __future__ import annotations
@@ -20,31 +16,25 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run, suspend_flow_run
-from prefect.input import RunInput
-from prefect.runtime import flow_run
 
 from lifecycle import names
 from lifecycle.config import Config
 from lifecycle.errors import LifecycleError
 from lifecycle.hashing import hash_file, hash_json
-from lifecycle.preferences.db import store_url
 from lifecycle.preferences.export import SNAPSHOT, export_rows, pairs_to_rows, write_snapshot
 from lifecycle.preferences.importers import read_preference_file
-from lifecycle.preferences.simulated import judge, simulated_annotators
+from lifecycle.preferences.simulated import vote_on_batch
 from lifecycle.preferences.stats import BatchStats, batch_stats, plot_stats
-from lifecycle.preferences.store import NewBatch, PreferenceStore
-from lifecycle.preferences.summary import batch_summary, complete_if_ready
+from lifecycle.preferences.store import NewBatch
 from lifecycle.registry import ModelRef, local_copy
 from lifecycle.runtime import RunSettings
 from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
 from tasks.common import RunContext, StageDirs, StageResult, key_parts, run_stage
 from tasks.retries import STAGE_RETRIES
+from tasks.votes import Waiting, open_store, wait_for_votes
 
 
 def run(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
@@ -53,19 +43,9 @@ def run(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
     batch_id = publish_batch(ctx, sft, docs)
     resumed = None
     if batch_id and ctx.cfg.preferences.mode == "human":
-        resumed = wait_for_votes(ctx, batch_id)
+        human = ctx.cfg.preferences.human
+        resumed = wait_for_votes(ctx, batch_id, Waiting(human.timeout_s, human.poll_interval_s, "preferences.human"))
     return export_preferences(ctx, sft, docs, batch_id, resumed)
-
-
-class BatchSummary(RunInput):
-    """What the flow run is resumed with (the Prefect UI shows these fields as a form)."""
-
-    batch_id: str
-    votes: int = 0
-    quota: int = 0
-    agreement: float | None = None
-    resumed_by: str = "a person in the Prefect UI"
-    note: str = ""
 
 
 def announce_set(output: StageOutput, settings: RunSettings) -> None:
@@ -76,51 +56,6 @@ def announce_set(output: StageOutput, settings: RunSettings) -> None:
                                              names.PROFILE: settings.profile},
                payload={"path": output.path, "run_id": output.run_id, "cached": output.cached,
                         "rows": output.metrics.get("rows", 0)})
-
-
-def app_url(ctx: RunContext) -> str:
-    cfg = ctx.cfg.annotate
-    return (cfg.public_url or f"http://{cfg.host}:{cfg.port}").rstrip("/") + "/"
-
-
-def wait_for_votes(ctx: RunContext, batch_id: str) -> dict | None:
-    """Return once the batch has its votes (None), or with the input a person resumed the run with."""
-    logger, store = get_run_logger(), open_store(ctx)
-    human = ctx.cfg.preferences.human
-    store.set_flow_run(batch_id, str(flow_run.id))  # before the check: a vote arriving now finds the run
-    summary = batch_summary(store, batch_id)
-    if summary["status"] != "open" or complete_if_ready(store, batch_id):
-        logger.info("preferences: batch %s has its votes (%d)", batch_id, summary["votes"])
-        return None
-    url = app_url(ctx)
-    create_link_artifact(link=url, link_text="annotate", key="annotate",
-                         description=f"Vote on batch {batch_id}: {summary['items']} items x "
-                                     f"{human.votes_per_item} votes (`lifecycle annotate` serves it)")
-    print(f"\npreferences: batch {batch_id} waits for {summary['quota'] - summary['votes']} more votes.\n"
-          f"  annotate: {url}   (start the app with `lifecycle annotate`; tokens: `lifecycle annotators add NAME`)\n"
-          f"  the flow goes on when the quota and agreement are met, or: lifecycle preferences resume {batch_id}\n",
-          flush=True)
-    initial = BatchSummary.with_initial_data(batch_id=batch_id, votes=summary["votes"], quota=summary["quota"],
-                                             agreement=summary["agreement"])
-    try:
-        if FlowRunContext.get().flow_run.deployment_id:  # a worker runs this flow run: free it while people vote
-            answer = suspend_flow_run(wait_for_input=initial, timeout=human.timeout_s, key=f"votes-{batch_id}")
-        else:
-            answer = pause_flow_run(wait_for_input=initial, timeout=human.timeout_s,
-                                    poll_interval=human.poll_interval_s, key=f"votes-{batch_id}")
-    except FlowPauseTimeout:
-        now = batch_summary(store, batch_id)
-        raise LifecycleError(f"preferences: batch {batch_id} got {now['votes']} of {now['quota']} votes in "
-                             f"{human.timeout_s} s (preferences.human.timeout_s); every vote is kept: run the same "
-                             "command again to go on waiting") from None
-    logger.info("preferences: resumed by %s (%s)", answer.resumed_by, answer.note or "no note")
-    return answer.model_dump()
-
-
-
-
-def open_store(ctx: RunContext) -> PreferenceStore:
-    return PreferenceStore.open(store_url(ctx.cfg.annotate.store_url, Path(ctx.state_dir)))
 
 
 def batch_id_for(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str:
@@ -165,21 +100,10 @@ def publish_batch(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str |
                     "skipped)", batch_id, len(items), len(prompts), cfg.preferences.sampling.responses, sft.model,
                     skipped)
     if cfg.preferences.mode == "simulated":
-        cast_simulated_votes(ctx, store, batch_id)
+        sim = cfg.preferences.simulated
+        cast, new = vote_on_batch(store, batch_id, sim.judges, sim.noise)
+        logger.info("preferences: %d synthetic votes by %d simulated judges (%d new)", cast, sim.judges, new)
     return batch_id
-
-
-def cast_simulated_votes(ctx: RunContext, store: PreferenceStore, batch_id: str) -> None:
-    """Every simulated judge votes on every item that has a reference answer (others get no vote)."""
-    from lifecycle.preferences.assign import cast_votes
-
-    sim = ctx.cfg.preferences.simulated
-    votes = [(name, item.id, judge(reference, item.response_a, item.response_b, name, sim.noise, batch_id))
-             for item in store.items(batch_id) if (reference := json.loads(item.meta).get("reference"))
-             for name in simulated_annotators(sim.judges)]
-    new = cast_votes(store, batch_id, votes)
-    get_run_logger().info("preferences: %d synthetic votes by %d simulated judges (%d new)", len(votes), sim.judges,
-                          new)
 
 
 @task(name="preferences", cache_policy=NO_CACHE, **STAGE_RETRIES)

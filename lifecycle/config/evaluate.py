@@ -38,6 +38,20 @@ class HarnessConfig(Section):
         return tasks
 
 
+class HumanEvaluation(Section):
+    """A blind pairwise round after the automatic measurements: the candidate's answers against the champion's
+    (the SFT model's when there is none) on held-out questions (lifecycle/evaluate/human.py)."""
+
+    enabled: bool
+    mode: Literal["human", "simulated"]  # people in the annotation app (the flow waits), or preferences.simulated
+    prompts: int = Field(ge=1)  # the first held-out questions of the evaluation, answered by both models
+    round: int = Field(ge=1)  # bump for a new batch between the same two models
+    votes_per_item: int = Field(ge=1)  # people's votes each pair needs (simulated: every judge votes)
+    min_agreement: float = Field(ge=-1, le=1)  # Krippendorff's alpha the batch must reach to resume by itself
+    timeout_s: int = Field(ge=1)  # the flow waits this long for the votes, then fails (keeping every vote)
+    poll_interval_s: int = Field(ge=1)
+
+
 class EvaluateConfig(Section):
     questions: int = Field(ge=1)  # held-out python-docs questions (not among the preference prompts), answered
     max_new_tokens: int = Field(ge=1)  # per answer (fewer when the model's context leaves less room)
@@ -51,6 +65,12 @@ class EvaluateConfig(Section):
     intervals: Intervals
     # absent (a conf folder from before it existed) or null: off, as `tasks: []`
     harness: HarnessConfig | None = None
+    human: HumanEvaluation | None = None  # absent or null: no human round, as `enabled: false`
+
+    @property
+    def human_round(self) -> HumanEvaluation | None:
+        """The human round's settings when it is on."""
+        return self.human if self.human and self.human.enabled else None
 
     @property
     def harness_tasks(self) -> list[str]:
@@ -105,6 +125,7 @@ class Bounds(Section):
     rouge_l_drop: AtLeast
     sft_gold_win_rate: AtLeast
     sft_rouge_l_drop: AtLeast
+    human_win_rate: AtLeast = "lower"  # human.min_win_rate
 
 
 class HarnessRules(Section):
@@ -142,6 +163,12 @@ class CanaryRules(Section):
     max_thumbs_up_drop: float = Field(ge=0, le=1)  # its thumbs-up share at most this below the champion's
 
 
+class HumanRules(Section):
+    """Rules on the human evaluation round (evaluate.human): skipped when the round is off."""
+
+    min_win_rate: float = Field(ge=0, le=1)  # share of questions where people prefer the candidate (ties half)
+
+
 class PromoteConfig(Section):
     against_champion: AgainstChampion
     against_sft: AgainstSft
@@ -149,3 +176,4 @@ class PromoteConfig(Section):
     bounds: Bounds
     canary: CanaryRules
     harness: HarnessRules | None = None  # absent or null: no rules on harness scores
+    human: HumanRules | None = None  # absent or null: no rule on the human round

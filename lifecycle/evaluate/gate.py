@@ -160,9 +160,23 @@ def decide(cfg: PromoteConfig, evaluation: dict[str, Any], alarm: str) -> Decisi
                    f"at least -{rel.max_rouge_l_drop}"),
         ]
     rules += harness_rules(cfg.harness, evaluation) if cfg.harness else []
+    rules += [human_rule(cfg, evaluation["human"])] if cfg.human and evaluation.get("human") else []
     models = evaluation["models"]
     return Decision(candidate=models["candidate"], champion=models.get("champion"),
                     mode="champion" if champ is not None else "absolute", rules=rules)
+
+
+def human_rule(cfg: PromoteConfig, human: dict[str, Any]) -> Rule:
+    """People's win rate in the human round (evaluation.json "human", when the round ran); a round that got no
+    vote fails: it was asked for and shows nothing."""
+    assert cfg.human is not None
+    iv = human["win_rate"]
+    detail = (f"batch {human['batch_id']} has no vote" if iv is None else
+              f"people's choice against the {human['other']} {human['other_model']} ({human['mode']}, "
+              f"{human['votes']} votes by {human['annotators']}, {human['identical']} identical answers as ties; "
+              f"batch {human['batch_id']})")
+    return Rule("human_win_rate", f"human_win_rate_vs_{human['other']}", iv["estimate"] if iv else None,
+                cfg.human.min_win_rate, ">=", detail, cfg.bounds.human_win_rate, iv, required=True)
 
 
 def harness_rules(cfg: HarnessRules, evaluation: dict[str, Any]) -> list[Rule]:

@@ -104,7 +104,7 @@ def build_report(parent_run_id: str, evaluation: dict[str, Any], out_dir: Path, 
         compared, forest = interval_lines(evaluation, staging / "plots")
         plots += forest
         lines = (header_lines(parent, evaluation, decision) + metrics_lines(evaluation) + compared
-                 + harness_lines(evaluation) + figures
+                 + human_lines(evaluation.get("human")) + harness_lines(evaluation) + figures
                  + sample_lines(evaluation.get("samples") or []) + cost_lines(costs, totals, tokens, prices, currency)
                  + decision_lines(decision))
         markdown = "\n".join(lines).rstrip() + "\n"
@@ -227,6 +227,24 @@ def header_lines(parent: Run, evaluation: dict[str, Any], decision: dict[str, An
     if not champion:
         lines += ["> No champion yet: the metrics are absolute values, with nothing to compare against.", ""]
     return lines
+
+
+def human_lines(human: dict[str, Any] | None) -> list[str]:
+    """The human round (evaluation.json "human", lifecycle/evaluate/human.py): who voted on what, and the result."""
+    if not human:
+        return []
+    iv = human["win_rate"]
+    who = "People" if human["mode"] == "human" else "Simulated judges (synthetic votes)"
+    result = ("no vote yet" if iv is None else
+              f"**{format_number(iv['estimate'])}** {span(iv)} over {iv['n']} questions")
+    bias = "n/a" if human["left_wins"] is None else format_number(human["left_wins"])
+    return ["## Human evaluation (blind pairwise)", "",
+            f"{who} compared the candidate's answers with the {human['other']}'s "
+            f"(`{escape_cell(human['other_model'])}`) on {human['questions']} held-out questions, batch "
+            f"`{escape_cell(human['batch_id'])}`: {human['items']} pairs asked, {human['identical']} identical "
+            f"answers counted as ties, {human['votes']} votes by {human['annotators']} annotators "
+            f"(left side won {bias} of decided votes; 0.5: no position bias).", "",
+            f"- The candidate's win rate (ties ½): {result}.", ""]
 
 
 def sample_lines(samples: list[dict[str, Any]]) -> list[str]:

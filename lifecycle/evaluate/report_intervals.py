@@ -17,6 +17,7 @@ COMPARED = {"rouge_l_rag_delta": ("ROUGE-L with retrieval, Δ", "ROUGE-L Δ", 0.
             "val_bpb_delta": ("bits per byte, Δ", "bits per byte Δ", 0.0, -1),
             "gold_win_rate": ("gold win rate (closer to the reference; ties ½)", "gold win rate", 0.5, 1),
             "reward_win_rate": ("reward-model win rate (ties ½)", "reward-model win rate", 0.5, 1),
+            "human_win_rate": ("people's win rate, blind pairwise (ties ½)", "human win rate", 0.5, 1),
             "rouge_l_delta": ("gain from retrieval (ROUGE-L with − without)", "ROUGE-L Δ", 0.0, 1)}
 
 
@@ -55,7 +56,7 @@ def interval_lines(evaluation: dict[str, Any], plot_dir: Path) -> tuple[list[str
     table = [[comparison_label(name), COMPARED[metric][0], format_number(iv["estimate"]), span(iv),
               str(iv["n"]), verdict(metric, iv)] for name, metric, iv in rows]
     png = plot_forest(rows, plot_dir / "intervals.png")
-    lines = [f"## {title}", "", f"Paired bootstrap over the same questions (bits per byte: over validation texts), "
+    lines = [f"## {title}", "", "Paired bootstrap over the same questions (bits per byte: over validation texts), "
              "percentile intervals; Δ is candidate − other. A verdict holds only when the interval excludes no "
              "difference (0 for a Δ, ½ for a win rate).", ""]
     lines += table_lines(["comparison", "metric", "estimate", "interval", "n", "verdict"], table) + [""]

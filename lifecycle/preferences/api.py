@@ -98,7 +98,7 @@ class VoteOut(BaseModel):
 
 class BatchOut(BaseModel):
     id: str
-    source: str = Field(description="human | simulated | feedback")
+    source: str = Field(description="human | simulated | feedback | evaluation")
     model: str | None = Field(description="the registry reference whose answers are compared")
     status: str
     created_at: str

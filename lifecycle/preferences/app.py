@@ -42,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from lifecycle.config.preferences import AnnotateConfig
 from lifecycle.errors import LifecycleError
 from lifecycle.preferences import api
-from lifecycle.preferences.assign import VoteRefused, next_item, submit_vote
+from lifecycle.preferences.assign import PEOPLE, VoteRefused, next_item, submit_vote
 from lifecycle.preferences.schema import Assignment, Batch, Item, Vote
 from lifecycle.preferences.stats import batch_stats, plot_stats
 from lifecycle.preferences.store import PreferenceStore, hash_token
@@ -161,7 +161,7 @@ class Handlers:
             mine = c.scalar(_MY_VOTES, {"id": who.id}) or 0
         if batch_id is None:  # nothing to show: the newest open batch, if any
             batch_id = next((b.id for b in reversed(self.store.batches())
-                             if b.status == "open" and b.source == "human"), None)
+                             if b.status == "open" and b.source in PEOPLE), None)
         if batch_id is None:
             return api.ProgressOut(your_votes=mine)
         p = self.store.progress(batch_id)

@@ -34,14 +34,15 @@ from lifecycle.preferences.board import Board, board_of
 from lifecycle.preferences.db import write
 from lifecycle.preferences.schema import Assignment, Batch, Item, Vote, utcnow
 from lifecycle.preferences.stats import CHOICES
-from lifecycle.preferences.store import Message, PreferenceStore
+from lifecycle.preferences.store import EVALUATION, Message, PreferenceStore
 
 SIDES = ("left", "right")
 # statements are built once (building one costs more than running it); values are bound per call.
+PEOPLE = ("human", EVALUATION)  # the batch sources people vote on in the app
 _ITEM_COLUMNS = (Item.id, Item.batch_id, Item.prompt, Item.response_a, Item.response_b, Item.gold)
 _ITEM = select(*_ITEM_COLUMNS).where(Item.id == bindparam("item"))
 _ASSIGN = insert(Assignment)
-_OPEN_HUMAN = (select(Batch.id, Batch.created_at).where(Batch.status == "open", Batch.source == "human")
+_OPEN_HUMAN = (select(Batch.id, Batch.created_at).where(Batch.status == "open", Batch.source.in_(PEOPLE))
                .order_by(Batch.created_at).with_for_update())
 _PENDING = (select(*_ITEM_COLUMNS, Assignment.left, Batch.votes_per_item)
             .join(Assignment, Assignment.item_id == Item.id).join(Batch, Batch.id == Item.batch_id)

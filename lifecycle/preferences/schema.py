@@ -23,7 +23,7 @@ class Batch(Base):
 
     __tablename__ = "batches"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    source: Mapped[str] = mapped_column(String(16))  # human | simulated | feedback
+    source: Mapped[str] = mapped_column(String(16))  # human | simulated | feedback | evaluation
     model: Mapped[str | None] = mapped_column(String(256))  # the registry reference that answered
     votes_per_item: Mapped[int] = mapped_column(Integer)
     min_agreement: Mapped[float] = mapped_column(Float, default=0.0)  # Krippendorff's alpha to resume the flow

@@ -18,14 +18,19 @@ that lets the pipeline run end to end, and are marked as such (source "simulated
 
     for name in simulated_annotators(3):                   # "simulated-1", "simulated-2", "simulated-3"
         vote = judge(reference, answer_a, answer_b, annotator=name, noise=0.1, salt="round-1")
+    cast, new = vote_on_batch(store, batch_id, judges=3, noise=0.1)     # every judge on every item, once
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 from lifecycle.text import rouge_l
+
+if TYPE_CHECKING:
+    from lifecycle.preferences.store import PreferenceStore
 
 TIE_TOLERANCE = 1e-9
 MAX_NOISE = 0.5
@@ -56,3 +61,14 @@ def simulated_annotators(n: int) -> list[str]:
     if n < 0:
         raise ValueError(f"the number of simulated annotators must be >= 0, got {n}")
     return [f"simulated-{i}" for i in range(1, n + 1)]
+
+
+def vote_on_batch(store: PreferenceStore, batch_id: str, judges: int, noise: float) -> tuple[int, int]:
+    """Every simulated judge votes on every item of the batch that has a reference answer (others get no vote),
+    salted by the batch id; (votes cast, votes new to the store: a re-run finds them there)."""
+    from lifecycle.preferences.assign import cast_votes
+
+    votes = [(name, item.id, judge(reference, item.response_a, item.response_b, name, noise, batch_id))
+             for item in store.items(batch_id) if (reference := json.loads(item.meta).get("reference"))
+             for name in simulated_annotators(judges)]
+    return len(votes), cast_votes(store, batch_id, votes)

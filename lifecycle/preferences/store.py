@@ -27,12 +27,14 @@ from lifecycle.preferences.schema import Annotator, Batch, Item, Secret, Vote
 from lifecycle.preferences.stats import Judgement
 
 Message = dict[str, str]
+EVALUATION = "evaluation"  # the source of the evaluate stage's human rounds (lifecycle/evaluate/human.py): the
+# annotation app shows their items as it shows `human` batches; no preference set ever holds their votes
 
 
 @dataclass(frozen=True)
 class NewBatch:
     id: str
-    source: str  # human | simulated | feedback
+    source: str  # human | simulated | feedback | evaluation
     votes_per_item: int
     model: str | None = None
     min_agreement: float = 0.0
@@ -163,7 +165,8 @@ class PreferenceStore:
                     continue
                 seen.add(item.id)
                 prompt = json.dumps(list(item.prompt))
-                s.add(Item(id=f"{batch.id[:16]}-{item.id}", batch_id=batch.id, position=position, prompt=prompt,
+                # unique across batches: two batches may hold the same pair (a new round between the same models)
+                s.add(Item(id=f"{_sha(batch.id)[:16]}-{item.id}", batch_id=batch.id, position=position, prompt=prompt,
                            prompt_id=_sha(prompt)[:32], response_a=item.response_a, response_b=item.response_b,
                            response_a_id=_sha(prompt + item.response_a)[:32],
                            response_b_id=_sha(prompt + item.response_b)[:32], gold=item.gold,
