@@ -40,13 +40,14 @@ TAGGED = ("val_bpb", "rouge_l_rag", "rouge_l_no_rag", "win_rate_vs_champion")  #
 
 def run(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
     """The human round first when it is on (published, then waited for in mode `human`), then the measurements."""
-    human, plan = ctx.cfg.evaluate.human_round, None
+    human, plan, resumed = ctx.cfg.evaluate.human_round, None, None
     key, _, _ = key_parts(ctx, STAGE, inputs)
     if human and (ctx.store.lookup("evaluate", key) is None or "evaluate" in ctx.plan.force):
         plan = publish_round(ctx, inputs)
         if plan.mode == "human" and plan.items:
-            wait_for_votes(ctx, plan.batch_id, Waiting(human.timeout_s, human.poll_interval_s, "evaluate.human"))
-    return evaluate(ctx, inputs, plan)
+            resumed = wait_for_votes(ctx, plan.batch_id, Waiting(human.timeout_s, human.poll_interval_s,
+                                                                 "evaluate.human"))
+    return evaluate(ctx, inputs, plan, resumed)
 
 
 @task(name="evaluate-human-round", cache_policy=NO_CACHE, **STAGE_RETRIES)
@@ -102,7 +103,10 @@ def publish_round(ctx: RunContext, inputs: dict[str, StageOutput]) -> RoundPlan:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def evaluate(ctx: RunContext, inputs: dict[str, StageOutput], plan: RoundPlan | None = None) -> StageOutput:
+def evaluate(ctx: RunContext, inputs: dict[str, StageOutput], plan: RoundPlan | None = None,
+             resumed: dict | None = None) -> StageOutput:
+    """`plan`: the human round published (None: off, or the output is cached); `resumed`: the input a person
+    resumed its wait with (None: the votes were all in)."""
     cfg, logger = ctx.cfg, get_run_logger()
     docs, base, sft, rlhf, rag = (inputs[s] for s in ("ingest", "pretrain", "sft", "rlhf", "rag_index"))
     for out in (base, sft, rlhf):
@@ -146,8 +150,8 @@ def evaluate(ctx: RunContext, inputs: dict[str, StageOutput], plan: RoundPlan | 
             result["intervals"][role] |= intervals
         evaluation = {"models": {role: str(ref) if ref else None for role, ref in refs.items()}} | result
         if plan is not None:
-            add_human_round(evaluation, human_result(open_store(ctx) if plan.items else None, plan,
-                                                     cfg.evaluate.intervals))
+            found = human_result(open_store(ctx) if plan.items else None, plan, cfg.evaluate.intervals)
+            add_human_round(evaluation, found | {"resumed_by": (resumed or {}).get("resumed_by", "")[:200]})
         (dirs.out / EVALUATION).write_text(json.dumps(evaluation, indent=2))
         mlflow.log_table(pd.DataFrame(evaluation["samples"]), "evaluate/samples.json")
         card = build_report(ctx.parent_run_id, evaluation, dirs.out, cfg.evaluate.prices, cfg.evaluate.currency)

@@ -66,6 +66,7 @@ def test_a_blind_round_gates_the_candidate_and_never_trains_a_model(sft_trained:
     batch = store.batch(human["batch_id"])
     assert batch is not None and batch.source == SOURCE and human["batch_id"].endswith("-r2")
     assert human["mode"] == "human" and human["votes"] == human["items"] and human["annotators"] == 1
+    assert human["resumed_by"] in ("", "the annotation app (quota and agreement met)")  # not a person: all voted
     sides = {i.id: json.loads(i.meta) for i in store.items(batch.id)}
     judged = store.judgements(batch.id)
     assert {j.left for j in judged} <= {"a", "b"} and all(j.choice == j.left for j in judged)  # voted the left one
