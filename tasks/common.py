@@ -173,6 +173,13 @@ def key_parts(ctx: RunContext, stage: Stage, inputs: dict[str, StageOutput]) -> 
     return stage_key(stage, ctx.cfg, key_inputs, extras), key_inputs, extras  # refuses undeclared inputs
 
 
+def computes_now(ctx: RunContext, stage: Stage, inputs: dict[str, StageOutput]) -> bool:
+    """Whether `stage` computes on these inputs: forced (--from), or nothing cached for its key. For the work a
+    stage does before its cached task (publishing a batch to vote on), which a cache hit must skip."""
+    key, _, _ = key_parts(ctx, stage, inputs)
+    return stage.name in ctx.plan.force or ctx.store.lookup(stage.name, key) is None
+
+
 def run_stage(spec: Stage, ctx: RunContext, inputs: dict[str, StageOutput],
               work: Callable[[StageDirs], StageResult]) -> StageOutput:
     """Return the stage's output: from the cache when nothing it depends on changed, else computed."""

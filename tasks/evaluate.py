@@ -25,12 +25,12 @@ from lifecycle.evaluate.harness import check_harness, harness_files, harness_met
 from lifecycle.evaluate.human import SOURCE, RoundPlan, batch_id_for, human_result, round_items
 from lifecycle.hashing import hash_json
 from lifecycle.preferences.simulated import vote_on_batch
-from lifecycle.preferences.store import NewBatch
+from lifecycle.preferences.store import NewBatch, NewItem
 from lifecycle.preferences.summary import complete_if_ready
 from lifecycle.registry import ModelRef, local_copy, reward_model_of, tag_version
 from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, key_parts, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, computes_now, run_stage
 from tasks.launch import device_tags
 from tasks.retries import STAGE_RETRIES
 from tasks.votes import Waiting, open_store, wait_for_votes
@@ -41,8 +41,7 @@ TAGGED = ("val_bpb", "rouge_l_rag", "rouge_l_no_rag", "win_rate_vs_champion")  #
 def run(ctx: RunContext, inputs: dict[str, StageOutput]) -> StageOutput:
     """The human round first when it is on (published, then waited for in mode `human`), then the measurements."""
     human, plan, resumed = ctx.cfg.evaluate.human_round, None, None
-    key, _, _ = key_parts(ctx, STAGE, inputs)
-    if human and (ctx.store.lookup("evaluate", key) is None or "evaluate" in ctx.plan.force):
+    if human and computes_now(ctx, STAGE, inputs):
         plan = publish_round(ctx, inputs)
         if plan.mode == "human" and plan.items:
             resumed = wait_for_votes(ctx, plan.batch_id, Waiting(human.timeout_s, human.poll_interval_s,
@@ -81,25 +80,30 @@ def publish_round(ctx: RunContext, inputs: dict[str, StageOutput]) -> RoundPlan:
     plan = RoundPlan(batch_id, human.mode, role, str(candidate), str(other), tuple(p.id for p in questions),
                      tuple(identical), len(items))
     if items:
-        store = open_store(ctx)
-        simulated = cfg.preferences.simulated
-        votes = human.votes_per_item if human.mode == "human" else simulated.judges
-        new = store.publish_batch(NewBatch(batch_id, SOURCE, votes, model=f"{candidate} vs {other}",
-                                           min_agreement=human.min_agreement if human.mode == "human" else -1.0),
-                                  items)
-        if not new and {(i.response_a, i.response_b) for i in store.items(batch_id)} != {
-                (i.response_a, i.response_b) for i in items}:
-            raise LifecycleError(f"evaluate.human: batch {batch_id} holds other pairs than these answers give "
-                                 f"(evaluate.human.prompts or the questions changed); set evaluate.human.round to "
-                                 f"{human.round + 1} for a new batch")
-        if human.mode == "simulated":
-            cast, fresh = vote_on_batch(store, batch_id, simulated.judges, simulated.noise)
-            logger.info("evaluate.human: %d synthetic votes by %d simulated judges (%d new)", cast, simulated.judges,
-                        fresh)
-            complete_if_ready(store, batch_id)
+        publish_items(ctx, plan, items)
     logger.info("evaluate.human: batch %s: %d pairs of %s and %s (%s) on %d questions; %d identical (ties)",
                 batch_id, len(items), candidate, other, role, len(questions), len(identical))
     return plan
+
+
+def publish_items(ctx: RunContext, plan: RoundPlan, items: list[NewItem]) -> None:
+    """The round's batch in the preference store (found again by its id on a re-run), voted at once by the
+    simulated judges in mode `simulated`."""
+    human, simulated, store = ctx.cfg.evaluate.human, ctx.cfg.preferences.simulated, open_store(ctx)
+    people = plan.mode == "human"
+    new = store.publish_batch(NewBatch(plan.batch_id, SOURCE, human.votes_per_item if people else simulated.judges,
+                                       model=f"{plan.candidate_model} vs {plan.other_model}",
+                                       min_agreement=human.min_agreement if people else -1.0), items)
+    if not new and {(i.response_a, i.response_b) for i in store.items(plan.batch_id)} != {
+            (i.response_a, i.response_b) for i in items}:
+        raise LifecycleError(f"evaluate.human: batch {plan.batch_id} holds other pairs than these answers give "
+                             f"(evaluate.human.prompts or the questions changed); set evaluate.human.round to "
+                             f"{human.round + 1} for a new batch")
+    if not people:
+        cast, fresh = vote_on_batch(store, plan.batch_id, simulated.judges, simulated.noise)
+        get_run_logger().info("evaluate.human: %d synthetic votes by %d simulated judges (%d new)", cast,
+                              simulated.judges, fresh)
+        complete_if_ready(store, plan.batch_id)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, **STAGE_RETRIES)

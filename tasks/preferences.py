@@ -32,7 +32,7 @@ from lifecycle.registry import ModelRef, local_copy
 from lifecycle.runtime import RunSettings
 from lifecycle.stages import Stage
 from lifecycle.store import StageOutput
-from tasks.common import RunContext, StageDirs, StageResult, key_parts, run_stage
+from tasks.common import RunContext, StageDirs, StageResult, computes_now, run_stage
 from tasks.retries import STAGE_RETRIES
 from tasks.votes import Waiting, open_store, wait_for_votes
 
@@ -75,9 +75,7 @@ def publish_batch(ctx: RunContext, sft: StageOutput, docs: StageOutput) -> str |
     """The batch id to wait for and export, or None when nothing is to be collected (import mode, or the
     stage's output is cached already)."""
     cfg, logger = ctx.cfg, get_run_logger()
-    key, _, _ = key_parts(ctx, STAGE, {"sft": sft, "ingest": docs})
-    if cfg.preferences.mode == "import" or (ctx.store.lookup("preferences", key) and "preferences" not in
-                                            ctx.plan.force):
+    if cfg.preferences.mode == "import" or not computes_now(ctx, STAGE, {"sft": sft, "ingest": docs}):
         return None
     if sft.model is None:
         raise LifecycleError(f"preferences: the sft output {sft.path} carries no model reference; re-run sft")
