@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 # Tests run on WORKERS processes (pytest-xdist), a whole module per worker at a time: module fixtures are built
-# once, and tests/conftest.py orders the modules longest first. WORKERS=0 runs them in this process.
-WORKERS ?= 2
+# once, and tests/conftest.py orders the modules longest first. WORKERS=0 runs them in this process. Three on this
+# 2-core machine: the third fills the cores while the others' tests wait on servers, locks and timeouts
+# (docs/BENCHMARKS.md, "Test suite time").
+WORKERS ?= 3
 PARALLEL := -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup quickstart test test-fast

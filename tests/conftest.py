@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
+gc.disable()  # no cyclic collections while the test modules import torch, transformers, ...: resumed after collection
 # Before anything imports prefect: one ephemeral Prefect database for the whole test session.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -110,6 +112,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: 0 if item.path in slow else 1 if item.get_closest_marker("integration") else 2)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gc.freeze()  # what the imports built lives as long as the session
+    gc.enable()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
