@@ -289,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     # resumes it once the pipeline's modules are in; the other commands before they start), which saves about
     # 15 % of a command's start-up CPU (docs/BENCHMARKS.md, "Start-up cost").
     gc.disable()
+    try:
+        return _command(argv)
+    finally:
+        gc.freeze()  # the process ends next: no cyclic collections over every imported module at exit (~1 s)
+        gc.enable()  # for a caller in the same process (a test), also after an error before `run` resumed it
+
+
+def _command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "config": cmd_config, "stages": cmd_stages, "lineage": cmd_lineage,
                 "search": cmd_search, "ask": cmd_ask, "eval-retrieval": cmd_eval_retrieval, "bench": cmd_bench}
@@ -321,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        gc.freeze()  # the process ends next: no cyclic collections over every imported module at exit (~1 s)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The `lifecycle` command's start: `--help` builds every sub-command's parser without loading Prefect,
-MLflow or a training library (they cost seconds; each command imports what it uses when it runs)."""
+MLflow or a training library (they cost seconds; each command imports what it uses when it runs), and the
+cyclic collector main() pauses for the imports is back on however a command ends."""
 
 from __future__ import annotations
 
@@ -26,3 +27,22 @@ def test_building_the_parser_imports_no_heavy_library() -> None:
 def test_help_answers() -> None:
     done = subprocess.run([sys.executable, "-m", "lifecycle.cli", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "usage: lifecycle" in done.stdout and "run" in done.stdout
+
+
+def test_the_collector_paused_for_the_imports_is_back_on_however_a_command_ends() -> None:
+    """main() pauses Python's cyclic collector while the command's modules load; a caller in the same process
+    (these tests, a notebook) has it back after an argument error, a user error and a command that ran."""
+    import gc
+
+    import pytest
+
+    from lifecycle.cli import main
+
+    assert gc.isenabled()
+    with pytest.raises(SystemExit):
+        main(["run", "--until", "no-such-stage"])
+    assert gc.isenabled()
+    assert main(["config", "--set", "tokenize.vocab_sise=3"]) == 2  # an unknown key: a user error
+    assert gc.isenabled()
+    assert main(["stages"]) == 0
+    assert gc.isenabled()
