@@ -75,8 +75,7 @@ def main(argv: list[str]) -> int:
     new = db is not None and seed_database(db)
     registered = temporary_settings({PREFECT_API_BLOCKS_REGISTER_ON_START: False}) if new else nullcontext()
     with registered:  # a new database has its block types already: the server need not register them again
-        uvicorn.run(create_app, factory=True, host="127.0.0.1", port=int(port),
-                    log_level="error", lifespan="on")
+        uvicorn.run(create_app, factory=True, host="127.0.0.1", port=int(port), log_level="error", lifespan="on")
     return 0
 
 

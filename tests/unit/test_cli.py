@@ -4,10 +4,15 @@ cyclic collector main() pauses for the imports is back on however a command ends
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from lifecycle.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "trl", "prefect", "mlflow", "datasets", "lancedb", "sentence_transformers",
@@ -32,12 +37,6 @@ def test_help_answers() -> None:
 def test_the_collector_paused_for_the_imports_is_back_on_however_a_command_ends() -> None:
     """main() pauses Python's cyclic collector while the command's modules load; a caller in the same process
     (these tests, a notebook) has it back after an argument error, a user error and a command that ran."""
-    import gc
-
-    import pytest
-
-    from lifecycle.cli import main
-
     assert gc.isenabled()
     with pytest.raises(SystemExit):
         main(["run", "--until", "no-such-stage"])
