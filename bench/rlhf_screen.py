@@ -1,4 +1,4 @@
-"""Why does alignment not move the quickstart's policy? Four probes on a finished quickstart state dir (its SFT
+"""Why does alignment not move the quickstart's policy? Five probes on a finished quickstart state dir (its SFT
 model, one preference set, one trained reward model), each printing one JSON line:
 
 - `errors`: the SFT model's greedy answers to the evaluate stage's held-out questions, with the retrieved
@@ -8,15 +8,24 @@ model, one preference set, one trained reward model), each printing one JSON lin
 - `agreement`: does the reward model rank the policy's own samples as the gold judge does? Per prompt, 8
   samples at a temperature, the reward model's scores against ROUGE-L to the reference: Spearman correlation
   and pairwise accuracy (pairs whose gold differs by more than 0.05), on training and held-out prompts.
+- `bestof`: the headroom a reward model can give the greedy answer. Per prompt, the greedy answer and 8
+  samples at a temperature; the gold judge's score of the greedy answer, of the one the reward model ranks
+  first (greedy included) and of the best one (an oracle), on training and held-out prompts.
 - `rloo` / `dpo`: the policy optimisation alone (lifecycle/align/policy.py, dpo.py) on the fixed SFT model,
   reward model and preference set, with `--set` overrides of the quickstart profile: the gold curve on the
   held-out prompts (proxy, gold, KL), without the stage's registration and evaluation around it.
+  `--gold-reward` rewards the policy with the gold judge itself (a perfect reward model: the most any reward
+  model could give it), on the preference set's prompts or `--sft-prompts N` SFT training questions;
+  `--keep DIR` keeps the policy, for `errors --sft DIR`.
 
     python bench/rlhf_screen.py errors /tmp/qs3 --sft 4
     python bench/rlhf_screen.py agreement /tmp/qs3 --sft 4 --preferences KEY --reward RLHF_OUTPUT/reward_model
+    python bench/rlhf_screen.py bestof /tmp/qs3 --sft 4 --preferences KEY --reward RLHF_OUTPUT/reward_model
     python bench/rlhf_screen.py rloo /tmp/qs3 --sft 4 --preferences KEY --reward DIR \
         --set rlhf.policy.rloo.learning_rate=1e-4
     python bench/rlhf_screen.py dpo /tmp/qs3 --sft 4 --preferences KEY --set rlhf.dpo.trainer.loss_type=[sigmoid,sft]
+    python bench/rlhf_screen.py rloo /tmp/qs --sft 1 --preferences KEY --gold-reward --sft-prompts 400 --keep /tmp/p
+    python bench/rlhf_screen.py errors /tmp/qs --sft /tmp/p
 """
 
 from __future__ import annotations
@@ -113,6 +122,40 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
+def bestof(args: argparse.Namespace) -> dict[str, Any]:
+    from lifecycle.align.reward_model import RewardModel
+    from lifecycle.model import load_causal_lm
+    from lifecycle.tokenizer import chat_ids, stop_token_ids
+
+    torch.manual_seed(0)
+    model, tokenizer = load_causal_lm(args.state / "models" / "lifecycle-gpt" / args.sft)
+    model.eval()
+    reward, stop = RewardModel.load(args.reward), stop_token_ids(tokenizer)
+    found: dict[str, Any] = {"temperature": args.temperature, "samples": args.samples}
+    for part, rows in zip(("train", "held_out"), split_pairs(preference_rows(args), 0.2), strict=True):
+        references = {json.dumps(r["prompt"]): r["reference"] for r in rows}
+        greedy, picked, oracle = [], [], []
+        for key in references:
+            prompt = json.loads(key)
+            ids = torch.tensor([chat_ids(tokenizer, prompt, add_generation_prompt=True)])
+            with torch.inference_mode():
+                first = model.generate(ids, do_sample=False, max_new_tokens=48, eos_token_id=stop,
+                                       pad_token_id=stop[0])
+                out = model.generate(ids.repeat(args.samples, 1), do_sample=True, temperature=args.temperature,
+                                     top_p=1.0, max_new_tokens=48, eos_token_id=stop, pad_token_id=stop[0])
+            texts = [tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in [*first, *out]]
+            gold = np.array([rouge_l(t, references[key]) for t in texts])
+            scores = np.array(reward(prompts=[prompt] * len(texts), completions=[
+                [{"role": "assistant", "content": t}] for t in texts], completion_ids=None))
+            greedy.append(gold[0])
+            picked.append(gold[int(np.argmax(scores))])
+            oracle.append(gold.max())
+        g, p, o = np.array(greedy), np.array(picked), np.array(oracle)
+        found[part] = {"prompts": len(g), "greedy": g.mean(), "reward_model_pick": p.mean(), "oracle": o.mean(),
+                       "pick_better": float((p > g + 1e-9).mean()), "pick_worse": float((p < g - 1e-9).mean())}
+    return found
+
+
 def preference_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return read_snapshot(args.state / "artifacts" / "preferences" / args.preferences / "preferences.jsonl")
 
@@ -135,29 +178,64 @@ def optimise(args: argparse.Namespace) -> dict[str, Any]:
             from lifecycle.align.policy import train_policy
 
             train, held_out = split_pairs(rows, cfg.rlhf.held_out_fraction)
-            result = train_policy(cfg, sft, args.reward, unique_prompts(train, cfg.rlhf.policy.max_prompts), out,
-                                  out / "checkpoints", gold=gold_set(held_out, cfg.rlhf.gold))
+            prompts, funcs = unique_prompts(train, cfg.rlhf.policy.max_prompts), None
+            if args.gold_reward:
+                references = {json.dumps(r["prompt"], sort_keys=True): r["reference"] for r in rows}
+                if args.sft_prompts:  # SFT training questions instead, with their reference answers
+                    pairs = sft_training_pairs(args.state, cfg)[:args.sft_prompts]
+                    prompts = [list(pair.prompt) for pair in pairs]
+                    references = {json.dumps(pair.prompt, sort_keys=True): pair.answer for pair in pairs} | references
+                funcs = [gold_reward(references)]
+            result = train_policy(cfg, sft, args.reward, prompts, out, out / "checkpoints", reward_funcs=funcs,
+                                  gold=gold_set(held_out, cfg.rlhf.gold))
         curve = json.loads((out / "policy_health.json").read_text())["gold"]
     finally:
+        if args.keep:  # the trained policy, for `errors --sft DIR` on the evaluate stage's questions
+            shutil.rmtree(args.keep, ignore_errors=True)
+            shutil.move(out / "policy", args.keep)
         shutil.rmtree(out, ignore_errors=True)
     points = [(p["step"], round(p["gold"], 4), round(p["proxy"] or 0, 4), round(p["kl"] or 0, 4)) for p in curve]
     return {"method": method, "set": args.set, "seconds": round(time.monotonic() - started),
             "alarm": result.health.alarm, "gold (step, gold, proxy, KL)": points}
 
 
+def sft_training_pairs(state: Path, cfg: Config) -> list[Any]:
+    from lifecycle.align.sft_data import build_pairs
+    from lifecycle.data.ingest import read_documents
+
+    train, _ = build_pairs(cfg.sft.data, read_documents(newest("artifacts/ingest/*/", state)))
+    return sorted(train, key=lambda pair: pair.id)
+
+
+def gold_reward(references: dict[str, str]):
+    """The gold judge itself as the reward (ROUGE-L to the prompt's reference): a perfect reward model, the
+    most any reward model could give the policy."""
+    def gold(prompts: list, completions: list, **_: Any) -> list[float]:
+        return [rouge_l(c[0]["content"], references[json.dumps(p, sort_keys=True)])
+                for p, c in zip(prompts, completions, strict=True)]
+
+    return gold
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["errors", "agreement", "rloo", "dpo"])
+    parser.add_argument("command", choices=["errors", "agreement", "bestof", "rloo", "dpo"])
     parser.add_argument("state", type=Path, help="a quickstart state dir")
-    parser.add_argument("--sft", default="1", help="the SFT model's version of lifecycle-gpt")
+    parser.add_argument("--sft", default="1", help="the SFT model's version of lifecycle-gpt (or a model folder)")
+    parser.add_argument("--keep", type=Path, help="rloo, dpo: move the trained policy to this folder")
     parser.add_argument("--preferences", help="the preference set's key (artifacts/preferences/KEY)")
-    parser.add_argument("--reward", type=Path, help="a trained reward model folder (rloo, agreement)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="agreement: sampling temperature")
+    parser.add_argument("--reward", type=Path, help="a trained reward model folder (rloo, agreement, bestof)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="agreement, bestof: sampling temperature")
+    parser.add_argument("--samples", type=int, default=8, help="bestof: samples per prompt besides the greedy one")
+    parser.add_argument("--gold-reward", action="store_true", help="rloo: reward the policy with the gold judge "
+                        "(ROUGE-L to the reference) instead of a reward model: the upper bound")
+    parser.add_argument("--sft-prompts", type=int, default=0, help="rloo --gold-reward: practise on this many SFT "
+                        "training questions instead of the preference set's prompts")
     parser.add_argument("--set", action="append", default=[], help="a config override of the quickstart profile")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
-    run = {"errors": errors, "agreement": agreement}.get(args.command, optimise)
+    run = {"errors": errors, "agreement": agreement, "bestof": bestof}.get(args.command, optimise)
     print(json.dumps(run(args), default=float))
 
 
