@@ -1,7 +1,9 @@
 """`lifecycle ui`: the Prefect server and the MLflow UI together, on loopback, over the state directory the
 embedded defaults wrote (Prefect's SQLite database under <state>/prefect, MLflow's under <state>/mlflow).
 Both are children of this process, bound to it (lifecycle.children: they and what they start end with it,
-even when it is killed): Ctrl-C (or either one dying) stops both.
+even when it is killed): Ctrl-C (or either one dying) stops both. The MLflow UI runs without MLflow's job
+runner (MLFLOW_SERVER_ENABLE_JOB_EXECUTION, unless set: its GenAI jobs, LLM-judge scoring and prompt
+optimisation, have no use over a state dir), which would start about ten more processes and 30 s of CPU.
 
     with dashboards(state_dir, 4200, 5000, tracking_uri(state_dir)) as ui:   # returns once both answer
         ui.urls["prefect"], ui.urls["mlflow"]; ui.wait()                      # until one exits or Ctrl-C
@@ -25,6 +27,7 @@ from lifecycle.errors import LifecycleError
 from lifecycle.prefect_api import seed_from_template
 
 HOST = "127.0.0.1"
+JOBS = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,10 @@ def dashboards(state_dir: Path, prefect_port: int, mlflow_port: int, tracking_ur
     prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)]
     mlflow = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", HOST,
               "--port", str(mlflow_port), "--workers", "1"]
-    servers = {"prefect": (prefect_port, prefect, "/api/health"), "mlflow": (mlflow_port, mlflow, "/health")}
+    servers = {"prefect": (prefect_port, prefect, "/api/health", env),
+               "mlflow": (mlflow_port, mlflow, "/health", env | {JOBS: env.get(JOBS, "false")})}
     with ExitStack() as stack:
-        procs = {name: stack.enter_context(_server(name, argv, env, f"http://{HOST}:{port}{health}",
+        procs = {name: stack.enter_context(_server(name, argv, server_env, f"http://{HOST}:{port}{health}",
                                                    logs / f"{name}-server.log", timeout_s))
-                 for name, (port, argv, health) in servers.items() if port}  # port 0: not this one
+                 for name, (port, argv, health, server_env) in servers.items() if port}  # port 0: not this one
         yield Dashboards({name: f"http://{HOST}:{servers[name][0]}" for name in procs}, procs)

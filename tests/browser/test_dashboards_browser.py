@@ -1,6 +1,7 @@
 """`lifecycle ui` in headless Chromium: one command starts the Prefect server and the MLflow UI over the
 state a pipeline run wrote; both pages show that run (the Prefect flow run, the MLflow parent run), and
-stopping the command stops both servers."""
+stopping the command stops both servers. MLflow's job runner (its GenAI jobs, about ten processes) stays
+off."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from selenium.webdriver.common.by import By
 
 from tests.browser.chrome import NEEDS_CHROMIUM, wait_for
 from tests.conftest import CONF, ROOT, TINY
+from tests.process_fixtures import MARK, find, mark  # noqa: F401 - fixture
 
 pytestmark = [*NEEDS_CHROMIUM, pytest.mark.integration, pytest.mark.slow]
 
@@ -29,7 +31,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_both_dashboards_show_the_latest_pipeline_run(tmp_path: Path, browser: webdriver.Chrome) -> None:
+def test_both_dashboards_show_the_latest_pipeline_run(tmp_path: Path, browser: webdriver.Chrome, mark: str) -> None:
     """A `lifecycle run` process, then `lifecycle ui` starting a Prefect server and the MLflow UI, and
     Chromium rendering both single-page apps: about a minute."""
     state = tmp_path / "state"
@@ -46,7 +48,8 @@ def test_both_dashboards_show_the_latest_pipeline_run(tmp_path: Path, browser: w
     run_name = client.search_runs([experiment], "tags.`lifecycle.role` = 'pipeline'")[0].info.run_name
     ports = {"prefect": free_port(), "mlflow": free_port()}
     ui = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "ui", "--state-dir", str(state), "--prefect-port",
-                           str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"])], cwd=ROOT, env=env,
+                           str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"])], cwd=ROOT,
+                          env=env | {MARK: mark},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         lines = [ui.stdout.readline() for _ in range(2)]
@@ -59,6 +62,8 @@ def test_both_dashboards_show_the_latest_pipeline_run(tmp_path: Path, browser: w
         browser.get(f"http://127.0.0.1:{ports['mlflow']}/#/experiments/{experiment}/runs")
         wait_for(browser, lambda d: run_name in d.find_element(By.TAG_NAME, "body").text,
                  f"the parent run {run_name} in the MLflow UI", timeout_s=60)
+        assert find(mark, "uvicorn", "mlflow.server") and not find(mark, "mlflow.server.jobs")
+        assert not find(mark, "huey")  # the job runner's consumers
     finally:
         os.killpg(ui.pid, signal.SIGINT)
         ui.wait(timeout=30)

@@ -79,7 +79,9 @@ class TrackingServer:
         argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.tmp / 'ml.db'}",
                 "--artifacts-destination", str(self.tmp / "ml-artifacts"), "--host", "127.0.0.1", "--port",
                 str(self.port), "--workers", "1"]
+        # without MLflow's job runner (GenAI jobs, ~10 processes and 30 s of CPU per start), as `lifecycle ui`
         env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         with open(self.tmp / "mlflow-server.log", "ab") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until_answers(f"{self.url}/health", self.proc, self.tmp / "mlflow-server.log", timeout_s)
