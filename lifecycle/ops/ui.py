@@ -53,22 +53,24 @@ def _answers(url: str) -> bool:
 
 
 @contextmanager
-def _server(name: str, argv: list[str], env: dict[str, str], health: str, log_path: Path,
-            timeout_s: float) -> Iterator[subprocess.Popen]:
+def _server(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = start_bound(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + timeout_s
-        while not _answers(health):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-1500:]
-                raise LifecycleError(f"ui: the {name} server did not start ({' '.join(argv[2:6])}...); its log "
-                                     f"{log_path} ends with:\n{tail}")
-            time.sleep(0.5)
         yield proc
     finally:
         stop(proc)
+
+
+def _wait_until_answers(name: str, proc: subprocess.Popen, argv: list[str], health: str, log_path: Path,
+                        deadline: float) -> None:
+    while not _answers(health):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise LifecycleError(f"ui: the {name} server did not start ({' '.join(argv[2:6])}...); its log "
+                                 f"{log_path} ends with:\n{tail}")
+        time.sleep(0.2)
 
 
 @contextmanager
@@ -84,10 +86,15 @@ def dashboards(state_dir: Path, prefect_port: int, mlflow_port: int, tracking_ur
     prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)]
     mlflow = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", HOST,
               "--port", str(mlflow_port), "--workers", "1"]
-    servers = {"prefect": (prefect_port, prefect, "/api/health", env),
-               "mlflow": (mlflow_port, mlflow, "/health", env | {JOBS: env.get(JOBS, "false")})}
+    servers = {name: spec for name, spec in {
+        "prefect": (prefect_port, prefect, "/api/health", env),
+        "mlflow": (mlflow_port, mlflow, "/health", env | {JOBS: env.get(JOBS, "false")}),
+    }.items() if spec[0]}  # port 0: not this one
     with ExitStack() as stack:
-        procs = {name: stack.enter_context(_server(name, argv, server_env, f"http://{HOST}:{port}{health}",
-                                                   logs / f"{name}-server.log", timeout_s))
-                 for name, (port, argv, health, server_env) in servers.items() if port}  # port 0: not this one
+        procs = {name: stack.enter_context(_server(argv, server_env, logs / f"{name}-server.log"))
+                 for name, (_, argv, _, server_env) in servers.items()}  # both start at once
+        deadline = time.monotonic() + timeout_s
+        for name, (port, argv, health, _) in servers.items():
+            _wait_until_answers(name, procs[name], argv, f"http://{HOST}:{port}{health}", logs / f"{name}-server.log",
+                                deadline)
         yield Dashboards({name: f"http://{HOST}:{servers[name][0]}" for name in procs}, procs)

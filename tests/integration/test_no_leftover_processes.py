@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -104,4 +105,20 @@ def test_the_dashboards_leave_nothing_behind(tmp_path: Path, sig: signal.Signals
     wait_for(lambda: find(mark, "prefect", "server", "start"), "Prefect server")
     wait_for(lambda: find(mark, "uvicorn", "mlflow.server"), "MLflow UI's uvicorn")  # a grandchild
     stopped_with(ui, sig)
+    assert left_behind(mark) == {}
+
+
+def test_a_dashboard_that_cannot_start_stops_the_other_and_names_its_log(tmp_path: Path, mark: str) -> None:
+    """Both servers start at once; MLflow's port is taken, so it exits: `lifecycle ui` fails naming it and its
+    log, and stops the Prefect server it had started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        state = tmp_path / "state"
+        done = subprocess.run([sys.executable, "-m", "lifecycle.cli", "ui", "--state-dir", str(state),
+                               "--prefect-port", str(free_port()), "--mlflow-port", str(taken.getsockname()[1])],
+                              cwd=ROOT, env=user_env(mark), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "ui: the mlflow server did not start" in done.stderr and str(state / "logs" / "mlflow-server.log") in (
+        done.stderr), done.stderr[-2000:]
     assert left_behind(mark) == {}
