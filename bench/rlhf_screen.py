@@ -88,28 +88,16 @@ def errors(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def agreement(args: argparse.Namespace) -> dict[str, Any]:
-    from lifecycle.align.reward_model import RewardModel
-    from lifecycle.model import load_causal_lm
-    from lifecycle.tokenizer import chat_ids, stop_token_ids
-
-    torch.manual_seed(0)
-    model, tokenizer = load_causal_lm(args.state / "models" / "lifecycle-gpt" / args.sft)
-    model.eval()
-    reward, stop = RewardModel.load(args.reward), stop_token_ids(tokenizer)
+    model, tokenizer, reward = policy_and_reward(args)
     found: dict[str, Any] = {"temperature": args.temperature}
     for part, rows in zip(("train", "held_out"), split_pairs(preference_rows(args), 0.2), strict=True):
         references = {json.dumps(r["prompt"]): r["reference"] for r in rows}
         correlations, accuracies = [], []
         for key in list(references)[:24]:
             prompt = json.loads(key)
-            ids = torch.tensor([chat_ids(tokenizer, prompt, add_generation_prompt=True)])
-            with torch.inference_mode():
-                out = model.generate(ids.repeat(8, 1), do_sample=True, temperature=args.temperature, top_p=1.0,
-                                     max_new_tokens=48, eos_token_id=stop, pad_token_id=stop[0])
-            texts = [tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+            texts = answers(model, tokenizer, prompt, 8, args.temperature)
             gold = np.array([rouge_l(t, references[key]) for t in texts])
-            scores = np.array(reward(prompts=[prompt] * 8, completions=[[{"role": "assistant", "content": t}]
-                                                                       for t in texts], completion_ids=None))
+            scores = reward_scores(reward, prompt, texts)
             if gold.std() > 1e-6:
                 correlations.append(spearmanr(scores, gold).statistic)
                 i, j = np.triu_indices(8, 1)
@@ -123,30 +111,17 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bestof(args: argparse.Namespace) -> dict[str, Any]:
-    from lifecycle.align.reward_model import RewardModel
-    from lifecycle.model import load_causal_lm
-    from lifecycle.tokenizer import chat_ids, stop_token_ids
-
-    torch.manual_seed(0)
-    model, tokenizer = load_causal_lm(args.state / "models" / "lifecycle-gpt" / args.sft)
-    model.eval()
-    reward, stop = RewardModel.load(args.reward), stop_token_ids(tokenizer)
+    model, tokenizer, reward = policy_and_reward(args)
     found: dict[str, Any] = {"temperature": args.temperature, "samples": args.samples}
     for part, rows in zip(("train", "held_out"), split_pairs(preference_rows(args), 0.2), strict=True):
         references = {json.dumps(r["prompt"]): r["reference"] for r in rows}
         greedy, picked, oracle = [], [], []
         for key in references:
             prompt = json.loads(key)
-            ids = torch.tensor([chat_ids(tokenizer, prompt, add_generation_prompt=True)])
-            with torch.inference_mode():
-                first = model.generate(ids, do_sample=False, max_new_tokens=48, eos_token_id=stop,
-                                       pad_token_id=stop[0])
-                out = model.generate(ids.repeat(args.samples, 1), do_sample=True, temperature=args.temperature,
-                                     top_p=1.0, max_new_tokens=48, eos_token_id=stop, pad_token_id=stop[0])
-            texts = [tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in [*first, *out]]
+            texts = answers(model, tokenizer, prompt, 1, 0.0) + answers(model, tokenizer, prompt, args.samples,
+                                                                        args.temperature)
             gold = np.array([rouge_l(t, references[key]) for t in texts])
-            scores = np.array(reward(prompts=[prompt] * len(texts), completions=[
-                [{"role": "assistant", "content": t}] for t in texts], completion_ids=None))
+            scores = reward_scores(reward, prompt, texts)
             greedy.append(gold[0])
             picked.append(gold[int(np.argmax(scores))])
             oracle.append(gold.max())
@@ -154,6 +129,35 @@ def bestof(args: argparse.Namespace) -> dict[str, Any]:
         found[part] = {"prompts": len(g), "greedy": g.mean(), "reward_model_pick": p.mean(), "oracle": o.mean(),
                        "pick_better": float((p > g + 1e-9).mean()), "pick_worse": float((p < g - 1e-9).mean())}
     return found
+
+
+def policy_and_reward(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The SFT model (eval mode, torch seeded) with its tokenizer, and the reward model."""
+    from lifecycle.align.reward_model import RewardModel
+    from lifecycle.model import load_causal_lm
+
+    torch.manual_seed(0)
+    model, tokenizer = load_causal_lm(args.state / "models" / "lifecycle-gpt" / args.sft)
+    model.eval()
+    return model, tokenizer, RewardModel.load(args.reward)
+
+
+def answers(model: Any, tokenizer: Any, prompt: list[dict[str, str]], n: int, temperature: float) -> list[str]:
+    """n answers of at most 48 tokens to `prompt`: sampled at `temperature`, or greedy at 0."""
+    from lifecycle.tokenizer import chat_ids, stop_token_ids
+
+    stop = stop_token_ids(tokenizer)
+    ids = torch.tensor([chat_ids(tokenizer, prompt, add_generation_prompt=True)])
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else {
+        "do_sample": False}
+    with torch.inference_mode():
+        out = model.generate(ids.repeat(n, 1), max_new_tokens=48, eos_token_id=stop, pad_token_id=stop[0], **sampling)
+    return [tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+
+
+def reward_scores(reward: Any, prompt: list[dict[str, str]], texts: list[str]) -> np.ndarray:
+    return np.array(reward(prompts=[prompt] * len(texts), completions=[[{"role": "assistant", "content": t}]
+                                                                       for t in texts], completion_ids=None))
 
 
 def preference_rows(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -86,15 +86,15 @@ def dashboards(state_dir: Path, prefect_port: int, mlflow_port: int, tracking_ur
     prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)]
     mlflow = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", HOST,
               "--port", str(mlflow_port), "--workers", "1"]
-    servers = {name: spec for name, spec in {
-        "prefect": (prefect_port, prefect, "/api/health", env),
-        "mlflow": (mlflow_port, mlflow, "/health", env | {JOBS: env.get(JOBS, "false")}),
-    }.items() if spec[0]}  # port 0: not this one
+    specs = {"prefect": (prefect_port, prefect, "/api/health", env),
+             "mlflow": (mlflow_port, mlflow, "/health", env | {JOBS: env.get(JOBS, "false")})}
+    servers = {name: spec for name, spec in specs.items() if spec[0]}  # port 0: not this one
+    urls = {name: f"http://{HOST}:{port}" for name, (port, *_) in servers.items()}
+    log_paths = {name: logs / f"{name}-server.log" for name in servers}
     with ExitStack() as stack:
-        procs = {name: stack.enter_context(_server(argv, server_env, logs / f"{name}-server.log"))
+        procs = {name: stack.enter_context(_server(argv, server_env, log_paths[name]))
                  for name, (_, argv, _, server_env) in servers.items()}  # both start at once
         deadline = time.monotonic() + timeout_s
-        for name, (port, argv, health, _) in servers.items():
-            _wait_until_answers(name, procs[name], argv, f"http://{HOST}:{port}{health}", logs / f"{name}-server.log",
-                                deadline)
-        yield Dashboards({name: f"http://{HOST}:{servers[name][0]}" for name in procs}, procs)
+        for name, (_, argv, health, _) in servers.items():
+            _wait_until_answers(name, procs[name], argv, urls[name] + health, log_paths[name], deadline)
+        yield Dashboards(urls, procs)
